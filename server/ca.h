@@ -1,0 +1,87 @@
+/*
+ * The signing authority of one trust domain: a self-signed root, or an
+ * intermediate under an UpstreamAuthority "disk" key. Signs X509-SVIDs for
+ * workloads (from a raw SubjectPublicKeyInfo: the fast path), agent SVIDs
+ * (from a CSR) and the server's own SVID. Every function is thread-safe;
+ * signing uses an immutable, reference-counted snapshot of the active CA.
+ */
+#ifndef SG_SERVER_CA_H
+#define SG_SERVER_CA_H
+
+#include "common/err.h"
+#include "common/key.h"
+#include "common/x509.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct sg_ca sg_ca;
+
+typedef struct sg_ca_options {
+    const char *trust_domain;      /* required */
+    sg_key_type key_type;          /* CA key type */
+    int64_t ca_ttl_s;              /* lifetime of the CA certificate */
+    const char *subject_country;   /* may be NULL */
+    const char *subject_org;       /* may be NULL */
+    const char *subject_cn;        /* may be NULL */
+    const char *keys_dir;          /* KeyManager "disk": keep CA key+cert here (0600); NULL = memory */
+    const char *upstream_key_file; /* UpstreamAuthority "disk": all NULL when absent */
+    const char *upstream_cert_file;
+    const char *upstream_bundle_file;
+} sg_ca_options;
+
+/*
+ * Loads the CA from keys_dir when a valid, unexpired one is there, or
+ * creates it (self-signed, or signed by the upstream key). Validates the
+ * upstream files (key matches cert, cert is a CA) with clear errors.
+ */
+int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err);
+void sg_ca_free(sg_ca *ca);
+
+/* A signed certificate chain, leaf first (leaf, then the CA when it is an intermediate). */
+typedef struct sg_ca_chain {
+    sg_der certs[4];
+    size_t n;
+    int64_t not_after; /* unix seconds */
+    char serial[41];   /* leaf serial, hex */
+} sg_ca_chain;
+
+void sg_ca_chain_cleanup(sg_ca_chain *c);
+
+/* What goes into a leaf SVID. Borrowed for the call. */
+typedef struct sg_ca_svid_params {
+    const char *spiffe_id;      /* the only URI SAN; must be in the trust domain */
+    const char *const *dns;     /* DNS SANs; first one is also the subject CN */
+    size_t ndns;
+    int64_t ttl_s;              /* capped to the CA's remaining life */
+} sg_ca_svid_params;
+
+/*
+ * Signs an X509-SVID for the DER SubjectPublicKeyInfo spki (checked with
+ * sg_x509_spki_check, never decoded into an EVP_PKEY). Profile: one URI
+ * SAN, critical key usage digitalSignature (+ keyEncipherment for RSA,
+ * + keyAgreement for EC), EKU serverAuth+clientAuth, CA:FALSE, SKID/AKID,
+ * notBefore backdated 10 s, random 128-bit serial.
+ */
+int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, size_t spki_len,
+                    sg_ca_chain *out, sg_err *err);
+
+/* The server's own SVID (spiffe://<td>/spire/server) with a fresh key, as PEM strings (malloc'd). */
+int sg_ca_server_identity(sg_ca *ca, int64_t ttl_s, char **key_pem, char **chain_pem, sg_err *err);
+
+/*
+ * The trust bundle: the root(s) agents and workloads must trust (the
+ * self-signed CA, or the upstream bundle). certs: malloc'd array of *n DER
+ * blobs (free each with sg_der_cleanup, then free the array). Also
+ * available as concatenated PEM.
+ */
+int sg_ca_bundle_der(sg_ca *ca, sg_der **certs, size_t *n, sg_err *err);
+int sg_ca_bundle_pem(sg_ca *ca, char **pem, sg_err *err);
+
+/* Bundle sequence number: bumped on every bundle change. */
+uint64_t sg_ca_bundle_sequence(sg_ca *ca);
+
+/* notAfter of the active CA certificate (unix seconds): SVID TTLs are capped by it. */
+int64_t sg_ca_not_after(sg_ca *ca);
+
+#endif
