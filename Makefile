@@ -24,10 +24,10 @@ STRUCT    := /usr/include/google/protobuf/struct.proto
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/google/protobuf/struct.pb-c.c
 GEN_H     := $(GEN_C:.c=.h)
 
-COMMON_SRC := $(wildcard common/*.c)
-SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c)) $(wildcard attestors/node/*_server.c)
-AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c)) $(wildcard attestors/workload/*.c) \
-              $(wildcard attestors/node/*_agent.c)
+# Attestors are small and the registry names both halves, so they live in libsigil.
+COMMON_SRC := $(wildcard common/*.c) $(wildcard attestors/*.c) $(wildcard attestors/*/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c))
 UNIT_SRC   := test/runner.c $(wildcard test/unit/*/*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 
