@@ -1,0 +1,115 @@
+/*
+ * The agent's side of the node API: node attestation, agent SVID renewal,
+ * entry/bundle sync and batch X509-SVID minting. Every function here is
+ * blocking and must run on a worker thread (uv_queue_work), one call at a
+ * time per client; results are plain values the loop thread then owns.
+ */
+#ifndef SG_AGENT_NODE_CLIENT_H
+#define SG_AGENT_NODE_CLIENT_H
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/selector.h"
+#include "common/x509.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sg_node_client sg_node_client;
+
+/* An entry as the agent sees it. Heap-owned fields (sg_agent_entry_cleanup). */
+typedef struct sg_agent_entry {
+    char *id;
+    char *spiffe_id;
+    char *parent_id;
+    sg_selector *selectors;
+    size_t nselectors;
+    int32_t x509_svid_ttl;
+    char **dns_names;
+    size_t ndns;
+    char *hint;       /* may be NULL */
+    int64_t revision;
+} sg_agent_entry;
+
+void sg_agent_entry_cleanup(sg_agent_entry *e);
+
+/* The trust bundle of the agent's trust domain. */
+typedef struct sg_agent_bundle {
+    sg_der *certs;    /* DER CA certificates, malloc'd array */
+    size_t n;
+    uint64_t sequence;
+} sg_agent_bundle;
+
+void sg_agent_bundle_cleanup(sg_agent_bundle *b);
+
+/* Result of one Sync: every entry the agent is authorised for, and the bundle. */
+typedef struct sg_sync_result {
+    sg_agent_entry *entries;
+    size_t nentries;
+    sg_agent_bundle bundle;
+    int64_t revision;
+} sg_sync_result;
+
+void sg_sync_result_cleanup(sg_sync_result *r);
+
+/* One SVID to mint: the entry and the workload key's DER SubjectPublicKeyInfo (borrowed). */
+typedef struct sg_mint_request {
+    const char *entry_id;
+    const uint8_t *spki;
+    size_t spki_len;
+} sg_mint_request;
+
+/* One minted SVID, or the server's reason for refusing it. */
+typedef struct sg_mint_result {
+    int code;          /* 0 or SG_E* */
+    char error[256];
+    sg_der *chain;     /* DER certificates, leaf first (malloc'd array) */
+    size_t nchain;
+    int64_t not_after; /* unix seconds */
+    char serial[41];
+} sg_mint_result;
+
+void sg_mint_result_cleanup(sg_mint_result *r);
+
+/*
+ * Creates the client from the agent config: reads the trust bundle
+ * (trust_bundle_path, unless insecure_bootstrap) and, with KeyManager
+ * "disk", the agent key and SVID kept in the key directory. No network.
+ */
+int sg_node_client_new(sg_node_client **out, const sg_agent_config *cfg, sg_err *err);
+void sg_node_client_free(sg_node_client *c);
+
+/*
+ * Makes sure the agent holds a valid SVID: keeps a cached one, renews it
+ * (RenewAgent, new key) once half its lifetime has passed, or attests with
+ * the configured node attestor (join token) when it has none or the server
+ * no longer accepts it. Persists key and SVID with KeyManager "disk".
+ * join_token overrides the config's token when not NULL.
+ */
+int sg_node_client_ensure_svid(sg_node_client *c, const char *join_token, sg_err *err);
+
+/* Whether an SVID is held (possibly from disk, possibly not yet confirmed). */
+bool sg_node_client_has_svid(sg_node_client *c);
+
+/* The agent's SPIFFE ID (empty string before attestation). Owned by c. */
+const char *sg_node_client_agent_id(sg_node_client *c);
+
+/* notAfter of the agent SVID (0 when none). */
+int64_t sg_node_client_svid_expiry(sg_node_client *c);
+
+/* Calls Sync: authorised entries and the bundle. */
+int sg_node_client_sync(sg_node_client *c, sg_sync_result *out, sg_err *err);
+
+/*
+ * Mints n SVIDs in batches (results[i] answers reqs[i]). Returns an error
+ * only when the call itself failed; per-entry refusals are in results.
+ * results must have room for n; each is initialised by this call.
+ */
+int sg_node_client_mint(sg_node_client *c, const sg_mint_request *reqs, size_t n,
+                        sg_mint_result *results, sg_err *err);
+
+/* The bundle as last received from the server, or read from trust_bundle_path (deep copy). */
+int sg_node_client_bundle(sg_node_client *c, sg_agent_bundle *out, sg_err *err);
+
+#endif
