@@ -82,6 +82,11 @@ typedef struct sg_node_attestor_server {
     void (*destroy)(void *state);
 } sg_node_attestor_server;
 
+/* The built-ins, one file each. */
+extern const sg_workload_attestor sg_unix_workload_attestor;       /* workload/unix.c */
+extern const sg_node_attestor_agent sg_join_token_agent_attestor;  /* node/join_token_agent.c */
+extern const sg_node_attestor_server sg_join_token_server_attestor; /* node/join_token_server.c */
+
 /* Built-ins by name; NULL when sigil has no such plugin. (attestors/registry.c) */
 const sg_workload_attestor *sg_registry_workload(const char *name);
 const sg_node_attestor_agent *sg_registry_node_agent(const char *name);
