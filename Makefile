@@ -44,6 +44,9 @@ LIBAGENT   := $(BUILD)/libsigil_agent.a
 BINS       := $(BUILD)/bin/sigil-server $(BUILD)/bin/sigil-agent
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRC))
 
+# Generated sources are kept, not treated as intermediates.
+.SECONDARY:
+
 .PHONY: all deps test unit integration check bench demo lint format clean
 all: $(BINS)
 

@@ -134,7 +134,7 @@ int sg_rpc_call_recv(sg_rpc_call *call, const ProtobufCMessageDescriptor *desc, 
 const char *sg_rpc_call_peer(const sg_rpc_call *call);
 
 /*
- * Finds request metadata key (lower case). On success *val/*len point into
+ * Finds request metadata key (lower case). On success *val and *len point into
  * the call's metadata (not NUL-terminated, valid for the call's lifetime).
  */
 bool sg_rpc_call_metadata(const sg_rpc_call *call, const char *key, const char **val,
