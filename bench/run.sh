@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# make bench: signing baselines, node-API mint throughput and Workload API
+# fetch latency against real sigil-server and sigil-agent processes on
+# loopback. Writes bench/RESULTS.md.
+set -euo pipefail
+
+BUILD=${1:-$(pwd)/build}
+BIN=$BUILD/bin
+OUT=${BENCH_OUT:-bench/RESULTS.md}
+SECS=${BENCH_SECONDS:-8}
+WORK=$(mktemp -d /tmp/sigil-bench.XXXXXX)
+PORT=${BENCH_PORT:-18181}
+ADMIN=$WORK/server/api.sock
+WL=$WORK/agent/api.sock
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# utime+stime of a process in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+val() { awk -v k="$1" '$1 == k {print $2}' "$2"; }
+
+echo "bench: signing baselines (one core each)"
+"$BIN/bench_sign" | tee "$WORK/sign.txt"
+
+mkdir -p "$WORK/server" "$WORK/agent"
+cat >"$WORK/server.conf" <<CONF
+server {
+    bind_address = "127.0.0.1"
+    bind_port = "$PORT"
+    socket_path = "$ADMIN"
+    trust_domain = "example.org"
+    data_dir = "$WORK/server/data"
+    log_level = "WARN"
+}
+plugins {
+    DataStore "sql" {
+        plugin_data {
+            database_type = "sqlite3"
+            connection_string = "$WORK/server/data/datastore.sqlite3"
+        }
+    }
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+    KeyManager "memory" {
+        plugin_data {}
+    }
+}
+CONF
+"$BIN/sigil-server" run -config "$WORK/server.conf" >"$WORK/server.log" 2>&1 &
+SERVER=$!
+pids+=($SERVER)
+for _ in $(seq 1 100); do
+    "$BIN/sigil-server" healthcheck -socketPath "$ADMIN" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+"$BIN/sigil-server" bundle show -socketPath "$ADMIN" >"$WORK/bundle.pem"
+sleep 1
+SERVER_RSS_IDLE=$(rss_kib $SERVER)
+
+# One agent identity per load thread, each with an entry it may mint.
+MINT_THREADS=${BENCH_MINT_THREADS:-4}
+pairs=()
+for i in $(seq 1 "$MINT_THREADS"); do
+    tok=$("$BIN/sigil-server" token generate -socketPath "$ADMIN" -spiffeID "spiffe://example.org/bench-node-$i" |
+        sed -n 's/^Token: //p')
+    id=$("$BIN/sigil-server" entry create -socketPath "$ADMIN" -parentID "spiffe://example.org/bench-node-$i" \
+        -spiffeID "spiffe://example.org/bench/w$i" -selector "unix:uid:$((20000 + i))" |
+        sed -n 's/^Entry ID *: *//p')
+    pairs+=("$tok:$id")
+done
+echo "bench: node API mint, $MINT_THREADS agents, batches of 500, ${SECS}s"
+c0=$(cpu_ticks $SERVER)
+"$BIN/bench_mint" 127.0.0.1 "$PORT" "$WORK/bundle.pem" example.org "$SECS" 500 "${pairs[@]}" | tee "$WORK/mint.txt"
+c1=$(cpu_ticks $SERVER)
+SERVER_RSS_LOAD=$(rss_kib $SERVER)
+HZ=$(getconf CLK_TCK)
+MINTED=$(val mint_svids "$WORK/mint.txt")
+SERVER_CPU_US_PER_SVID=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="$MINTED" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+
+# Workload API: an agent with one SVID for this uid.
+tok=$("$BIN/sigil-server" token generate -socketPath "$ADMIN" -spiffeID spiffe://example.org/bench-agent |
+    sed -n 's/^Token: //p')
+"$BIN/sigil-server" entry create -socketPath "$ADMIN" -parentID spiffe://example.org/bench-agent \
+    -spiffeID spiffe://example.org/bench/fetcher -selector "unix:uid:$(id -u)" >/dev/null
+cat >"$WORK/agent.conf" <<CONF
+agent {
+    data_dir = "$WORK/agent/data"
+    log_level = "WARN"
+    server_address = "127.0.0.1"
+    server_port = "$PORT"
+    socket_path = "$WL"
+    trust_bundle_path = "$WORK/bundle.pem"
+    trust_domain = "example.org"
+}
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+    KeyManager "memory" {
+        plugin_data {}
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {}
+    }
+}
+CONF
+"$BIN/sigil-agent" run -config "$WORK/agent.conf" -joinToken "$tok" >"$WORK/agent.log" 2>&1 &
+AGENT=$!
+pids+=($AGENT)
+for _ in $(seq 1 200); do
+    "$BIN/sigil-agent" api fetch x509 -socketPath "$WL" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+sleep 1
+AGENT_RSS_IDLE=$(rss_kib $AGENT)
+AGENT_RSS_PEAK=$AGENT_RSS_IDLE
+for n in 1 100 1000; do
+    echo "bench: Workload API FetchX509SVID, $n concurrent clients, ${SECS}s"
+    "$BIN/bench_fetch" "$WL" "$n" "$SECS" >"$WORK/fetch_$n.txt" &
+    bp=$!
+    while kill -0 $bp 2>/dev/null; do
+        r=$(rss_kib $AGENT)
+        [ "$r" -gt "$AGENT_RSS_PEAK" ] && AGENT_RSS_PEAK=$r
+        sleep 0.5
+    done
+    wait $bp || true
+    cat "$WORK/fetch_$n.txt"
+done
+
+SIGN=$WORK/sign.txt
+RAW_LOOP=$(val leaf_raw_spki_build_sign "$SIGN")
+MINT_RATE=$(val mint_svids_per_s "$WORK/mint.txt")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+{
+    echo "# Benchmark results"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPU, $(. /etc/os-release && echo "$PRETTY_NAME"),"
+    echo "$(openssl version), $(uname -r). Server, agent and load generators share the same cores."
+    echo "Regenerate with \`make bench\` (BENCH_SECONDS=$SECS per run)."
+    echo
+    echo "## Signing baselines (one core, same run)"
+    echo
+    echo "| loop | rate |"
+    echo "|---|---|"
+    awk '{printf "| %s | %s %s |\n", $1, $2, $3}' "$SIGN"
+    echo
+    echo "## X509-SVIDs minted through the node API (mTLS, batches of 500, $MINT_THREADS agents)"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| SVIDs/s end to end | $MINT_RATE |"
+    echo "| server CPU per SVID | ${SERVER_CPU_US_PER_SVID} µs |"
+    echo "| ratio to the fastest single-core build-and-sign loop | $(ratio "$MINT_RATE" "$RAW_LOOP") |"
+    echo
+    echo "## Workload API FetchX509SVID (first message, new call each time)"
+    echo
+    echo "| concurrent clients | fetches/s | p50 | p99 | failures |"
+    echo "|---|---|---|---|---|"
+    for n in 1 100 1000; do
+        f=$WORK/fetch_$n.txt
+        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") |"
+    done
+    echo
+    echo "## Memory (RSS)"
+    echo
+    echo "| process | idle | under load |"
+    echo "|---|---|---|"
+    echo "| sigil-server | $((SERVER_RSS_IDLE / 1024)) MiB | $((SERVER_RSS_LOAD / 1024)) MiB (after the mint run) |"
+    echo "| sigil-agent | $((AGENT_RSS_IDLE / 1024)) MiB | $((AGENT_RSS_PEAK / 1024)) MiB (peak during fetch runs) |"
+} >"$OUT"
+echo "bench: wrote $OUT"
+cat "$OUT"
