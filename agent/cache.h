@@ -1,0 +1,127 @@
+/*
+ * The agent's cache: the entries it is authorised for, one X509-SVID per
+ * entry, the trust bundle, and the subscribers (open Workload API streams)
+ * told when their view changes. Loop-thread-only: no function here may be
+ * called from another thread, so it takes no locks.
+ */
+#ifndef SG_AGENT_CACHE_H
+#define SG_AGENT_CACHE_H
+
+#include "agent/node_client.h"
+#include "common/err.h"
+#include "common/selector.h"
+#include "common/x509.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sg_cache sg_cache;
+typedef struct sg_cache_sub sg_cache_sub;
+
+/* An SVID held for an entry. Read-only for callers; owned by the cache. */
+typedef struct sg_cache_svid {
+    char *spiffe_id;
+    uint8_t *chain; /* concatenated DER certificates, leaf first */
+    size_t chain_len;
+    uint8_t *key; /* PKCS#8 DER private key (wiped on free) */
+    size_t key_len;
+    int64_t not_after; /* unix seconds */
+    int64_t renew_at;  /* unix seconds: re-mint from then on */
+    int64_t revision;  /* revision of the entry it was minted for */
+    char serial[41];
+} sg_cache_svid;
+
+/* One identity of a workload: a matching entry and its SVID (borrowed from the cache). */
+typedef struct sg_cache_identity {
+    const sg_agent_entry *entry;
+    const sg_cache_svid *svid;
+} sg_cache_identity;
+
+/* trust_domain (borrowed, copied) names the bundle: "spiffe://<td>". */
+int sg_cache_new(sg_cache **out, const char *trust_domain, sg_err *err);
+
+/* Frees the cache, its SVIDs (keys wiped) and any subscriptions left. NULL-safe. */
+void sg_cache_free(sg_cache *c);
+
+/*
+ * Replaces the entry list. Takes entries (a malloc'd array, or NULL when
+ * n == 0) and everything in it, also on error. SVIDs of entries that are
+ * still present with the same SPIFFE ID are kept; the rest are dropped.
+ */
+int sg_cache_set_entries(sg_cache *c, sg_agent_entry *entries, size_t n, sg_err *err);
+
+/* Replaces the bundle; takes b's contents and leaves *b empty. Same bytes: no change. */
+int sg_cache_set_bundle(sg_cache *c, sg_agent_bundle *b, sg_err *err);
+
+/*
+ * Stores the SVID minted for entry_id (all arguments borrowed and copied):
+ * chain[0..nchain) leaf first, key as PKCS#8 DER. revision is the entry
+ * revision the mint request was made for. SG_ENOENT when the entry has
+ * gone meanwhile (the SVID is then dropped).
+ */
+int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const sg_der *chain,
+                      size_t nchain, const uint8_t *key, size_t key_len, int64_t not_after,
+                      int64_t renew_at, const char *serial, sg_err *err);
+
+/*
+ * Entries that need an SVID at time now: none held, minted for an older
+ * revision of the entry, or past renew_at. *out is a malloc'd array of
+ * borrowed pointers (valid until the entries change); free() it.
+ */
+int sg_cache_due(const sg_cache *c, int64_t now, const sg_agent_entry ***out, size_t *n);
+
+/*
+ * The identities of a workload with selectors sels at time now: entries
+ * whose selectors are all among sels and that hold an unexpired SVID.
+ * *out is malloc'd (free()), its pointers borrowed until the cache next
+ * changes. *nentries (may be NULL) counts matching entries with or without
+ * an SVID, so callers can tell "no identity" from "not minted yet".
+ */
+int sg_cache_match(const sg_cache *c, const sg_selector_set *sels, int64_t now,
+                   sg_cache_identity **out, size_t *n, size_t *nentries);
+
+/* Whether a bundle has been stored. */
+bool sg_cache_has_bundle(const sg_cache *c);
+
+/* The bundle as concatenated DER certificates (borrowed; NULL/0 before one is set). */
+const uint8_t *sg_cache_bundle_der(const sg_cache *c, size_t *len);
+
+/* "spiffe://<td>", the key of the bundle in Workload API maps (borrowed). */
+const char *sg_cache_bundle_name(const sg_cache *c);
+
+size_t sg_cache_nentries(const sg_cache *c);
+size_t sg_cache_nsvids(const sg_cache *c);
+size_t sg_cache_nsubscribers(const sg_cache *c);
+
+/* ------------------------------------------------------------ subscribers */
+
+/* What a subscriber watches: its identities (and the bundle), or only the bundle. */
+typedef enum sg_cache_watch {
+    SG_CACHE_WATCH_SVIDS,
+    SG_CACHE_WATCH_BUNDLES,
+} sg_cache_watch;
+
+/* Called from sg_cache_flush when the subscriber's view changed. May unsubscribe. */
+typedef void (*sg_cache_notify_fn)(sg_cache *c, sg_cache_sub *sub, void *user);
+
+/*
+ * Subscribes a workload with selectors sels (borrowed: must stay valid
+ * until sg_cache_unsubscribe). The current view is taken as already seen:
+ * the caller sends its first message itself.
+ */
+int sg_cache_subscribe(sg_cache *c, sg_cache_watch what, const sg_selector_set *sels,
+                       sg_cache_notify_fn fn, void *user, int64_t now, sg_cache_sub **out,
+                       sg_err *err);
+
+/* Ends a subscription; safe inside its own or another notify callback. NULL-safe. */
+void sg_cache_unsubscribe(sg_cache *c, sg_cache_sub *sub);
+
+/*
+ * Tells every subscriber whose view (its identities and their serials, the
+ * bundle) changed since it was last told. Mutators only record changes;
+ * call this once after a batch of them.
+ */
+void sg_cache_flush(sg_cache *c, int64_t now);
+
+#endif

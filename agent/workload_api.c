@@ -1,0 +1,402 @@
+/*
+ * SpiffeWorkloadAPI on the agent's loop thread. Each call: security header
+ * (Workload Endpoint 3), readiness, caller from the peer table, workload
+ * attestation on the thread pool (then the pinned process is re-checked),
+ * entry matching in the cache, and for the X.509 streams a cache
+ * subscription that sends the full state again on every change.
+ */
+#include "agent/workload_api.h"
+
+#include "common/log.h"
+#include "spiffe/workload.pb-c.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef enum wl_method {
+    M_X509SVID,
+    M_X509BUNDLES,
+    M_JWTSVID,
+    M_JWTBUNDLES,
+    M_VALIDATE,
+    M_WITSVID,
+    M_WITBUNDLES,
+} wl_method;
+
+static const char *const method_names[] = {
+    [M_X509SVID] = "FetchX509SVID",     [M_X509BUNDLES] = "FetchX509Bundles",
+    [M_JWTSVID] = "FetchJWTSVID",       [M_JWTBUNDLES] = "FetchJWTBundles",
+    [M_VALIDATE] = "ValidateJWTSVID",   [M_WITSVID] = "FetchWITSVID",
+    [M_WITBUNDLES] = "FetchWITBundles",
+};
+
+struct sg_workload_api {
+    sg_workload_api_deps d;
+    size_t pending;
+};
+
+/* One Workload API call from arrival to its end. */
+typedef struct wl_call {
+    sg_workload_api *api;
+    sg_rpc_call *call; /* NULL once the call is over */
+    wl_method method;
+    int refs;          /* the call (until done) and the attestation job */
+    uv_work_t work;
+    sg_peer peer;
+    sg_selector_set sels;
+    int attest_rc;
+    sg_err attest_err;
+    sg_cache_sub *sub;
+} wl_call;
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static void finish(sg_rpc_call *call, int code, const char *msg)
+{
+    sg_err e = {.code = code};
+    snprintf(e.msg, sizeof(e.msg), "%s", msg);
+    sg_rpc_call_finish_err(call, &e);
+}
+
+static void wl_unref(wl_call *w)
+{
+    if (--w->refs > 0)
+        return;
+    sg_peer_cleanup(&w->peer);
+    sg_selector_set_cleanup(&w->sels);
+    free(w);
+}
+
+/* Workload Endpoint 3: "workload.spiffe.io: true", value compared exactly. */
+static bool header_ok(const sg_rpc_call *call)
+{
+    const char *v;
+    size_t len;
+    return sg_rpc_call_metadata(call, "workload.spiffe.io", &v, &len) && len == 4 &&
+           memcmp(v, "true", 4) == 0;
+}
+
+/* ------------------------------------------------------------ X.509 messages */
+
+static void send_x509_svids(wl_call *w)
+{
+    sg_cache *c = w->api->d.cache;
+    sg_cache_identity *ids = NULL;
+    size_t n = 0, nentries = 0;
+    if (sg_cache_match(c, &w->sels, now_s(), &ids, &n, &nentries) != 0) {
+        finish(w->call, SG_ENOMEM, "out of memory");
+        return;
+    }
+    if (nentries == 0) {
+        /* Workload API 5.1: an identity that disappears ends the stream. */
+        sg_cache_unsubscribe(c, w->sub);
+        w->sub = NULL;
+        finish(w->call, SG_EPERM, "no identity issued");
+        free(ids);
+        return;
+    }
+    if (n == 0) {
+        /* Entries match but their SVIDs are still being minted: wait for the cache. */
+        free(ids);
+        return;
+    }
+    size_t blen = 0;
+    const uint8_t *bundle = sg_cache_bundle_der(c, &blen);
+    X509SVID *svids = calloc(n, sizeof(*svids));
+    X509SVID **ptrs = calloc(n, sizeof(*ptrs));
+    if (svids == NULL || ptrs == NULL) {
+        free(svids);
+        free(ptrs);
+        free(ids);
+        finish(w->call, SG_ENOMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        X509SVID init = X509_SVID__INIT;
+        svids[i] = init;
+        svids[i].spiffe_id = ids[i].svid->spiffe_id;
+        svids[i].x509_svid.data = ids[i].svid->chain;
+        svids[i].x509_svid.len = ids[i].svid->chain_len;
+        svids[i].x509_svid_key.data = ids[i].svid->key;
+        svids[i].x509_svid_key.len = ids[i].svid->key_len;
+        svids[i].bundle.data = (uint8_t *)bundle;
+        svids[i].bundle.len = blen;
+        if (ids[i].entry->hint != NULL)
+            svids[i].hint = ids[i].entry->hint;
+        ptrs[i] = &svids[i];
+    }
+    X509SVIDResponse resp = X509_SVIDRESPONSE__INIT;
+    resp.n_svids = n;
+    resp.svids = ptrs;
+    int rc = sg_rpc_call_send(w->call, &resp.base);
+    if (rc == 0)
+        sg_log_debug("workload api: sent %zu X509-SVID(s) to pid %d (first %s)", n,
+                     (int)w->peer.pid, ids[0].svid->spiffe_id);
+    free(svids);
+    free(ptrs);
+    free(ids);
+}
+
+static void send_x509_bundles(wl_call *w)
+{
+    sg_cache *c = w->api->d.cache;
+    sg_cache_identity *ids = NULL;
+    size_t n = 0, nentries = 0;
+    if (sg_cache_match(c, &w->sels, now_s(), &ids, &n, &nentries) != 0) {
+        finish(w->call, SG_ENOMEM, "out of memory");
+        return;
+    }
+    free(ids);
+    if (nentries == 0) {
+        sg_cache_unsubscribe(c, w->sub);
+        w->sub = NULL;
+        finish(w->call, SG_EPERM, "no identity issued");
+        return;
+    }
+    size_t blen = 0;
+    const uint8_t *bundle = sg_cache_bundle_der(c, &blen);
+    X509BundlesResponse__BundlesEntry entry = X509_BUNDLES_RESPONSE__BUNDLES_ENTRY__INIT;
+    X509BundlesResponse__BundlesEntry *ptr = &entry;
+    /* Map keys are the trust domain as a SPIFFE ID, "spiffe://<td>". */
+    entry.key = (char *)sg_cache_bundle_name(c);
+    entry.value.data = (uint8_t *)bundle;
+    entry.value.len = blen;
+    X509BundlesResponse resp = X509_BUNDLES_RESPONSE__INIT;
+    resp.n_bundles = 1;
+    resp.bundles = &ptr;
+    (void)sg_rpc_call_send(w->call, &resp.base);
+}
+
+static void on_cache_change(sg_cache *c, sg_cache_sub *sub, void *user)
+{
+    (void)c;
+    (void)sub;
+    wl_call *w = user;
+    if (w->call == NULL)
+        return;
+    if (w->method == M_X509SVID)
+        send_x509_svids(w);
+    else
+        send_x509_bundles(w);
+}
+
+/* ------------------------------------------------------------ attestation */
+
+static void attest_work(uv_work_t *req)
+{
+    wl_call *w = req->data;
+    const sg_workload_api_deps *d = &w->api->d;
+    sg_workload_peer wp = {.pid = w->peer.pid, .uid = w->peer.uid, .gid = w->peer.gid};
+    for (size_t i = 0; i < d->nattestors; i++) {
+        int rc = d->attestors[i]->attest(d->states[i], &wp, &w->sels, &w->attest_err);
+        if (rc != 0) {
+            w->attest_rc = rc;
+            return;
+        }
+    }
+    /* The selectors describe the caller only if the pinned process is still the same. */
+    w->attest_rc = sg_peer_check(&w->peer, &w->attest_err);
+}
+
+static void attest_done(uv_work_t *req, int status)
+{
+    wl_call *w = req->data;
+    sg_workload_api *api = w->api;
+    api->pending--;
+    if (w->call == NULL || sg_rpc_call_is_over(w->call)) {
+        wl_unref(w);
+        return;
+    }
+    if (status != 0 || w->attest_rc != 0) {
+        char msg[SG_ERR_MSG_LEN];
+        snprintf(msg, sizeof(msg), "workload attestation failed: %.200s",
+                 status != 0 ? "cancelled" : w->attest_err.msg);
+        sg_log_warn("workload api: %s (pid %d, uid %d)", msg, (int)w->peer.pid,
+                    (int)w->peer.uid);
+        finish(w->call, SG_EUNAVAIL, msg);
+        wl_unref(w);
+        return;
+    }
+    sg_log_debug("workload api: %s from pid %d uid %d: %zu selector(s)",
+                 method_names[w->method], (int)w->peer.pid, (int)w->peer.uid, w->sels.n);
+
+    sg_cache *c = api->d.cache;
+    sg_cache_identity *ids = NULL;
+    size_t n = 0, nentries = 0;
+    if (sg_cache_match(c, &w->sels, now_s(), &ids, &n, &nentries) != 0) {
+        finish(w->call, SG_ENOMEM, "out of memory");
+        wl_unref(w);
+        return;
+    }
+    free(ids);
+    if (nentries == 0) {
+        sg_log_debug("workload api: no identity for pid %d uid %d", (int)w->peer.pid,
+                     (int)w->peer.uid);
+        finish(w->call, SG_EPERM, "no identity issued");
+        wl_unref(w);
+        return;
+    }
+    switch (w->method) {
+    case M_X509SVID:
+    case M_X509BUNDLES: {
+        sg_err e = {0};
+        sg_cache_watch what = w->method == M_X509SVID ? SG_CACHE_WATCH_SVIDS
+                                                      : SG_CACHE_WATCH_BUNDLES;
+        if (sg_cache_subscribe(c, what, &w->sels, on_cache_change, w, now_s(), &w->sub, &e) !=
+            0) {
+            sg_rpc_call_finish_err(w->call, &e);
+            break;
+        }
+        on_cache_change(c, w->sub, w);
+        break;
+    }
+    default:
+        finish(w->call, SG_EUNSUPPORTED, "JWT-SVIDs are not supported yet");
+        break;
+    }
+    wl_unref(w);
+}
+
+static void on_call_done(sg_rpc_call *call, bool cancelled, void *user)
+{
+    (void)call;
+    (void)cancelled;
+    wl_call *w = user;
+    w->call = NULL;
+    if (w->sub != NULL) {
+        sg_cache_unsubscribe(w->api->d.cache, w->sub);
+        w->sub = NULL;
+    }
+    wl_unref(w);
+}
+
+/* ------------------------------------------------------------ handlers */
+
+static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessage *req,
+                  wl_method m)
+{
+    if (!header_ok(call)) {
+        finish(call, SG_EINVAL, "security header missing from request");
+        return;
+    }
+    if (m == M_WITSVID || m == M_WITBUNDLES) {
+        finish(call, SG_EUNSUPPORTED, "WIT-SVIDs are not supported");
+        return;
+    }
+    if (m == M_JWTSVID) {
+        const JWTSVIDRequest *r = (const JWTSVIDRequest *)req;
+        if (r == NULL || r->n_audience == 0) {
+            finish(call, SG_EINVAL, "audience must be specified");
+            return;
+        }
+    }
+    if (m == M_VALIDATE) {
+        const ValidateJWTSVIDRequest *r = (const ValidateJWTSVIDRequest *)req;
+        if (r == NULL || r->audience == NULL || r->audience[0] == '\0') {
+            finish(call, SG_EINVAL, "audience must be specified");
+            return;
+        }
+        if (r->svid == NULL || r->svid[0] == '\0') {
+            finish(call, SG_EINVAL, "svid must be specified");
+            return;
+        }
+    }
+    /* Workload Endpoint, Appendix A: not ready yet is Unavailable, so clients retry. */
+    if (!sg_cache_has_bundle(api->d.cache)) {
+        finish(call, SG_EUNAVAIL, "agent is not ready: not attested and no trust bundle yet");
+        return;
+    }
+    wl_call *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        finish(call, SG_ENOMEM, "out of memory");
+        return;
+    }
+    w->api = api;
+    w->call = call;
+    w->method = m;
+    w->peer.pidfd = -1;
+    sg_err e = {0};
+    /* Resolve at arrival: fd numbers are reused once gRPC closes a connection. */
+    if (sg_peer_table_lookup(api->d.peers, sg_rpc_call_peer(call), &w->peer, &e) != 0) {
+        sg_log_warn("workload api: cannot identify caller: %s", e.msg);
+        char msg[SG_ERR_MSG_LEN];
+        snprintf(msg, sizeof(msg), "workload attestation failed: %.200s", e.msg);
+        finish(call, SG_EUNAVAIL, msg);
+        free(w);
+        return;
+    }
+    w->refs = 2;
+    sg_rpc_call_on_done(call, on_call_done, w);
+    w->work.data = w;
+    if (uv_queue_work(api->d.loop, &w->work, attest_work, attest_done) != 0) {
+        finish(call, SG_EUNAVAIL, "workload attestation failed: cannot schedule");
+        wl_unref(w);
+        return;
+    }
+    api->pending++;
+}
+
+#define HANDLER(fn, m)                                                                             \
+    static void fn(sg_rpc_call *call, const ProtobufCMessage *req, void *user)                     \
+    {                                                                                              \
+        start(user, call, req, m);                                                                 \
+    }
+HANDLER(h_x509svid, M_X509SVID)
+HANDLER(h_x509bundles, M_X509BUNDLES)
+HANDLER(h_jwtsvid, M_JWTSVID)
+HANDLER(h_jwtbundles, M_JWTBUNDLES)
+HANDLER(h_validate, M_VALIDATE)
+HANDLER(h_witsvid, M_WITSVID)
+HANDLER(h_witbundles, M_WITBUNDLES)
+
+static const struct {
+    wl_method m;
+    sg_rpc_kind kind;
+    sg_rpc_handler fn;
+} methods[] = {
+    {M_X509SVID, SG_RPC_SERVER_STREAM, h_x509svid},
+    {M_X509BUNDLES, SG_RPC_SERVER_STREAM, h_x509bundles},
+    {M_JWTSVID, SG_RPC_UNARY, h_jwtsvid},
+    {M_JWTBUNDLES, SG_RPC_SERVER_STREAM, h_jwtbundles},
+    {M_VALIDATE, SG_RPC_UNARY, h_validate},
+    {M_WITSVID, SG_RPC_SERVER_STREAM, h_witsvid},
+    {M_WITBUNDLES, SG_RPC_SERVER_STREAM, h_witbundles},
+};
+
+int sg_workload_api_new(sg_workload_api **out, const sg_workload_api_deps *deps, sg_err *err)
+{
+    if (deps->nattestors == 0)
+        return sg_err_set(err, SG_ECONFIG, "at least one WorkloadAttestor must be configured");
+    sg_workload_api *api = calloc(1, sizeof(*api));
+    if (api == NULL)
+        return sg_err_set(err, SG_ENOMEM, "workload api: out of memory");
+    api->d = *deps;
+    *out = api;
+    return 0;
+}
+
+int sg_workload_api_register(sg_workload_api *api, sg_rpc_server *srv, sg_err *err)
+{
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        int rc = sg_rpc_server_add_method(srv, &spiffe_workload_api__descriptor,
+                                          method_names[methods[i].m], methods[i].kind,
+                                          methods[i].fn, api, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+size_t sg_workload_api_pending(const sg_workload_api *api)
+{
+    return api->pending;
+}
+
+void sg_workload_api_free(sg_workload_api *api)
+{
+    free(api);
+}

@@ -1,0 +1,42 @@
+/*
+ * The SPIFFE Workload API served by the agent: all seven RPCs of
+ * spiffe/workload.proto, the security header check, caller attestation on
+ * the thread pool and the X.509 streams fed from the cache. Everything
+ * here runs on the agent's loop thread (the rpc server dispatches to it).
+ */
+#ifndef SG_AGENT_WORKLOAD_API_H
+#define SG_AGENT_WORKLOAD_API_H
+
+#include "agent/cache.h"
+#include "agent/peer.h"
+#include "attestors/attestor.h"
+#include "common/err.h"
+#include "common/rpc.h"
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct sg_workload_api sg_workload_api;
+
+/* What the API works with; every pointer is borrowed and must outlive the API. */
+typedef struct sg_workload_api_deps {
+    uv_loop_t *loop;
+    sg_cache *cache;
+    sg_peer_table *peers;
+    const sg_workload_attestor *const *attestors; /* at least one */
+    void *const *states;                          /* states[i] from attestors[i]->configure */
+    size_t nattestors;
+} sg_workload_api_deps;
+
+int sg_workload_api_new(sg_workload_api **out, const sg_workload_api_deps *deps, sg_err *err);
+
+/* Registers the seven methods of SpiffeWorkloadAPI on srv (before it starts). */
+int sg_workload_api_register(sg_workload_api *api, sg_rpc_server *srv, sg_err *err);
+
+/* Attestations still running on the thread pool. */
+size_t sg_workload_api_pending(const sg_workload_api *api);
+
+/* Frees the API once the rpc server has shut down and nothing is pending. NULL-safe. */
+void sg_workload_api_free(sg_workload_api *api);
+
+#endif
