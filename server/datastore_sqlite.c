@@ -1,0 +1,1168 @@
+/*
+ * SQLite backend of the datastore (database_type "sqlite3").
+ *
+ * One connection per handle, guarded by a mutex, in WAL mode with a busy
+ * timeout and foreign keys on. The schema is versioned in schema_version;
+ * migrations run at open inside one transaction, and a database written by
+ * a newer binary is refused rather than guessed at.
+ *
+ * Entries keep their selectors and DNS names as JSON columns (one read per
+ * row) and also in entry_selectors, which the selector filter queries. The
+ * canonical selector JSON (sorted, duplicate-free) is part of a UNIQUE
+ * index, so the duplicate rule holds even without the explicit check.
+ * Every entry write bumps the single revision counter, deletes included.
+ */
+#include "server/datastore_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUSY_TIMEOUT_MS 5000
+#define STMT_CACHE      32
+
+typedef struct sqlite_ds {
+    pthread_mutex_t mu; /* guards everything below */
+    sqlite3 *db;
+    struct {
+        const char *sql; /* a static string; compared by pointer */
+        sqlite3_stmt *st;
+    } cache[STMT_CACHE];
+    size_t ncache;
+} sqlite_ds;
+
+/* ------------------------------------------------------------ schema */
+
+/* Migration i brings the schema from version i to i + 1. Never edit one; append. */
+static const char *const migrations[] = {
+    "CREATE TABLE revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);"
+    "INSERT INTO revision (id, value) VALUES (1, 0);"
+    "CREATE TABLE entries ("
+    "  id TEXT PRIMARY KEY,"
+    "  spiffe_id TEXT NOT NULL,"
+    "  parent_id TEXT NOT NULL,"
+    "  selectors TEXT NOT NULL," /* canonical JSON [[type, value], ...] */
+    "  dns_names TEXT NOT NULL," /* JSON [name, ...] */
+    "  x509_svid_ttl INTEGER NOT NULL DEFAULT 0,"
+    "  jwt_svid_ttl INTEGER NOT NULL DEFAULT 0,"
+    "  hint TEXT,"
+    "  downstream INTEGER NOT NULL DEFAULT 0,"
+    "  admin INTEGER NOT NULL DEFAULT 0,"
+    "  revision INTEGER NOT NULL UNIQUE,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (spiffe_id, parent_id, selectors));"
+    "CREATE INDEX entries_parent ON entries (parent_id);"
+    "CREATE TABLE entry_selectors ("
+    "  entry_id TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE,"
+    "  type TEXT NOT NULL,"
+    "  value TEXT NOT NULL,"
+    "  PRIMARY KEY (entry_id, type, value));"
+    "CREATE INDEX entry_selectors_tv ON entry_selectors (type, value);"
+    "CREATE TABLE join_tokens ("
+    "  hash TEXT PRIMARY KEY," /* SHA-256 hex of the token; the token itself is never stored */
+    "  expires_at INTEGER NOT NULL);"
+    "CREATE TABLE agents ("
+    "  spiffe_id TEXT PRIMARY KEY,"
+    "  attestation_type TEXT NOT NULL,"
+    "  serial TEXT NOT NULL,"
+    "  prev_serial TEXT NOT NULL,"
+    "  expires_at INTEGER NOT NULL,"
+    "  attested_at INTEGER NOT NULL,"
+    "  banned INTEGER NOT NULL DEFAULT 0,"
+    "  selectors TEXT NOT NULL);",
+};
+
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* ------------------------------------------------------------ helpers */
+
+static int db_fail(sqlite_ds *s, sg_err *err, const char *what)
+{
+    return sg_err_set(err, SG_EDB, "datastore: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+static int exec(sqlite_ds *s, const char *sql, sg_err *err, const char *what)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        sg_err_set(err, SG_EDB, "datastore: %s: %s", what, msg ? msg : sqlite3_errmsg(s->db));
+        sqlite3_free(msg);
+        return SG_EDB;
+    }
+    return 0;
+}
+
+/* A cached prepared statement for a static SQL string, reset and unbound. */
+static sqlite3_stmt *stmt(sqlite_ds *s, const char *sql, sg_err *err)
+{
+    sqlite3_stmt *st = NULL;
+
+    for (size_t i = 0; i < s->ncache; i++) {
+        if (s->cache[i].sql == sql) {
+            st = s->cache[i].st;
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return st;
+        }
+    }
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        db_fail(s, err, "preparing a statement");
+        return NULL;
+    }
+    if (s->ncache < STMT_CACHE) {
+        s->cache[s->ncache].sql = sql;
+        s->cache[s->ncache].st = st;
+        s->ncache++;
+    }
+    return st;
+}
+
+/* Releases a statement from stmt(): cached ones are reset, others finalized. */
+static void stmt_done(sqlite_ds *s, sqlite3_stmt *st)
+{
+    if (st == NULL)
+        return;
+    for (size_t i = 0; i < s->ncache; i++) {
+        if (s->cache[i].st == st) {
+            sqlite3_reset(st);
+            return;
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+static int begin(sqlite_ds *s, sg_err *err)
+{
+    return exec(s, "BEGIN IMMEDIATE", err, "starting a transaction");
+}
+
+static int commit(sqlite_ds *s, sg_err *err)
+{
+    return exec(s, "COMMIT", err, "committing");
+}
+
+static void rollback(sqlite_ds *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static char *col_strdup(sqlite3_stmt *st, int i, int *rc)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    char *d;
+
+    if (t == NULL)
+        return NULL;
+    d = strdup((const char *)t);
+    if (d == NULL)
+        *rc = SG_ENOMEM;
+    return d;
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v == NULL)
+        sqlite3_bind_null(st, i);
+    else
+        sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+}
+
+/* ------------------------------------------------------------ JSON columns */
+
+static char *selectors_json(const sg_selector *sel, size_t n)
+{
+    json_t *arr = json_array();
+    char *out;
+
+    if (arr == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *pair = json_pack("[ss]", sel[i].type, sel[i].value);
+        if (pair == NULL || json_array_append_new(arr, pair) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    out = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return out;
+}
+
+static char *strings_json(char *const *v, size_t n)
+{
+    json_t *arr = json_array();
+    char *out;
+
+    if (arr == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (json_array_append_new(arr, json_string(v[i])) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    out = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return out;
+}
+
+static int parse_selectors(const char *text, sg_selector **out, size_t *n, sg_err *err)
+{
+    json_error_t je;
+    json_t *arr = json_loads(text ? text : "[]", 0, &je);
+    sg_selector *sel = NULL;
+    size_t cnt;
+
+    *out = NULL;
+    *n = 0;
+    if (arr == NULL || !json_is_array(arr)) {
+        json_decref(arr);
+        return sg_err_set(err, SG_EDB, "datastore: corrupt selector column");
+    }
+    cnt = json_array_size(arr);
+    if (cnt > 0) {
+        sel = calloc(cnt, sizeof *sel);
+        if (sel == NULL) {
+            json_decref(arr);
+            return sg_err_set(err, SG_ENOMEM, "out of memory");
+        }
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        json_t *p = json_array_get(arr, i);
+        const char *t = json_string_value(json_array_get(p, 0));
+        const char *v = json_string_value(json_array_get(p, 1));
+        if (t == NULL || v == NULL) {
+            sg__ds_selectors_free(sel, cnt);
+            json_decref(arr);
+            return sg_err_set(err, SG_EDB, "datastore: corrupt selector column");
+        }
+        sel[i].type = strdup(t);
+        sel[i].value = strdup(v);
+        if (sel[i].type == NULL || sel[i].value == NULL) {
+            sg__ds_selectors_free(sel, cnt);
+            json_decref(arr);
+            return sg_err_set(err, SG_ENOMEM, "out of memory");
+        }
+    }
+    json_decref(arr);
+    *out = sel;
+    *n = cnt;
+    return 0;
+}
+
+static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
+{
+    json_error_t je;
+    json_t *arr = json_loads(text ? text : "[]", 0, &je);
+    char **v = NULL;
+    size_t cnt;
+
+    *out = NULL;
+    *n = 0;
+    if (arr == NULL || !json_is_array(arr)) {
+        json_decref(arr);
+        return sg_err_set(err, SG_EDB, "datastore: corrupt DNS name column");
+    }
+    cnt = json_array_size(arr);
+    if (cnt > 0) {
+        v = calloc(cnt, sizeof *v);
+        if (v == NULL) {
+            json_decref(arr);
+            return sg_err_set(err, SG_ENOMEM, "out of memory");
+        }
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        const char *s = json_string_value(json_array_get(arr, i));
+        v[i] = s ? strdup(s) : NULL;
+        if (v[i] == NULL) {
+            for (size_t j = 0; j < i; j++)
+                free(v[j]);
+            free(v);
+            json_decref(arr);
+            return sg_err_set(err, s ? SG_ENOMEM : SG_EDB, "datastore: corrupt DNS name column");
+        }
+    }
+    json_decref(arr);
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+/* ------------------------------------------------------------ open/close */
+
+/* Creates dir and its missing parents with mode 0700. */
+static int mkdir_parents(const char *path, sg_err *err)
+{
+    char buf[4096];
+    char *slash;
+    size_t n = strlen(path);
+
+    if (n >= sizeof buf)
+        return sg_err_set(err, SG_EINVAL, "datastore path is too long");
+    memcpy(buf, path, n + 1);
+    slash = strrchr(buf, '/');
+    if (slash == NULL || slash == buf)
+        return 0;
+    *slash = '\0';
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+            return sg_err_sys(err, "creating datastore directory \"%s\"", buf);
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return sg_err_sys(err, "creating datastore directory \"%s\"", buf);
+    return 0;
+}
+
+/* Creates the database file with mode 0600 when it does not exist yet. */
+static int create_file(const char *path, sg_err *err)
+{
+    struct stat sb;
+    int fd, rc;
+
+    if (strcmp(path, ":memory:") == 0)
+        return 0;
+    rc = mkdir_parents(path, err);
+    if (rc < 0)
+        return rc;
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode))
+            return sg_err_set(err, SG_EINVAL, "datastore path \"%s\" is not a regular file", path);
+        return 0;
+    }
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST)
+        return sg_err_sys(err, "creating datastore \"%s\"", path);
+    if (fd >= 0)
+        close(fd);
+    return 0;
+}
+
+static int migrate(sqlite_ds *s, const char *path, sg_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    int version = 0, rc;
+    bool have_row = false;
+    char sql[64];
+
+    rc = begin(s, err);
+    if (rc < 0)
+        return rc;
+    rc = exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", err,
+              "creating schema_version");
+    if (rc < 0)
+        goto fail;
+    if (sqlite3_prepare_v2(s->db, "SELECT version FROM schema_version", -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = db_fail(s, err, "reading schema_version");
+        goto fail;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        version = sqlite3_column_int(st, 0);
+        have_row = true;
+    }
+    sqlite3_finalize(st);
+    if (version > SCHEMA_VERSION) {
+        rc = sg_err_set(err, SG_EUNSUPPORTED,
+                        "datastore \"%.128s\" has schema version %d, newer than the %d this "
+                        "sigil-server knows; use a newer sigil-server",
+                        path, version, SCHEMA_VERSION);
+        goto fail;
+    }
+    if (version < 0) {
+        rc = sg_err_set(err, SG_EDB, "datastore \"%.128s\" has a corrupt schema version %d", path,
+                        version);
+        goto fail;
+    }
+    if (!have_row) {
+        rc = exec(s, "INSERT INTO schema_version (version) VALUES (0)", err, "initialising schema");
+        if (rc < 0)
+            goto fail;
+    }
+    for (int v = version; v < SCHEMA_VERSION; v++) {
+        rc = exec(s, migrations[v], err, "running a schema migration");
+        if (rc < 0)
+            goto fail;
+    }
+    if (version != SCHEMA_VERSION) {
+        snprintf(sql, sizeof sql, "UPDATE schema_version SET version = %d", SCHEMA_VERSION);
+        rc = exec(s, sql, err, "recording the schema version");
+        if (rc < 0)
+            goto fail;
+    }
+    return commit(s, err);
+fail:
+    rollback(s);
+    return rc;
+}
+
+static void ds_close(void *state)
+{
+    sqlite_ds *s = state;
+
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->ncache; i++)
+        sqlite3_finalize(s->cache[i].st);
+    sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static int ds_open(void **state, const char *conn, sg_err *err)
+{
+    sqlite_ds *s;
+    int rc;
+
+    rc = create_file(conn, err);
+    if (rc < 0)
+        return rc;
+    s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    pthread_mutex_init(&s->mu, NULL);
+    if (sqlite3_open_v2(conn, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        rc = sg_err_set(err, SG_EDB, "datastore: opening \"%.128s\": %s", conn,
+                        s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(s->db, 0);
+    rc = exec(s, "PRAGMA foreign_keys = ON", err, "enabling foreign keys");
+    if (rc == 0 && strcmp(conn, ":memory:") != 0)
+        rc = exec(s, "PRAGMA journal_mode = WAL", err, "enabling WAL");
+    if (rc == 0)
+        rc = exec(s, "PRAGMA synchronous = NORMAL", err, "setting synchronous");
+    if (rc < 0) {
+        /* A file that is not a database fails here first: say which file. */
+        size_t n = strlen(err ? err->msg : "");
+        if (err != NULL)
+            snprintf(err->msg + n, sizeof err->msg - n, " (file \"%.96s\")", conn);
+        goto fail;
+    }
+    rc = migrate(s, conn, err);
+    if (rc < 0)
+        goto fail;
+    *state = s;
+    return 0;
+fail:
+    ds_close(s);
+    return rc;
+}
+
+/* ------------------------------------------------------------ entries */
+
+static int bump_revision(sqlite_ds *s, int64_t *out, sg_err *err)
+{
+    static const char up[] = "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value";
+    sqlite3_stmt *st = stmt(s, up, err);
+    int rc = 0;
+
+    if (st == NULL)
+        return SG_EDB;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(s, err, "bumping the revision");
+    stmt_done(s, st);
+    return rc;
+}
+
+/* Finds another entry with the same spiffe_id, parent_id and selectors. */
+static int check_duplicate(sqlite_ds *s, const sg_entry *e, const char *sel_json, sg_err *err)
+{
+    static const char q[] = "SELECT id FROM entries WHERE spiffe_id = ? AND parent_id = ? AND "
+                            "selectors = ? AND id <> ?";
+    sqlite3_stmt *st = stmt(s, q, err);
+    int rc = 0, r;
+
+    if (st == NULL)
+        return SG_EDB;
+    bind_text(st, 1, e->spiffe_id);
+    bind_text(st, 2, e->parent_id);
+    bind_text(st, 3, sel_json);
+    bind_text(st, 4, e->id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        rc = sg_err_set(err, SG_EEXIST,
+                        "an entry with SPIFFE ID \"%.96s\", parent ID \"%.96s\" and the same "
+                        "selectors already exists (id %.36s)",
+                        e->spiffe_id, e->parent_id, (const char *)sqlite3_column_text(st, 0));
+    else if (r != SQLITE_DONE)
+        rc = db_fail(s, err, "checking for duplicates");
+    stmt_done(s, st);
+    return rc;
+}
+
+static int insert_selectors(sqlite_ds *s, const sg_entry *e, sg_err *err)
+{
+    static const char q[] = "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)";
+
+    for (size_t i = 0; i < e->nselectors; i++) {
+        sqlite3_stmt *st = stmt(s, q, err);
+        int r;
+
+        if (st == NULL)
+            return SG_EDB;
+        bind_text(st, 1, e->id);
+        bind_text(st, 2, e->selectors[i].type);
+        bind_text(st, 3, e->selectors[i].value);
+        r = sqlite3_step(st);
+        stmt_done(s, st);
+        if (r != SQLITE_DONE)
+            return db_fail(s, err, "storing selectors");
+    }
+    return 0;
+}
+
+static bool entry_exists(sqlite_ds *s, const char *id, int *rc, int64_t *created_at, sg_err *err)
+{
+    static const char q[] = "SELECT created_at FROM entries WHERE id = ?";
+    sqlite3_stmt *st = stmt(s, q, err);
+    bool found = false;
+    int r;
+
+    if (st == NULL) {
+        *rc = SG_EDB;
+        return false;
+    }
+    bind_text(st, 1, id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        found = true;
+        if (created_at != NULL)
+            *created_at = sqlite3_column_int64(st, 0);
+    } else if (r != SQLITE_DONE) {
+        *rc = db_fail(s, err, "looking up an entry");
+    }
+    stmt_done(s, st);
+    return found;
+}
+
+/* Inserts or replaces (update) the entry row and its selectors inside a transaction. */
+static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
+{
+    static const char ins[] =
+        "INSERT INTO entries (id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, "
+        "jwt_svid_ttl, hint, downstream, admin, revision, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    static const char upd[] =
+        "UPDATE entries SET spiffe_id = ?2, parent_id = ?3, selectors = ?4, dns_names = ?5, "
+        "x509_svid_ttl = ?6, jwt_svid_ttl = ?7, hint = ?8, downstream = ?9, admin = ?10, "
+        "revision = ?11, created_at = ?12 WHERE id = ?1";
+    static const char delsel[] = "DELETE FROM entry_selectors WHERE entry_id = ?";
+    char *sel_json = selectors_json(e->selectors, e->nselectors);
+    char *dns_json = strings_json(e->dns_names, e->ndns);
+    sqlite3_stmt *st;
+    int64_t rev = 0, created = (int64_t)time(NULL);
+    int rc = 0;
+    bool exists;
+
+    if (sel_json == NULL || dns_json == NULL) {
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory encoding an entry");
+        goto out;
+    }
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        goto unlock;
+    exists = entry_exists(s, e->id, &rc, &created, err);
+    if (rc < 0)
+        goto fail;
+    if (update && !exists) {
+        rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", e->id);
+        goto fail;
+    }
+    if (!update && exists) {
+        rc = sg_err_set(err, SG_EEXIST, "entry id \"%s\" already exists", e->id);
+        goto fail;
+    }
+    rc = check_duplicate(s, e, sel_json, err);
+    if (rc < 0)
+        goto fail;
+    rc = bump_revision(s, &rev, err);
+    if (rc < 0)
+        goto fail;
+    st = stmt(s, update ? upd : ins, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto fail;
+    }
+    bind_text(st, 1, e->id);
+    bind_text(st, 2, e->spiffe_id);
+    bind_text(st, 3, e->parent_id);
+    bind_text(st, 4, sel_json);
+    bind_text(st, 5, dns_json);
+    sqlite3_bind_int(st, 6, e->x509_svid_ttl);
+    sqlite3_bind_int(st, 7, e->jwt_svid_ttl);
+    bind_text(st, 8, e->hint);
+    sqlite3_bind_int(st, 9, e->downstream ? 1 : 0);
+    sqlite3_bind_int(st, 10, e->admin ? 1 : 0);
+    sqlite3_bind_int64(st, 11, rev);
+    sqlite3_bind_int64(st, 12, created);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = db_fail(s, err, update ? "updating an entry" : "inserting an entry");
+        stmt_done(s, st);
+        goto fail;
+    }
+    stmt_done(s, st);
+    if (update) {
+        st = stmt(s, delsel, err);
+        if (st == NULL) {
+            rc = SG_EDB;
+            goto fail;
+        }
+        bind_text(st, 1, e->id);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "replacing selectors");
+        stmt_done(s, st);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = insert_selectors(s, e, err);
+    if (rc < 0)
+        goto fail;
+    rc = commit(s, err);
+    if (rc < 0)
+        goto fail;
+    e->revision = rev;
+    e->created_at = created;
+    goto unlock;
+fail:
+    rollback(s);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+out:
+    free(sel_json);
+    free(dns_json);
+    return rc;
+}
+
+static int ds_entry_create(void *st, sg_entry *e, sg_err *err)
+{
+    return entry_write(st, e, false, err);
+}
+
+static int ds_entry_update(void *st, sg_entry *e, sg_err *err)
+{
+    return entry_write(st, e, true, err);
+}
+
+static int ds_entry_delete(void *state, const char *id, sg_err *err)
+{
+    static const char q[] = "DELETE FROM entries WHERE id = ?";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int64_t rev;
+    int rc;
+
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        goto unlock;
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto fail;
+    }
+    bind_text(st, 1, id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, err, "deleting an entry");
+    else if (sqlite3_changes(s->db) == 0)
+        rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", id);
+    stmt_done(s, st);
+    if (rc < 0)
+        goto fail;
+    rc = bump_revision(s, &rev, err);
+    if (rc < 0)
+        goto fail;
+    rc = commit(s, err);
+    if (rc == 0)
+        goto unlock;
+fail:
+    rollback(s);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+#define ENTRY_COLS                                                                                 \
+    "id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, jwt_svid_ttl, hint, "          \
+    "downstream, admin, revision, created_at"
+
+/* Reads one row of ENTRY_COLS into out. */
+static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
+{
+    sg_entry e;
+    const unsigned char *id = sqlite3_column_text(st, 0);
+    int rc = 0;
+
+    memset(&e, 0, sizeof e);
+    if (id == NULL || strlen((const char *)id) > SG_ENTRY_ID_LEN)
+        return sg_err_set(err, SG_EDB, "datastore: corrupt entry id");
+    memcpy(e.id, id, strlen((const char *)id) + 1);
+    e.spiffe_id = col_strdup(st, 1, &rc);
+    e.parent_id = col_strdup(st, 2, &rc);
+    e.hint = col_strdup(st, 7, &rc);
+    if (rc == 0)
+        rc = parse_selectors((const char *)sqlite3_column_text(st, 3), &e.selectors, &e.nselectors,
+                             err);
+    if (rc == 0)
+        rc = parse_strings((const char *)sqlite3_column_text(st, 4), &e.dns_names, &e.ndns, err);
+    if (rc == SG_ENOMEM)
+        sg_err_set(err, SG_ENOMEM, "out of memory");
+    if (rc == 0 && (e.spiffe_id == NULL || e.parent_id == NULL))
+        rc = sg_err_set(err, SG_EDB, "datastore: corrupt entry \"%s\"", e.id);
+    if (rc < 0) {
+        sg_entry_cleanup(&e);
+        return rc;
+    }
+    e.x509_svid_ttl = sqlite3_column_int(st, 5);
+    e.jwt_svid_ttl = sqlite3_column_int(st, 6);
+    e.downstream = sqlite3_column_int(st, 8) != 0;
+    e.admin = sqlite3_column_int(st, 9) != 0;
+    e.revision = sqlite3_column_int64(st, 10);
+    e.created_at = sqlite3_column_int64(st, 11);
+    *out = e;
+    return 0;
+}
+
+static int ds_entry_get(void *state, const char *id, sg_entry *out, sg_err *err)
+{
+    static const char q[] = "SELECT " ENTRY_COLS " FROM entries WHERE id = ?";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc, r;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto unlock;
+    }
+    bind_text(st, 1, id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        rc = read_entry(st, out, err);
+    else if (r == SQLITE_DONE)
+        rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", id);
+    else
+        rc = db_fail(s, err, "reading an entry");
+    stmt_done(s, st);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_entry_list(void *state, const sg_entry_filter *f, sg_entry **list, size_t *n,
+                         sg_err *err)
+{
+    static const char all[] = "SELECT " ENTRY_COLS " FROM entries ORDER BY id";
+    static const char sel_clause[] = " AND EXISTS (SELECT 1 FROM entry_selectors s WHERE "
+                                     "s.entry_id = entries.id AND s.type = ? AND s.value = ?)";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st = NULL;
+    sg_entry *v = NULL;
+    size_t cnt = 0, cap = 0;
+    char *sql = NULL;
+    int rc = 0, r;
+    bool filtered = f != NULL && (f->spiffe_id || f->parent_id || f->nselectors > 0);
+
+    if (filtered) {
+        size_t len = 256 + f->nselectors * sizeof sel_clause;
+        size_t off;
+        sql = malloc(len);
+        if (sql == NULL)
+            return sg_err_set(err, SG_ENOMEM, "out of memory");
+        off = (size_t)snprintf(sql, len, "SELECT " ENTRY_COLS " FROM entries WHERE 1%s%s",
+                               f->spiffe_id ? " AND spiffe_id = ?" : "",
+                               f->parent_id ? " AND parent_id = ?" : "");
+        for (size_t i = 0; i < f->nselectors; i++) {
+            memcpy(sql + off, sel_clause, sizeof sel_clause);
+            off += sizeof sel_clause - 1;
+        }
+        snprintf(sql + off, len - off, " ORDER BY id");
+    }
+    pthread_mutex_lock(&s->mu);
+    if (filtered) {
+        int b = 1;
+        if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+            rc = db_fail(s, err, "preparing an entry query");
+            st = NULL;
+            goto unlock;
+        }
+        if (f->spiffe_id)
+            bind_text(st, b++, f->spiffe_id);
+        if (f->parent_id)
+            bind_text(st, b++, f->parent_id);
+        for (size_t i = 0; i < f->nselectors; i++) {
+            bind_text(st, b++, f->selectors[i].type);
+            bind_text(st, b++, f->selectors[i].value);
+        }
+    } else {
+        st = stmt(s, all, err);
+        if (st == NULL) {
+            rc = SG_EDB;
+            goto unlock;
+        }
+    }
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            sg_entry *nv = realloc(v, ncap * sizeof *nv);
+            if (nv == NULL) {
+                rc = sg_err_set(err, SG_ENOMEM, "out of memory listing entries");
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        rc = read_entry(st, &v[cnt], err);
+        if (rc < 0)
+            break;
+        cnt++;
+    }
+    if (rc == 0 && r != SQLITE_DONE)
+        rc = db_fail(s, err, "listing entries");
+unlock:
+    stmt_done(s, st);
+    pthread_mutex_unlock(&s->mu);
+    free(sql);
+    if (rc < 0) {
+        sg_entry_list_free(v, cnt);
+        return rc;
+    }
+    *list = v;
+    *n = cnt;
+    return 0;
+}
+
+static int ds_entry_revision(void *state, int64_t *out, sg_err *err)
+{
+    static const char q[] = "SELECT value FROM revision WHERE id = 1";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc = 0;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL)
+        rc = SG_EDB;
+    else if (sqlite3_step(st) == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(s, err, "reading the revision");
+    stmt_done(s, st);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ------------------------------------------------------------ join tokens */
+
+static int ds_token_create(void *state, const char *hash, int64_t expires_at, sg_err *err)
+{
+    static const char q[] = "INSERT INTO join_tokens (hash, expires_at) VALUES (?, ?)";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc = 0, r;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, hash);
+        sqlite3_bind_int64(st, 2, expires_at);
+        r = sqlite3_step(st);
+        if (r == SQLITE_CONSTRAINT)
+            rc = sg_err_set(err, SG_EEXIST, "join token already exists");
+        else if (r != SQLITE_DONE)
+            rc = db_fail(s, err, "storing a join token");
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_token_consume(void *state, const char *hash, int64_t now, sg_err *err)
+{
+    static const char q[] = "DELETE FROM join_tokens WHERE hash = ? RETURNING expires_at";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int64_t expires_at = 0;
+    bool found = false;
+    int rc, r;
+
+    /* One DELETE ... RETURNING in one transaction: two concurrent consumers
+     * can never both see the row. */
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        goto unlock;
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto fail;
+    }
+    bind_text(st, 1, hash);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        expires_at = sqlite3_column_int64(st, 0);
+        found = true;
+        r = sqlite3_step(st);
+    }
+    if (r != SQLITE_DONE)
+        rc = db_fail(s, err, "consuming a join token");
+    stmt_done(s, st);
+    if (rc < 0)
+        goto fail;
+    rc = commit(s, err);
+    if (rc < 0)
+        goto fail;
+    if (!found)
+        rc = sg_err_set(err, SG_ENOENT, "join token not found or already used");
+    else if (now > expires_at)
+        rc = sg_err_set(err, SG_EEXPIRED, "join token expired");
+    goto unlock;
+fail:
+    rollback(s);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_token_prune(void *state, int64_t now, sg_err *err)
+{
+    static const char q[] = "DELETE FROM join_tokens WHERE expires_at < ?";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc = 0;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        sqlite3_bind_int64(st, 1, now);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "pruning join tokens");
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ------------------------------------------------------------ agents */
+
+static int ds_agent_put(void *state, const sg_agent_rec *a, sg_err *err)
+{
+    static const char q[] =
+        "INSERT OR REPLACE INTO agents (spiffe_id, attestation_type, serial, prev_serial, "
+        "expires_at, attested_at, banned, selectors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    char *sel = selectors_json(a->selectors, a->nselectors);
+    int rc = 0;
+
+    if (sel == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory encoding an agent");
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, a->spiffe_id);
+        bind_text(st, 2, a->attestation_type ? a->attestation_type : "");
+        bind_text(st, 3, a->serial);
+        bind_text(st, 4, a->prev_serial);
+        sqlite3_bind_int64(st, 5, a->expires_at);
+        sqlite3_bind_int64(st, 6, a->attested_at);
+        sqlite3_bind_int(st, 7, a->banned ? 1 : 0);
+        bind_text(st, 8, sel);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "storing an agent");
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(sel);
+    return rc;
+}
+
+#define AGENT_COLS                                                                                 \
+    "spiffe_id, attestation_type, serial, prev_serial, expires_at, attested_at, banned, selectors"
+
+static void copy_serial(char dst[41], const unsigned char *src)
+{
+    snprintf(dst, 41, "%s", src ? (const char *)src : "");
+}
+
+static int read_agent(sqlite3_stmt *st, sg_agent_rec *out, sg_err *err)
+{
+    sg_agent_rec a;
+    int rc = 0;
+
+    memset(&a, 0, sizeof a);
+    a.spiffe_id = col_strdup(st, 0, &rc);
+    a.attestation_type = col_strdup(st, 1, &rc);
+    copy_serial(a.serial, sqlite3_column_text(st, 2));
+    copy_serial(a.prev_serial, sqlite3_column_text(st, 3));
+    a.expires_at = sqlite3_column_int64(st, 4);
+    a.attested_at = sqlite3_column_int64(st, 5);
+    a.banned = sqlite3_column_int(st, 6) != 0;
+    if (rc == 0)
+        rc = parse_selectors((const char *)sqlite3_column_text(st, 7), &a.selectors, &a.nselectors,
+                             err);
+    if (rc == SG_ENOMEM)
+        sg_err_set(err, SG_ENOMEM, "out of memory");
+    if (rc == 0 && a.spiffe_id == NULL)
+        rc = sg_err_set(err, SG_EDB, "datastore: corrupt agent row");
+    if (rc < 0) {
+        sg_agent_rec_cleanup(&a);
+        return rc;
+    }
+    *out = a;
+    return 0;
+}
+
+static int ds_agent_get(void *state, const char *id, sg_agent_rec *out, sg_err *err)
+{
+    static const char q[] = "SELECT " AGENT_COLS " FROM agents WHERE spiffe_id = ?";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc, r;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, id);
+        r = sqlite3_step(st);
+        if (r == SQLITE_ROW)
+            rc = read_agent(st, out, err);
+        else if (r == SQLITE_DONE)
+            rc = sg_err_set(err, SG_ENOENT, "agent \"%.200s\" not found", id);
+        else
+            rc = db_fail(s, err, "reading an agent");
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_agent_list(void *state, sg_agent_rec **list, size_t *n, sg_err *err)
+{
+    static const char q[] = "SELECT " AGENT_COLS " FROM agents ORDER BY spiffe_id";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    sg_agent_rec *v = NULL;
+    size_t cnt = 0, cap = 0;
+    int rc = 0, r = SQLITE_DONE;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto unlock;
+    }
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            sg_agent_rec *nv = realloc(v, ncap * sizeof *nv);
+            if (nv == NULL) {
+                rc = sg_err_set(err, SG_ENOMEM, "out of memory listing agents");
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        rc = read_agent(st, &v[cnt], err);
+        if (rc < 0)
+            break;
+        cnt++;
+    }
+    if (rc == 0 && r != SQLITE_DONE)
+        rc = db_fail(s, err, "listing agents");
+unlock:
+    stmt_done(s, st);
+    pthread_mutex_unlock(&s->mu);
+    if (rc < 0) {
+        sg_agent_rec_list_free(v, cnt);
+        return rc;
+    }
+    *list = v;
+    *n = cnt;
+    return 0;
+}
+
+/* Runs a one-parameter-bound write on an agent and reports SG_ENOENT when no row changed. */
+static int agent_write(sqlite_ds *s, const char *sql, const char *id, int banned, sg_err *err)
+{
+    sqlite3_stmt *st;
+    int rc = 0;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, sql, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, id);
+        if (banned >= 0)
+            sqlite3_bind_int(st, 2, banned);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "updating an agent");
+        else if (sqlite3_changes(s->db) == 0)
+            rc = sg_err_set(err, SG_ENOENT, "agent \"%.200s\" not found", id);
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_agent_delete(void *state, const char *id, sg_err *err)
+{
+    static const char q[] = "DELETE FROM agents WHERE spiffe_id = ?";
+
+    return agent_write(state, q, id, -1, err);
+}
+
+static int ds_agent_set_banned(void *state, const char *id, bool banned, sg_err *err)
+{
+    static const char q[] = "UPDATE agents SET banned = ?2 WHERE spiffe_id = ?1";
+
+    return agent_write(state, q, id, banned ? 1 : 0, err);
+}
+
+const sg__ds_backend sg__ds_sqlite = {
+    .name = "sqlite3",
+    .open = ds_open,
+    .close = ds_close,
+    .entry_create = ds_entry_create,
+    .entry_update = ds_entry_update,
+    .entry_delete = ds_entry_delete,
+    .entry_get = ds_entry_get,
+    .entry_list = ds_entry_list,
+    .entry_revision = ds_entry_revision,
+    .token_create = ds_token_create,
+    .token_consume = ds_token_consume,
+    .token_prune = ds_token_prune,
+    .agent_put = ds_agent_put,
+    .agent_get = ds_agent_get,
+    .agent_list = ds_agent_list,
+    .agent_delete = ds_agent_delete,
+    .agent_set_banned = ds_agent_set_banned,
+};
