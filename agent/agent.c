@@ -1,0 +1,751 @@
+/*
+ * sigil-agent lifecycle on one libuv loop: Workload API socket (accepted
+ * here so each connection's SO_PEERCRED is known), the rpc server's events
+ * forwarded to the loop, node attestation and sync with backoff, batch
+ * minting of workload SVIDs, rotation at half-life, and a bounded stop.
+ */
+#include "agent/agent.h"
+
+#include "agent/cache.h"
+#include "agent/node_client.h"
+#include "agent/peer.h"
+#include "agent/workload_api.h"
+#include "attestors/attestor.h"
+#include "common/fsutil.h"
+#include "common/key.h"
+#include "common/log.h"
+#include "common/rpc.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define SYNC_INTERVAL_MS  5000
+#define BACKOFF_START_MS  1000
+#define BACKOFF_CAP_MS    30000
+#define SWEEP_INTERVAL_MS 10000
+#define STOP_POLL_MS      20
+#define STOP_DEADLINE_MS  4500
+#define MINT_BATCH_MAX    4096
+#define MAX_ATTESTORS     8
+
+typedef struct node_job node_job;
+
+struct sg_agent {
+    const sg_agent_config *cfg;
+    const char *join_token;
+    uv_loop_t loop;
+    bool loop_ready;
+    bool poll_ready;
+
+    sg_node_client *nc;
+    sg_cache *cache;
+    sg_peer_table *peers;
+    sg_workload_api *api;
+    sg_rpc_server *rpc;
+    const sg_workload_attestor *attestors[MAX_ATTESTORS];
+    void *states[MAX_ATTESTORS];
+    size_t nattestors;
+
+    int lfd;
+    uv_poll_t lpoll;
+    uv_timer_t accept_pause;
+
+    /* rpc events from the completion-queue thread; drained whole per wake-up */
+    uv_async_t async;
+    pthread_mutex_t qlock;
+    sg_rpc_event **q;
+    size_t qn, qcap;
+
+    uv_signal_t sigterm, sigint;
+    uv_timer_t node_timer, sweep_timer, stop_timer;
+
+    node_job *job; /* node work in flight, at most one */
+    int64_t backoff_ms;
+    char agent_id[2100];
+    size_t last_nentries;
+    bool synced_once;
+    bool stopping;
+    bool forced;
+    bool handles_closed;
+    uint64_t stop_started;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* Multiplies ms by a random factor in [lo, hi] (jitter keeps a fleet out of lock-step). */
+static int64_t jitter(int64_t ms, double lo, double hi)
+{
+    double u = (double)arc4random_uniform(1000001) / 1000000.0;
+    return (int64_t)((double)ms * (lo + (hi - lo) * u));
+}
+
+/* ------------------------------------------------------------ rpc dispatch */
+
+static void dispatch(sg_rpc_event *ev, void *ctx)
+{
+    sg_agent *a = ctx;
+    pthread_mutex_lock(&a->qlock);
+    if (a->qn == a->qcap) {
+        size_t ncap = a->qcap ? a->qcap * 2 : 64;
+        sg_rpc_event **nq = realloc(a->q, ncap * sizeof(*nq));
+        if (nq == NULL) {
+            /* An event that cannot be queued would leave a call hanging forever. */
+            pthread_mutex_unlock(&a->qlock);
+            sg_log_error("agent: out of memory queueing an rpc event");
+            abort();
+        }
+        a->q = nq;
+        a->qcap = ncap;
+    }
+    a->q[a->qn++] = ev;
+    pthread_mutex_unlock(&a->qlock);
+    uv_async_send(&a->async);
+}
+
+static void drain_events(sg_agent *a)
+{
+    /* Sends coalesce: keep draining until the queue is empty. */
+    for (;;) {
+        pthread_mutex_lock(&a->qlock);
+        sg_rpc_event **batch = a->q;
+        size_t n = a->qn;
+        a->q = NULL;
+        a->qn = 0;
+        a->qcap = 0;
+        pthread_mutex_unlock(&a->qlock);
+        if (n == 0) {
+            free(batch);
+            return;
+        }
+        for (size_t i = 0; i < n; i++)
+            sg_rpc_event_run(batch[i]);
+        free(batch);
+    }
+}
+
+static void on_async(uv_async_t *h)
+{
+    drain_events(h->data);
+}
+
+/* ------------------------------------------------------------ node work */
+
+enum { JOB_SYNC, JOB_MINT };
+
+struct node_job {
+    sg_agent *a;
+    uv_work_t work;
+    int kind;
+    int rc;
+    sg_err err;
+    sg_sync_result sync;
+    /* mint */
+    size_t n;
+    char **entry_ids;
+    int64_t *revisions;
+    uint8_t **keys; /* PKCS#8 DER, OPENSSL_malloc'd */
+    size_t *key_lens;
+    uint8_t **spkis;
+    size_t *spki_lens;
+    sg_mint_request *reqs;
+    sg_mint_result *results;
+};
+
+static void job_free(node_job *j)
+{
+    if (j == NULL)
+        return;
+    if (j->kind == JOB_SYNC && j->rc == 0)
+        sg_sync_result_cleanup(&j->sync);
+    for (size_t i = 0; i < j->n; i++) {
+        free(j->entry_ids ? j->entry_ids[i] : NULL);
+        if (j->keys != NULL && j->keys[i] != NULL)
+            OPENSSL_clear_free(j->keys[i], j->key_lens[i]);
+        if (j->spkis != NULL)
+            OPENSSL_free(j->spkis[i]);
+    }
+    if (j->results != NULL && j->rc == 0)
+        for (size_t i = 0; i < j->n; i++)
+            sg_mint_result_cleanup(&j->results[i]);
+    free(j->entry_ids);
+    free(j->revisions);
+    free(j->keys);
+    free(j->key_lens);
+    free(j->spkis);
+    free(j->spki_lens);
+    free(j->reqs);
+    free(j->results);
+    free(j);
+}
+
+static void schedule_node(sg_agent *a, int64_t delay_ms);
+static void node_after(uv_work_t *req, int status);
+
+static void sync_work(uv_work_t *req)
+{
+    node_job *j = req->data;
+    /* ensure_svid renews the agent SVID when due, so it runs before every sync. */
+    j->rc = sg_node_client_ensure_svid(j->a->nc, j->a->join_token, &j->err);
+    if (j->rc == 0)
+        j->rc = sg_node_client_sync(j->a->nc, &j->sync, &j->err);
+}
+
+static void mint_work(uv_work_t *req)
+{
+    node_job *j = req->data;
+    for (size_t i = 0; i < j->n; i++) {
+        EVP_PKEY *key = NULL;
+        int rc = sg_key_generate(SG_KEY_EC_P256, &key, &j->err);
+        if (rc == 0)
+            rc = sg_key_to_pkcs8_der(key, &j->keys[i], &j->key_lens[i], &j->err);
+        if (rc == 0)
+            rc = sg_key_to_spki_der(key, &j->spkis[i], &j->spki_lens[i], &j->err);
+        EVP_PKEY_free(key);
+        if (rc != 0) {
+            j->rc = rc;
+            return;
+        }
+        j->reqs[i].entry_id = j->entry_ids[i];
+        j->reqs[i].spki = j->spkis[i];
+        j->reqs[i].spki_len = j->spki_lens[i];
+    }
+    j->rc = sg_node_client_mint(j->a->nc, j->reqs, j->n, j->results, &j->err);
+}
+
+static int start_job(sg_agent *a, node_job *j, uv_work_cb fn)
+{
+    j->a = a;
+    j->work.data = j;
+    int rc = uv_queue_work(&a->loop, &j->work, fn, node_after);
+    if (rc != 0) {
+        sg_log_error("agent: cannot schedule node work: %s", uv_strerror(rc));
+        return SG_ESYS;
+    }
+    a->job = j;
+    return 0;
+}
+
+static int start_mint(sg_agent *a)
+{
+    const sg_agent_entry **due = NULL;
+    size_t n = 0;
+    if (sg_cache_due(a->cache, now_s(), &due, &n) != 0)
+        return SG_ENOMEM;
+    if (n == 0) {
+        free(due);
+        return 1;
+    }
+    if (n > MINT_BATCH_MAX)
+        n = MINT_BATCH_MAX;
+    node_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        goto oom;
+    j->kind = JOB_MINT;
+    j->n = n;
+    j->entry_ids = calloc(n, sizeof(*j->entry_ids));
+    j->revisions = calloc(n, sizeof(*j->revisions));
+    j->keys = calloc(n, sizeof(*j->keys));
+    j->key_lens = calloc(n, sizeof(*j->key_lens));
+    j->spkis = calloc(n, sizeof(*j->spkis));
+    j->spki_lens = calloc(n, sizeof(*j->spki_lens));
+    j->reqs = calloc(n, sizeof(*j->reqs));
+    j->results = calloc(n, sizeof(*j->results));
+    if (!j->entry_ids || !j->revisions || !j->keys || !j->key_lens || !j->spkis ||
+        !j->spki_lens || !j->reqs || !j->results)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        j->entry_ids[i] = strdup(due[i]->id);
+        if (j->entry_ids[i] == NULL)
+            goto oom;
+        j->revisions[i] = due[i]->revision;
+    }
+    free(due);
+    sg_log_debug("agent: minting %zu workload SVID(s)", n);
+    if (start_job(a, j, mint_work) != 0) {
+        j->rc = SG_ESYS; /* results were never initialised */
+        job_free(j);
+        return SG_ESYS;
+    }
+    return 0;
+oom:
+    free(due);
+    if (j != NULL)
+        j->rc = SG_ENOMEM;
+    job_free(j);
+    return SG_ENOMEM;
+}
+
+static void after_sync(sg_agent *a, node_job *j)
+{
+    if (j->rc != 0) {
+        const char *what = sg_node_client_has_svid(a->nc) ? "sync with the server failed"
+                                                          : "node attestation failed";
+        int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
+        sg_log_warn("agent: %s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)", what,
+                    j->err.msg, (long long)delay);
+        a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
+        schedule_node(a, delay);
+        return;
+    }
+    a->backoff_ms = BACKOFF_START_MS;
+    const char *id = sg_node_client_agent_id(a->nc);
+    if (strcmp(id, a->agent_id) != 0) {
+        sg_log_info("agent: node attestation succeeded: agent id %s, SVID valid until %lld", id,
+                    (long long)sg_node_client_svid_expiry(a->nc));
+        snprintf(a->agent_id, sizeof(a->agent_id), "%s", id);
+    }
+    sg_err e = {0};
+    size_t nentries = j->sync.nentries;
+    uint64_t seq = j->sync.bundle.sequence;
+    int rc = sg_cache_set_entries(a->cache, j->sync.entries, j->sync.nentries, &e);
+    j->sync.entries = NULL;
+    j->sync.nentries = 0;
+    if (rc != 0)
+        sg_log_error("agent: cannot store entries: %s", e.msg);
+    if (j->sync.bundle.n > 0) {
+        rc = sg_cache_set_bundle(a->cache, &j->sync.bundle, &e);
+        if (rc != 0)
+            sg_log_error("agent: cannot store the bundle: %s", e.msg);
+    } else if (!sg_cache_has_bundle(a->cache)) {
+        sg_log_warn("agent: the server sent an empty trust bundle");
+    }
+    if (!a->synced_once || nentries != a->last_nentries)
+        sg_log_info("agent: synced %zu entr%s (bundle sequence %llu)", nentries,
+                    nentries == 1 ? "y" : "ies", (unsigned long long)seq);
+    a->synced_once = true;
+    a->last_nentries = nentries;
+    sg_cache_flush(a->cache, now_s());
+    rc = start_mint(a);
+    if (rc != 0) /* nothing due (1) or could not start: next sync on schedule */
+        schedule_node(a, SYNC_INTERVAL_MS);
+}
+
+static void after_mint(sg_agent *a, node_job *j)
+{
+    if (j->rc != 0) {
+        sg_log_warn("agent: minting %zu SVID(s) failed: %s", j->n, j->err.msg);
+        schedule_node(a, jitter(a->backoff_ms, 0.8, 1.2));
+        a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
+        return;
+    }
+    int64_t now = now_s();
+    size_t ok = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        sg_mint_result *r = &j->results[i];
+        if (r->code != 0) {
+            sg_log_warn("agent: server refused an SVID for entry %s: %s", j->entry_ids[i],
+                        r->error);
+            continue;
+        }
+        int64_t life = r->not_after - now;
+        if (life < 0)
+            life = 0;
+        /* Re-mint at half-life +-5 %, in seconds. */
+        int64_t renew_at = now + jitter(life * 1000, 0.45, 0.55) / 1000;
+        sg_err e = {0};
+        int rc = sg_cache_put_svid(a->cache, j->entry_ids[i], j->revisions[i], r->chain,
+                                   r->nchain, j->keys[i], j->key_lens[i], r->not_after,
+                                   renew_at, r->serial, &e);
+        if (rc != 0) {
+            sg_log_debug("agent: dropping SVID for entry %s: %s", j->entry_ids[i], e.msg);
+            continue;
+        }
+        ok++;
+        sg_log_info("agent: minted X509-SVID for entry %s serial %s expires %lld",
+                    j->entry_ids[i], r->serial, (long long)r->not_after);
+    }
+    (void)ok;
+    sg_cache_flush(a->cache, now);
+    schedule_node(a, j->n == MINT_BATCH_MAX ? 0 : SYNC_INTERVAL_MS);
+}
+
+static void node_after(uv_work_t *req, int status)
+{
+    node_job *j = req->data;
+    sg_agent *a = j->a;
+    a->job = NULL;
+    if (status != 0 && j->rc == 0)
+        j->rc = sg_err_set(&j->err, SG_ECANCELLED, "node work cancelled");
+    if (!a->stopping) {
+        if (j->kind == JOB_SYNC)
+            after_sync(a, j);
+        else
+            after_mint(a, j);
+    }
+    job_free(j);
+}
+
+static void on_node_timer(uv_timer_t *t)
+{
+    sg_agent *a = t->data;
+    if (a->stopping || a->job != NULL)
+        return;
+    node_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        schedule_node(a, SYNC_INTERVAL_MS);
+        return;
+    }
+    j->kind = JOB_SYNC;
+    if (start_job(a, j, sync_work) != 0) {
+        j->rc = SG_ESYS;
+        job_free(j);
+        schedule_node(a, SYNC_INTERVAL_MS);
+    }
+}
+
+static void schedule_node(sg_agent *a, int64_t delay_ms)
+{
+    if (a->stopping)
+        return;
+    uv_timer_start(&a->node_timer, on_node_timer, (uint64_t)(delay_ms < 0 ? 0 : delay_ms), 0);
+}
+
+/* ------------------------------------------------------------ Workload API socket */
+
+static void on_listen(uv_poll_t *h, int status, int events);
+
+static void on_accept_pause_end(uv_timer_t *t)
+{
+    sg_agent *a = t->data;
+    if (!a->stopping)
+        uv_poll_start(&a->lpoll, UV_READABLE, on_listen);
+}
+
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+    sg_agent *a = h->data;
+    (void)events;
+    if (status < 0 || a->stopping)
+        return;
+    for (;;) {
+        int fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            /* Out of descriptors or memory: back off instead of spinning on a readable listener. */
+            sg_log_warn("agent: accept on the Workload API socket: %s", strerror(errno));
+            uv_poll_stop(&a->lpoll);
+            uv_timer_start(&a->accept_pause, on_accept_pause_end, 100, 0);
+            return;
+        }
+        sg_peer p;
+        sg_err e = {0};
+        if (sg_peer_capture(fd, &p, &e) != 0) {
+            sg_log_debug("agent: dropping Workload API connection: %s", e.msg);
+            close(fd);
+            continue;
+        }
+        if (sg_peer_table_put(a->peers, fd, &p, &e) != 0) {
+            sg_log_warn("agent: dropping Workload API connection: %s", e.msg);
+            sg_peer_cleanup(&p);
+            close(fd);
+            continue;
+        }
+        if (sg_rpc_server_add_fd(a->rpc, fd, &e) != 0)
+            sg_log_warn("agent: cannot serve Workload API connection: %s", e.msg);
+    }
+}
+
+static int open_socket(sg_agent *a, sg_err *err)
+{
+    const char *path = a->cfg->socket_path;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (path == NULL || path[0] == '\0')
+        return sg_err_set(err, SG_ECONFIG, "socket_path is empty");
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return sg_err_set(err, SG_ECONFIG, "socket_path \"%.80s...\" is longer than %zu bytes",
+                          path, sizeof(sa.sun_path) - 1);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    char dir[sizeof(sa.sun_path)];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        int rc = sg_fs_mkdir_p(dir, 0755, err);
+        if (rc != 0)
+            return rc;
+    }
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return sg_err_set(err, SG_EEXIST,
+                              "socket_path \"%s\" exists and is not a socket; not removing it",
+                              path);
+        /* A stale socket from an earlier run. */
+        if (unlink(path) != 0)
+            return sg_err_sys(err, "cannot remove stale socket \"%s\"", path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return sg_err_sys(err, "socket");
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        int rc = sg_err_sys(err, "cannot bind the Workload API socket \"%s\"", path);
+        close(fd);
+        return rc;
+    }
+    /* Anyone may connect: callers are identified only by SO_PEERCRED. */
+    if (chmod(path, 0777) != 0 || listen(fd, 4096) != 0) {
+        int rc = sg_err_sys(err, "cannot listen on \"%s\"", path);
+        close(fd);
+        unlink(path);
+        return rc;
+    }
+    a->lfd = fd;
+    return 0;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    sg_agent *a = t->data;
+    size_t n = sg_peer_table_sweep(a->peers);
+    if (n > 0)
+        sg_log_debug("agent: forgot %zu closed Workload API connection(s)", n);
+}
+
+/* ------------------------------------------------------------ stop */
+
+static void close_handles(sg_agent *a)
+{
+    if (a->handles_closed)
+        return;
+    a->handles_closed = true;
+    uv_close((uv_handle_t *)&a->async, NULL);
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->node_timer, NULL);
+    uv_close((uv_handle_t *)&a->sweep_timer, NULL);
+    uv_close((uv_handle_t *)&a->accept_pause, NULL);
+}
+
+static void on_stop_tick(uv_timer_t *t)
+{
+    sg_agent *a = t->data;
+    drain_events(a);
+    bool rpc_done = a->rpc == NULL || sg_rpc_server_shutdown_done(a->rpc);
+    if (rpc_done && a->rpc != NULL) {
+        /* The CQ threads are gone: run what they queued last, then free the server. */
+        drain_events(a);
+        sg_rpc_server_free(a->rpc);
+        a->rpc = NULL;
+    }
+    if (rpc_done)
+        close_handles(a);
+    bool idle = rpc_done && a->job == NULL && sg_workload_api_pending(a->api) == 0;
+    if (idle) {
+        uv_close((uv_handle_t *)&a->stop_timer, NULL);
+        return;
+    }
+    if (uv_now(&a->loop) - a->stop_started >= STOP_DEADLINE_MS) {
+        sg_log_warn("agent: stop deadline reached with work still running; exiting");
+        a->forced = true;
+        uv_stop(&a->loop);
+    }
+}
+
+static void begin_stop(sg_agent *a, const char *why)
+{
+    if (a->stopping)
+        return;
+    a->stopping = true;
+    a->stop_started = uv_now(&a->loop);
+    sg_log_info("agent: %s received, stopping", why);
+    uv_timer_stop(&a->node_timer);
+    uv_timer_stop(&a->sweep_timer);
+    uv_timer_stop(&a->accept_pause);
+    if (a->lfd >= 0) {
+        uv_close((uv_handle_t *)&a->lpoll, NULL);
+        close(a->lfd);
+        a->lfd = -1;
+        unlink(a->cfg->socket_path);
+    }
+    /* Cancels open streams; their done callbacks arrive through the dispatcher. */
+    if (a->rpc != NULL)
+        sg_rpc_server_shutdown(a->rpc);
+    uv_timer_start(&a->stop_timer, on_stop_tick, 0, STOP_POLL_MS);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    begin_stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+/* WorkloadAttestor plugins named in the config, in order. */
+static int configure_attestors(sg_agent *a, sg_err *err)
+{
+    const char *names[MAX_ATTESTORS];
+    size_t n = 0;
+    if (a->cfg->unix_attestor_enabled)
+        names[n++] = "unix";
+    if (n == 0)
+        return sg_err_set(err, SG_ECONFIG,
+                          "at least one WorkloadAttestor plugin must be configured (e.g. "
+                          "WorkloadAttestor \"unix\")");
+    for (size_t i = 0; i < n; i++) {
+        const sg_workload_attestor *wa = sg_registry_workload(names[i]);
+        if (wa == NULL)
+            return sg_err_set(err, SG_ECONFIG, "WorkloadAttestor \"%s\" is not supported",
+                              names[i]);
+        void *state = NULL;
+        int rc = wa->configure(a->cfg, &state, err);
+        if (rc != 0)
+            return rc;
+        a->attestors[a->nattestors] = wa;
+        a->states[a->nattestors] = state;
+        a->nattestors++;
+    }
+    return 0;
+}
+
+int sg_agent_new(sg_agent **out, const sg_agent_config *cfg, const char *join_token, sg_err *err)
+{
+    sg_agent *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return sg_err_set(err, SG_ENOMEM, "agent: out of memory");
+    a->cfg = cfg;
+    a->join_token = join_token;
+    a->lfd = -1;
+    a->backoff_ms = BACKOFF_START_MS;
+    pthread_mutex_init(&a->qlock, NULL);
+    int rc = configure_attestors(a, err);
+    if (rc == 0)
+        rc = sg_cache_new(&a->cache, cfg->trust_domain, err);
+    if (rc == 0 && sg_peer_table_new(&a->peers) != 0)
+        rc = sg_err_set(err, SG_ENOMEM, "agent: out of memory");
+    if (rc == 0)
+        rc = sg_node_client_new(&a->nc, cfg, err);
+    if (rc != 0) {
+        sg_agent_free(a);
+        return rc;
+    }
+    *out = a;
+    return 0;
+}
+
+static int setup(sg_agent *a, sg_err *err)
+{
+    int rc = uv_loop_init(&a->loop);
+    if (rc != 0)
+        return sg_err_set(err, SG_ESYS, "uv_loop_init: %s", uv_strerror(rc));
+    a->loop_ready = true;
+    uv_async_init(&a->loop, &a->async, on_async);
+    uv_signal_init(&a->loop, &a->sigterm);
+    uv_signal_init(&a->loop, &a->sigint);
+    uv_timer_init(&a->loop, &a->node_timer);
+    uv_timer_init(&a->loop, &a->sweep_timer);
+    uv_timer_init(&a->loop, &a->stop_timer);
+    uv_timer_init(&a->loop, &a->accept_pause);
+    a->async.data = a->sigterm.data = a->sigint.data = a;
+    a->node_timer.data = a->sweep_timer.data = a->stop_timer.data = a->accept_pause.data = a;
+
+    sg_workload_api_deps deps = {
+        .loop = &a->loop,
+        .cache = a->cache,
+        .peers = a->peers,
+        .attestors = a->attestors,
+        .states = a->states,
+        .nattestors = a->nattestors,
+    };
+    rc = sg_workload_api_new(&a->api, &deps, err);
+    if (rc != 0)
+        return rc;
+    sg_rpc_server_options opts = {
+        .cq_threads = 1,
+        .dispatch = dispatch,
+        .dispatch_ctx = a,
+    };
+    rc = sg_rpc_server_new(&a->rpc, &opts, err);
+    if (rc == 0)
+        rc = sg_workload_api_register(a->api, a->rpc, err);
+    if (rc == 0)
+        rc = open_socket(a, err);
+    if (rc == 0)
+        rc = sg_rpc_server_start(a->rpc, err);
+    if (rc != 0)
+        return rc;
+    uv_poll_init(&a->loop, &a->lpoll, a->lfd);
+    a->poll_ready = true;
+    a->lpoll.data = a;
+    uv_poll_start(&a->lpoll, UV_READABLE, on_listen);
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+    uv_timer_start(&a->sweep_timer, on_sweep, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+    sg_log_info("agent: Workload API listening on %s (trust domain %s)", a->cfg->socket_path,
+                a->cfg->trust_domain);
+    schedule_node(a, 0);
+    return 0;
+}
+
+int sg_agent_run(sg_agent *a, sg_err *err)
+{
+    int rc = setup(a, err);
+    if (rc != 0) {
+        if (a->loop_ready) {
+            if (a->lfd >= 0) {
+                if (a->poll_ready)
+                    uv_close((uv_handle_t *)&a->lpoll, NULL);
+                close(a->lfd);
+                a->lfd = -1;
+                unlink(a->cfg->socket_path);
+            }
+            if (a->rpc != NULL) {
+                sg_rpc_server_shutdown(a->rpc);
+                while (!sg_rpc_server_shutdown_done(a->rpc)) {
+                    drain_events(a);
+                    usleep(1000);
+                }
+                drain_events(a);
+                sg_rpc_server_free(a->rpc);
+                a->rpc = NULL;
+            }
+            close_handles(a);
+            uv_close((uv_handle_t *)&a->stop_timer, NULL);
+            uv_run(&a->loop, UV_RUN_DEFAULT);
+        }
+        return rc;
+    }
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    if (a->forced)
+        return 1;
+    sg_log_info("agent: stopped");
+    return 0;
+}
+
+void sg_agent_free(sg_agent *a)
+{
+    if (a == NULL)
+        return;
+    if (a->loop_ready && !a->forced) {
+        uv_run(&a->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&a->loop) != 0)
+            sg_log_debug("agent: loop still had handles at exit");
+    }
+    sg_rpc_server_free(a->rpc);
+    sg_workload_api_free(a->api);
+    for (size_t i = 0; i < a->nattestors; i++)
+        a->attestors[i]->destroy(a->states[i]);
+    sg_node_client_free(a->nc);
+    sg_cache_free(a->cache);
+    sg_peer_table_free(a->peers);
+    free(a->q);
+    pthread_mutex_destroy(&a->qlock);
+    free(a);
+}
