@@ -1,0 +1,580 @@
+/*
+ * sigil.node.v1.Node: agent attestation, agent SVID renewal, the entry
+ * sync and batch X509-SVID minting. Every call but AttestAgent is
+ * authenticated per call from the peer's TLS certificate; authorisation
+ * comes from the in-memory index (server/authorized.h), so minting never
+ * queries the datastore per SVID. Tokens and keys are never logged.
+ */
+#include "server/node_api.h"
+
+#include "common/log.h"
+#include "common/spiffeid.h"
+#include "common/x509.h"
+#include "sigil/node/v1/node.pb-c.h"
+
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define AGENT_PATH_PREFIX "/spire/agent/"
+
+/* How long agents should wait before re-fetching the bundle (seconds). */
+#define BUNDLE_REFRESH_HINT_S 300
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static int64_t agent_ttl(sg_server *s)
+{
+    const sg_server_config *cfg = sg_server_config_get(s);
+    return cfg->agent_ttl_s > 0 ? cfg->agent_ttl_s : cfg->default_x509_svid_ttl_s;
+}
+
+/* ------------------------------------------------------------ bundle */
+
+/* A node.v1.Bundle with borrowed data from certs; free with bundle_cleanup. */
+typedef struct bundle_msg {
+    Sigil__Node__V1__Bundle msg;
+    sg_der *certs;
+    size_t n;
+} bundle_msg;
+
+static int bundle_build(sg_server *s, bundle_msg *b, sg_err *err)
+{
+    memset(b, 0, sizeof(*b));
+    sigil__node__v1__bundle__init(&b->msg);
+    sg_ca *ca = sg_server_ca(s);
+    int rc = sg_ca_bundle_der(ca, &b->certs, &b->n, err);
+    if (rc < 0)
+        return rc;
+    b->msg.x509_authorities = calloc(b->n ? b->n : 1, sizeof(*b->msg.x509_authorities));
+    if (!b->msg.x509_authorities)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < b->n; i++) {
+        b->msg.x509_authorities[i].data = b->certs[i].data;
+        b->msg.x509_authorities[i].len = b->certs[i].len;
+    }
+    b->msg.n_x509_authorities = b->n;
+    b->msg.trust_domain = (char *)sg_server_config_get(s)->trust_domain;
+    b->msg.sequence = sg_ca_bundle_sequence(ca);
+    b->msg.refresh_hint = BUNDLE_REFRESH_HINT_S;
+    return 0;
+}
+
+static void bundle_cleanup(bundle_msg *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        sg_der_cleanup(&b->certs[i]);
+    free(b->certs);
+    free(b->msg.x509_authorities);
+    memset(b, 0, sizeof(*b));
+}
+
+/* Points an X509SVID message at chain (borrowed); bins holds at least chain->n items. */
+static void svid_msg(Sigil__Node__V1__X509SVID *m, ProtobufCBinaryData *bins, const char *id,
+                     const sg_ca_chain *chain)
+{
+    sigil__node__v1__x509_svid__init(m);
+    m->spiffe_id = (char *)id;
+    for (size_t i = 0; i < chain->n; i++) {
+        bins[i].data = chain->certs[i].data;
+        bins[i].len = chain->certs[i].len;
+    }
+    m->cert_chain = bins;
+    m->n_cert_chain = chain->n;
+    m->expires_at = chain->not_after;
+}
+
+/* ------------------------------------------------------------ authentication */
+
+/*
+ * Identifies the calling agent from its TLS certificate (the chain was
+ * verified by the handshake) and checks it against the agent records.
+ * On success agent_id holds the ID and *view (may be NULL) its entries.
+ */
+static int authenticate(sg_rpc_call *call, sg_server *s, char *agent_id, size_t idlen, char *serial,
+                        size_t seriallen, sg_authz_view **view, sg_err *err)
+{
+    const char *pem = sg_rpc_call_peer_cert_pem(call);
+    if (!pem)
+        return sg_err_set(err, SG_EUNAUTH, "an agent client certificate is required");
+    STACK_OF(X509) *certs = NULL;
+    sg_err e;
+    sg_err_clear(&e);
+    if (sg_x509_parse_pem_chain(pem, strlen(pem), &certs, &e) < 0)
+        return sg_err_set(err, SG_EUNAUTH, "client certificate unreadable: %s", e.msg);
+    X509 *leaf = sk_X509_value(certs, 0);
+    sg_spiffeid id;
+    int rc = sg_x509_spiffeid(leaf, &id, &e);
+    if (rc == 0) {
+        sg_x509_serial_hex(leaf, serial, seriallen);
+    }
+    sk_X509_pop_free(certs, X509_free);
+    if (rc < 0)
+        return sg_err_set(err, SG_EUNAUTH, "client certificate is not an SVID: %s", e.msg);
+    const char *td = sg_server_config_get(s)->trust_domain;
+    if (!sg_spiffeid_member_of(&id, td) ||
+        strncmp(id.path, AGENT_PATH_PREFIX, strlen(AGENT_PATH_PREFIX)) != 0)
+        return sg_err_set(err, SG_EPERM, "caller %s is not an agent of trust domain %s", id.str,
+                          td);
+    snprintf(agent_id, idlen, "%s", id.str);
+    return sg_authz_agent_auth(sg_server_authz(s), sg_server_datastore(s), id.str, serial, view,
+                               err);
+}
+
+/* Finishes call with err, logging the refusal at debug level. */
+static void refuse(sg_rpc_call *call, const char *method, const sg_err *err)
+{
+    sg_log_debug("node API %s refused peer=%s: %s", method, sg_rpc_call_peer(call), err->msg);
+    sg_rpc_call_finish_err(call, err);
+}
+
+/* ------------------------------------------------------------ AttestAgent */
+
+static int no_challenge(void *ctx, const uint8_t *chal, size_t chal_len, uint8_t **resp,
+                        size_t *resp_len, sg_err *err)
+{
+    (void)ctx;
+    (void)chal;
+    (void)chal_len;
+    *resp = NULL;
+    *resp_len = 0;
+    return sg_err_set(err, SG_EUNSUPPORTED, "attestation challenges are not supported yet");
+}
+
+/* Signs an agent SVID for agent_id from a DER CSR. */
+static int sign_agent(sg_server *s, const char *agent_id, const uint8_t *csr, size_t csr_len,
+                      sg_ca_chain *chain, sg_err *err)
+{
+    if (csr_len == 0)
+        return sg_err_set(err, SG_EINVAL, "a CSR for the agent key is required");
+    sg_der spki = {0};
+    sg_err e;
+    sg_err_clear(&e);
+    int rc = sg_x509_csr_public_key(csr, csr_len, &spki, &e);
+    if (rc < 0)
+        return sg_err_set(err, SG_EINVAL, "invalid CSR: %s", e.msg);
+    sg_ca_svid_params p = {.spiffe_id = agent_id, .ttl_s = agent_ttl(s)};
+    rc = sg_ca_sign_svid(sg_server_ca(s), &p, spki.data, spki.len, chain, err);
+    sg_der_cleanup(&spki);
+    return rc;
+}
+
+static int do_attest(sg_rpc_call *call, sg_server *s,
+                     const Sigil__Node__V1__AttestAgentRequest *req, sg_err *err)
+{
+    if (req->step_case != SIGIL__NODE__V1__ATTEST_AGENT_REQUEST__STEP_PARAMS || !req->params)
+        return sg_err_set(err, SG_EINVAL, "the first AttestAgent message must carry params");
+    const Sigil__Node__V1__AttestAgentParams *params = req->params;
+    if (!params->data || !params->data->type || !params->data->type[0])
+        return sg_err_set(err, SG_EINVAL, "attestation data type is missing");
+    const char *type = params->data->type;
+    void *state = NULL;
+    const sg_node_attestor_server *att = sg_server_node_attestor(s, type, &state);
+    if (!att)
+        return sg_err_set(err, SG_EINVAL, "node attestor \"%.64s\" is not configured", type);
+
+    /* Check the CSR before the attestor runs: a join token is single-use,
+     * so a malformed request must not burn it. */
+    if (params->csr.len == 0)
+        return sg_err_set(err, SG_EINVAL, "a CSR for the agent key is required");
+    sg_der spki = {0};
+    sg_err e;
+    sg_err_clear(&e);
+    if (sg_x509_csr_public_key(params->csr.data, params->csr.len, &spki, &e) < 0)
+        return sg_err_set(err, SG_EINVAL, "invalid CSR: %s", e.msg);
+
+    const sg_server_config *cfg = sg_server_config_get(s);
+    sg_node_attest_host host = {
+        .ds = sg_server_datastore(s), .trust_domain = cfg->trust_domain, .now = now_s()};
+    sg_node_attest_result res;
+    memset(&res, 0, sizeof(res));
+    int rc = att->attest(state, &host, params->data->payload.data, params->data->payload.len,
+                         no_challenge, call, &res, err);
+    if (rc < 0) {
+        sg_der_cleanup(&spki);
+        sg_selector_set_cleanup(&res.selectors);
+        if (rc != SG_EPERM && rc != SG_EINVAL && rc != SG_EEXPIRED)
+            return rc;
+        char why[SG_ERR_MSG_LEN];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return sg_err_set(err, SG_EPERM, "attestation failed: %s", why);
+    }
+
+    sg_spiffeid id;
+    if (sg_spiffeid_parse(res.agent_id, &id, &e) < 0 ||
+        !sg_spiffeid_member_of(&id, cfg->trust_domain) ||
+        strncmp(id.path, AGENT_PATH_PREFIX, strlen(AGENT_PATH_PREFIX)) != 0) {
+        sg_der_cleanup(&spki);
+        sg_selector_set_cleanup(&res.selectors);
+        return sg_err_set(err, SG_EINVAL, "attestor %s produced an invalid agent ID", type);
+    }
+
+    /* A banned agent stays banned across attestations. */
+    sg_agent_rec old;
+    memset(&old, 0, sizeof(old));
+    rc = sg_ds_agent_get(host.ds, id.str, &old, &e);
+    bool banned = rc == 0 && old.banned;
+    if (rc == 0)
+        sg_agent_rec_cleanup(&old);
+    if (banned) {
+        sg_der_cleanup(&spki);
+        sg_selector_set_cleanup(&res.selectors);
+        return sg_err_set(err, SG_EPERM, "agent %s is banned", id.str);
+    }
+
+    sg_ca_chain chain;
+    memset(&chain, 0, sizeof(chain));
+    sg_ca_svid_params p = {.spiffe_id = id.str, .ttl_s = agent_ttl(s)};
+    rc = sg_ca_sign_svid(sg_server_ca(s), &p, spki.data, spki.len, &chain, err);
+    sg_der_cleanup(&spki);
+    if (rc < 0) {
+        sg_selector_set_cleanup(&res.selectors);
+        return rc;
+    }
+
+    sg_agent_rec rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.spiffe_id = id.str;
+    rec.attestation_type = (char *)type;
+    snprintf(rec.serial, sizeof(rec.serial), "%s", chain.serial);
+    rec.expires_at = chain.not_after;
+    rec.attested_at = host.now;
+    rec.selectors = res.selectors.items;
+    rec.nselectors = res.selectors.n;
+    rc = sg_authz_agent_put(sg_server_authz(s), host.ds, &rec, err);
+    sg_selector_set_cleanup(&res.selectors);
+    if (rc < 0) {
+        sg_ca_chain_cleanup(&chain);
+        return rc;
+    }
+
+    bundle_msg b;
+    rc = bundle_build(s, &b, err);
+    if (rc < 0) {
+        bundle_cleanup(&b);
+        sg_ca_chain_cleanup(&chain);
+        return rc;
+    }
+    ProtobufCBinaryData bins[4];
+    Sigil__Node__V1__X509SVID svid;
+    svid_msg(&svid, bins, id.str, &chain);
+    Sigil__Node__V1__AttestAgentResult result = SIGIL__NODE__V1__ATTEST_AGENT_RESULT__INIT;
+    result.svid = &svid;
+    result.bundle = &b.msg;
+    Sigil__Node__V1__AttestAgentResponse resp = SIGIL__NODE__V1__ATTEST_AGENT_RESPONSE__INIT;
+    resp.step_case = SIGIL__NODE__V1__ATTEST_AGENT_RESPONSE__STEP_RESULT;
+    resp.result = &result;
+    rc = sg_rpc_call_send(call, &resp.base);
+    sg_log_info("agent attested agent_id=%s type=%s serial=%s expires_at=%lld", id.str, type,
+                chain.serial, (long long)chain.not_after);
+    bundle_cleanup(&b);
+    sg_ca_chain_cleanup(&chain);
+    if (rc < 0)
+        return sg_err_set(err, rc, "attestation reply not sent: call is over");
+    return 0;
+}
+
+static void attest_recv(sg_rpc_call *call, const ProtobufCMessage *msg, void *user)
+{
+    sg_server *s = user;
+    sg_err err;
+    sg_err_clear(&err);
+    if (!msg) {
+        sg_rpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
+                           "stream closed before attestation params were sent");
+        return;
+    }
+    int rc = do_attest(call, s, (const Sigil__Node__V1__AttestAgentRequest *)msg, &err);
+    if (rc < 0) {
+        sg_log_warn("agent attestation refused peer=%s: %s", sg_rpc_call_peer(call), err.msg);
+        sg_rpc_call_finish_err(call, &err);
+        return;
+    }
+    sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+}
+
+static void h_attest(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    (void)req;
+    sg_err err;
+    sg_err_clear(&err);
+    if (sg_rpc_call_recv(call, &sigil__node__v1__attest_agent_request__descriptor, attest_recv,
+                         user) < 0)
+        sg_rpc_call_finish(call, GRPC_STATUS_INTERNAL, "could not read the attestation request");
+}
+
+/* ------------------------------------------------------------ RenewAgent */
+
+static void h_renew(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
+{
+    sg_server *s = user;
+    const Sigil__Node__V1__RenewAgentRequest *req =
+        (const Sigil__Node__V1__RenewAgentRequest *)reqm;
+    char agent_id[SG_SPIFFEID_MAX + 1], serial[64];
+    sg_err err;
+    sg_err_clear(&err);
+    if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), NULL, &err) < 0) {
+        refuse(call, "RenewAgent", &err);
+        return;
+    }
+    sg_ca_chain chain;
+    memset(&chain, 0, sizeof(chain));
+    if (sign_agent(s, agent_id, req->csr.data, req->csr.len, &chain, &err) < 0) {
+        refuse(call, "RenewAgent", &err);
+        return;
+    }
+    if (sg_authz_agent_renew(sg_server_authz(s), sg_server_datastore(s), agent_id, chain.serial,
+                             chain.not_after, &err) < 0) {
+        sg_ca_chain_cleanup(&chain);
+        refuse(call, "RenewAgent", &err);
+        return;
+    }
+    ProtobufCBinaryData bins[4];
+    Sigil__Node__V1__X509SVID svid;
+    svid_msg(&svid, bins, agent_id, &chain);
+    Sigil__Node__V1__RenewAgentResponse resp = SIGIL__NODE__V1__RENEW_AGENT_RESPONSE__INIT;
+    resp.svid = &svid;
+    sg_rpc_call_send(call, &resp.base);
+    sg_log_info("agent renewed agent_id=%s serial=%s prev_serial=%s expires_at=%lld", agent_id,
+                chain.serial, serial, (long long)chain.not_after);
+    sg_ca_chain_cleanup(&chain);
+    sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+}
+
+/* ------------------------------------------------------------ Sync */
+
+/*
+ * Sends the full state for the agent behind view. Kept separate from the
+ * handler so a push stream can call it again whenever entries change.
+ */
+static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view, sg_err *err)
+{
+    size_t n = sg_authz_view_count(view);
+    size_t nsel = 0;
+    for (size_t i = 0; i < n; i++)
+        nsel += sg_authz_view_entry(view, i)->nselectors;
+    Sigil__Node__V1__Entry *ents = calloc(n ? n : 1, sizeof(*ents));
+    Sigil__Node__V1__Entry **eptrs = calloc(n ? n : 1, sizeof(*eptrs));
+    Sigil__Node__V1__Selector *sels = calloc(nsel ? nsel : 1, sizeof(*sels));
+    Sigil__Node__V1__Selector **sptrs = calloc(nsel ? nsel : 1, sizeof(*sptrs));
+    bundle_msg b;
+    memset(&b, 0, sizeof(b));
+    int rc = 0;
+    if (!ents || !eptrs || !sels || !sptrs) {
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory building the sync response");
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const sg_entry *e = sg_authz_view_entry(view, i);
+        Sigil__Node__V1__Entry *m = &ents[i];
+        sigil__node__v1__entry__init(m);
+        m->id = (char *)e->id;
+        m->spiffe_id = e->spiffe_id;
+        m->parent_id = e->parent_id;
+        m->selectors = &sptrs[k];
+        for (size_t j = 0; j < e->nselectors; j++, k++) {
+            sigil__node__v1__selector__init(&sels[k]);
+            sels[k].type = e->selectors[j].type;
+            sels[k].value = e->selectors[j].value;
+            sptrs[k] = &sels[k];
+        }
+        m->n_selectors = e->nselectors;
+        m->x509_svid_ttl = e->x509_svid_ttl;
+        m->jwt_svid_ttl = e->jwt_svid_ttl;
+        m->dns_names = e->dns_names;
+        m->n_dns_names = e->ndns;
+        m->revision = e->revision;
+        if (e->hint)
+            m->hint = e->hint;
+        m->created_at = e->created_at;
+        m->downstream = e->downstream;
+        m->admin = e->admin;
+        eptrs[i] = m;
+    }
+    rc = bundle_build(s, &b, err);
+    if (rc < 0)
+        goto out;
+    Sigil__Node__V1__SyncResponse resp = SIGIL__NODE__V1__SYNC_RESPONSE__INIT;
+    resp.entries = eptrs;
+    resp.n_entries = n;
+    resp.bundle = &b.msg;
+    resp.revision = sg_authz_view_revision(view);
+    rc = sg_rpc_call_send(call, &resp.base);
+    if (rc < 0)
+        sg_err_set(err, rc, "sync response not sent: call is over");
+out:
+    bundle_cleanup(&b);
+    free(ents);
+    free(eptrs);
+    free(sels);
+    free(sptrs);
+    return rc;
+}
+
+static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
+{
+    sg_server *s = user;
+    (void)reqm;
+    char agent_id[SG_SPIFFEID_MAX + 1], serial[64];
+    sg_authz_view *view = NULL;
+    sg_err err;
+    sg_err_clear(&err);
+    if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
+        0) {
+        refuse(call, "Sync", &err);
+        return;
+    }
+    int rc = sync_send(call, s, view, &err);
+    sg_log_debug("sync agent_id=%s entries=%zu revision=%lld", agent_id, sg_authz_view_count(view),
+                 (long long)sg_authz_view_revision(view));
+    sg_authz_view_release(view);
+    if (rc < 0) {
+        sg_rpc_call_finish_err(call, &err);
+        return;
+    }
+    /* The agent re-syncs periodically for now; a push stream would stay
+     * open here and call sync_send again on every change. */
+    sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+}
+
+/* ------------------------------------------------------------ MintX509SVIDs */
+
+static void h_mint(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
+{
+    sg_server *s = user;
+    const Sigil__Node__V1__MintX509SVIDsRequest *req =
+        (const Sigil__Node__V1__MintX509SVIDsRequest *)reqm;
+    char agent_id[SG_SPIFFEID_MAX + 1], serial[64];
+    sg_authz_view *view = NULL;
+    sg_err err;
+    sg_err_clear(&err);
+    if (req->n_params > SG_NODE_MINT_MAX) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "too many SVIDs in one request: %zu (at most %d)", req->n_params,
+                 SG_NODE_MINT_MAX);
+        sg_rpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        return;
+    }
+    if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
+        0) {
+        refuse(call, "MintX509SVIDs", &err);
+        return;
+    }
+    const sg_server_config *cfg = sg_server_config_get(s);
+    sg_ca *ca = sg_server_ca(s);
+    size_t n = req->n_params;
+    size_t na = n ? n : 1;
+    Sigil__Node__V1__MintX509SVIDResult *res = calloc(na, sizeof(*res));
+    Sigil__Node__V1__MintX509SVIDResult **rptrs = calloc(na, sizeof(*rptrs));
+    Sigil__Node__V1__X509SVID *svids = calloc(na, sizeof(*svids));
+    sg_ca_chain *chains = calloc(na, sizeof(*chains));
+    ProtobufCBinaryData *bins = calloc(na * 4, sizeof(*bins));
+    char **errs = calloc(na, sizeof(*errs));
+    if (!res || !rptrs || !svids || !chains || !bins || !errs) {
+        sg_rpc_call_finish(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Sigil__Node__V1__X509SVIDParams *p = req->params[i];
+        Sigil__Node__V1__MintX509SVIDResult *r = &res[i];
+        sigil__node__v1__mint_x509_svidresult__init(r);
+        rptrs[i] = r;
+        r->entry_id = p->entry_id;
+        const sg_entry *e = sg_authz_view_find(view, p->entry_id);
+        sg_err e2;
+        sg_err_clear(&e2);
+        int code = GRPC_STATUS_OK;
+        if (!e) {
+            code = GRPC_STATUS_PERMISSION_DENIED;
+            sg_err_set(&e2, SG_EPERM, "entry %.64s is not authorised for %s", p->entry_id,
+                       agent_id);
+        } else if (p->key_case == SIGIL__NODE__V1__X509_SVIDPARAMS__KEY_PUBLIC_KEY) {
+            sg_ca_svid_params sp = {.spiffe_id = e->spiffe_id,
+                                    .dns = (const char *const *)e->dns_names,
+                                    .ndns = e->ndns,
+                                    .ttl_s = e->x509_svid_ttl > 0 ? e->x509_svid_ttl
+                                                                  : cfg->default_x509_svid_ttl_s};
+            if (sg_ca_sign_svid(ca, &sp, p->public_key.data, p->public_key.len, &chains[i], &e2) <
+                0)
+                code = sg_rpc_status_from_err(e2.code);
+        } else if (p->key_case == SIGIL__NODE__V1__X509_SVIDPARAMS__KEY_CSR) {
+            sg_der spki = {0};
+            if (sg_x509_csr_public_key(p->csr.data, p->csr.len, &spki, &e2) < 0) {
+                code = GRPC_STATUS_INVALID_ARGUMENT;
+            } else {
+                sg_ca_svid_params sp = {.spiffe_id = e->spiffe_id,
+                                        .dns = (const char *const *)e->dns_names,
+                                        .ndns = e->ndns,
+                                        .ttl_s = e->x509_svid_ttl > 0
+                                                     ? e->x509_svid_ttl
+                                                     : cfg->default_x509_svid_ttl_s};
+                if (sg_ca_sign_svid(ca, &sp, spki.data, spki.len, &chains[i], &e2) < 0)
+                    code = sg_rpc_status_from_err(e2.code);
+            }
+            sg_der_cleanup(&spki);
+        } else {
+            code = GRPC_STATUS_INVALID_ARGUMENT;
+            sg_err_set(&e2, SG_EINVAL, "entry %.64s: neither public_key nor csr was sent",
+                       p->entry_id);
+        }
+        if (code == GRPC_STATUS_OK) {
+            svid_msg(&svids[i], &bins[i * 4], e->spiffe_id, &chains[i]);
+            r->svid = &svids[i];
+            ok++;
+        } else {
+            r->error_code = code;
+            errs[i] = strdup(e2.msg);
+            r->error = errs[i] ? errs[i] : (char *)"error";
+        }
+    }
+    Sigil__Node__V1__MintX509SVIDsResponse resp = SIGIL__NODE__V1__MINT_X509_SVIDS_RESPONSE__INIT;
+    resp.results = rptrs;
+    resp.n_results = n;
+    sg_rpc_call_send(call, &resp.base);
+    sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+    sg_log_debug("minted agent_id=%s requested=%zu signed=%zu", agent_id, n, ok);
+out:
+    if (chains)
+        for (size_t i = 0; i < n; i++)
+            sg_ca_chain_cleanup(&chains[i]);
+    if (errs)
+        for (size_t i = 0; i < n; i++)
+            free(errs[i]);
+    free(res);
+    free(rptrs);
+    free(svids);
+    free(chains);
+    free(bins);
+    free(errs);
+    sg_authz_view_release(view);
+}
+
+/* ------------------------------------------------------------ registration */
+
+int sg_node_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
+{
+    static const struct {
+        const char *name;
+        sg_rpc_kind kind;
+        sg_rpc_handler fn;
+    } methods[] = {
+        {"AttestAgent", SG_RPC_BIDI_STREAM, h_attest},
+        {"RenewAgent", SG_RPC_UNARY, h_renew},
+        {"Sync", SG_RPC_SERVER_STREAM, h_sync},
+        {"MintX509SVIDs", SG_RPC_UNARY, h_mint},
+    };
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        int rc = sg_rpc_server_add_method(srv, &sigil__node__v1__node__descriptor, methods[i].name,
+                                          methods[i].kind, methods[i].fn, s, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
