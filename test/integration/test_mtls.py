@@ -97,7 +97,7 @@ def test_mtls_rejects_client_cert_from_foreign_ca(svids):
     s = svids["server"]
     _, fcert, fkey = sigil.make_foreign_ca(svids["dir"])
     p, port, head = _s_server(s["leaf"], s["key"], s["chain"], s["bundle"])
-    cl = _s_client(port, fcert, fkey, None, s["bundle"])
+    _s_client(port, fcert, fkey, None, s["bundle"])
     srv_out = _finish(p, head)
     assert "Client certificate" not in srv_out, srv_out
     # TLS 1.3: the client finishes its side before the server's alert, so
