@@ -1,0 +1,624 @@
+/*
+ * sigil-agent's Workload API client subcommands (api fetch x509,
+ * healthcheck), with spire-agent's flags and output so scripts written for
+ * it keep working. Talks to the agent's socket with gRPC core, like any
+ * other workload.
+ */
+#include "agent/cli.h"
+
+#include "common/err.h"
+#include "common/fsutil.h"
+#include "common/rpc.h"
+#include "common/strparse.h"
+#include "common/x509.h"
+
+#include "spiffe/workload.pb-c.h"
+
+#include <errno.h>
+#include <grpc/grpc.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CLI_DEFAULT_SOCKET  "/tmp/spire-agent/public/api.sock"
+#define CLI_DEFAULT_TIMEOUT 5000
+#define CLI_FETCH_X509_PATH "/SpiffeWorkloadAPI/FetchX509SVID"
+
+typedef struct cli_opts {
+    const char *socket_path;
+    const char *write_dir;
+    const char *timeout;
+    const char *output;
+    bool silent;
+    bool shallow;
+    bool verbose;
+} cli_opts;
+
+typedef int (*cli_fn)(const cli_opts *o);
+
+/* Flags a subcommand accepts. */
+enum {
+    F_SOCKET = 1 << 0,
+    F_WRITE = 1 << 1,
+    F_TIMEOUT = 1 << 2,
+    F_SILENT = 1 << 3,
+    F_OUTPUT = 1 << 4,
+    F_SHALLOW = 1 << 5,
+    F_VERBOSE = 1 << 6,
+};
+
+static int cmd_fetch_x509(const cli_opts *o);
+static int cmd_healthcheck(const cli_opts *o);
+
+static const struct cli_command {
+    const char *words[3];
+    size_t nwords;
+    cli_fn fn;
+    unsigned flags;
+    const char *usage;
+} commands[] = {
+    {{"api", "fetch", "x509"},
+     3,
+     cmd_fetch_x509,
+     F_SOCKET | F_WRITE | F_TIMEOUT | F_SILENT | F_OUTPUT,
+     "api fetch x509 [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]"},
+    {{"api", "fetch", NULL},
+     2,
+     cmd_fetch_x509,
+     F_SOCKET | F_WRITE | F_TIMEOUT | F_SILENT | F_OUTPUT,
+     "api fetch [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]"},
+    {{"healthcheck", NULL, NULL},
+     1,
+     cmd_healthcheck,
+     F_SOCKET | F_SHALLOW | F_VERBOSE,
+     "healthcheck [-socketPath P] [-shallow] [-verbose]"},
+};
+
+static const struct cli_flag {
+    const char *name;
+    unsigned bit;
+    bool is_bool;
+    size_t off;
+} flags[] = {
+    {"socketPath", F_SOCKET, false, offsetof(cli_opts, socket_path)},
+    {"write", F_WRITE, false, offsetof(cli_opts, write_dir)},
+    {"timeout", F_TIMEOUT, false, offsetof(cli_opts, timeout)},
+    {"output", F_OUTPUT, false, offsetof(cli_opts, output)},
+    {"silent", F_SILENT, true, offsetof(cli_opts, silent)},
+    {"shallow", F_SHALLOW, true, offsetof(cli_opts, shallow)},
+    {"verbose", F_VERBOSE, true, offsetof(cli_opts, verbose)},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: sigil-agent <command> [flags]\n\nClient commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %s\n", commands[i].usage);
+}
+
+/* Go-style flags: -name value, -name=value, one or two dashes; bools take =true/=false. */
+static int parse_flags(int argc, char **argv, unsigned allowed, cli_opts *o)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (arg[0] != '-' || arg[1] == '\0') {
+            fprintf(stderr, "unexpected argument \"%s\"\n", arg);
+            return -1;
+        }
+        const char *name = arg + (arg[1] == '-' ? 2 : 1);
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq != NULL ? (size_t)(eq - name) : strlen(name);
+        const struct cli_flag *fl = NULL;
+        for (size_t k = 0; k < sizeof(flags) / sizeof(flags[0]); k++)
+            if (strlen(flags[k].name) == nlen && strncmp(flags[k].name, name, nlen) == 0)
+                fl = &flags[k];
+        if (fl == NULL || (fl->bit & allowed) == 0) {
+            fprintf(stderr, "flag provided but not defined: -%.*s\n", (int)nlen, name);
+            return -1;
+        }
+        if (fl->is_bool) {
+            bool v = true;
+            if (eq != NULL) {
+                if (strcmp(eq + 1, "true") == 0 || strcmp(eq + 1, "1") == 0)
+                    v = true;
+                else if (strcmp(eq + 1, "false") == 0 || strcmp(eq + 1, "0") == 0)
+                    v = false;
+                else {
+                    fprintf(stderr, "invalid boolean value \"%s\" for -%s\n", eq + 1, fl->name);
+                    return -1;
+                }
+            }
+            *(bool *)((char *)o + fl->off) = v;
+            continue;
+        }
+        const char *val;
+        if (eq != NULL) {
+            val = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "flag needs an argument: -%s\n", fl->name);
+                return -1;
+            }
+            val = argv[++i];
+        }
+        *(const char **)((char *)o + fl->off) = val;
+    }
+    return 0;
+}
+
+/*
+ * The socket path: -socketPath, else SPIFFE_ENDPOINT_SOCKET ("unix:///path"
+ * or "unix:/path"), else spire-agent's default. Writes "unix:<path>" into target.
+ */
+static int resolve_socket(const cli_opts *o, char *target, size_t len, sg_err *err)
+{
+    const char *path = NULL;
+    if (o->socket_path != NULL) {
+        if (o->socket_path[0] == '\0')
+            return sg_err_set(err, SG_EINVAL, "-socketPath is empty");
+        path = o->socket_path;
+    } else {
+        const char *env = getenv("SPIFFE_ENDPOINT_SOCKET");
+        if (env != NULL && env[0] != '\0') {
+            /* SPIFFE Workload Endpoint 4: a unix URI with an empty authority. */
+            if (strncmp(env, "unix:///", 8) == 0)
+                path = env + 7;
+            else if (strncmp(env, "unix:/", 6) == 0 && env[6] != '/')
+                path = env + 5;
+            else if (strncmp(env, "unix://", 7) == 0)
+                return sg_err_set(err, SG_EINVAL,
+                                  "SPIFFE_ENDPOINT_SOCKET \"%.200s\": a unix address must not "
+                                  "have an authority (use unix:///path)",
+                                  env);
+            else
+                return sg_err_set(err, SG_EINVAL,
+                                  "SPIFFE_ENDPOINT_SOCKET \"%.200s\" is not a unix:///path "
+                                  "address",
+                                  env);
+            if (strchr(path, '?') != NULL || strchr(path, '#') != NULL)
+                return sg_err_set(err, SG_EINVAL,
+                                  "SPIFFE_ENDPOINT_SOCKET \"%.200s\" must not have a query or "
+                                  "fragment",
+                                  env);
+        } else {
+            path = CLI_DEFAULT_SOCKET;
+        }
+    }
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return sg_err_set(err, SG_EINVAL, "socket path \"%.200s\" is too long", path);
+    snprintf(target, len, "unix:%s", path);
+    return 0;
+}
+
+/* gRPC's status names as Go spells them, for "rpc error: code = ..." messages. */
+static const char *go_code_name(grpc_status_code c)
+{
+    static const char *const names[] = {
+        "OK",       "Canceled",         "Unknown",           "InvalidArgument",
+        "DeadlineExceeded", "NotFound", "AlreadyExists",     "PermissionDenied",
+        "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+        "Unimplemented", "Internal",    "Unavailable",       "DataLoss",
+        "Unauthenticated",
+    };
+    if ((int)c >= 0 && (size_t)c < sizeof(names) / sizeof(names[0]))
+        return names[c];
+    return "Unknown";
+}
+
+/* Go's time.Time default format: "2006-01-02 15:04:05 +0000 UTC". */
+static void format_time(const ASN1_TIME *t, char *out, size_t len)
+{
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) {
+        snprintf(out, len, "(invalid time)");
+        return;
+    }
+    strftime(out, len, "%Y-%m-%d %H:%M:%S +0000 UTC", &tm);
+}
+
+/* Opens FetchX509SVID and waits for the first response. */
+static int fetch_first(const char *target, int64_t timeout_ms, X509SVIDResponse **out,
+                       sg_rpc_status *status, sg_err *err)
+{
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    if (ch == NULL)
+        return sg_err_set(err, SG_EUNAVAIL, "cannot create a channel to %.200s", target);
+    static const sg_rpc_md md[] = {{"workload.spiffe.io", "true"}};
+    X509SVIDRequest req = X509_SVIDREQUEST__INIT;
+    sg_rpc_stream *st = NULL;
+    ProtobufCMessage *msg = NULL;
+    int rc = sg_rpc_stream_open(ch, CLI_FETCH_X509_PATH, &req.base, false, md, 1, timeout_ms,
+                                &st, err);
+    if (rc == 0) {
+        rc = sg_rpc_stream_next(st, &x509_svidresponse__descriptor, 0, &msg, status, err);
+        if (rc == 0) {
+            status->code = GRPC_STATUS_UNAVAILABLE;
+            snprintf(status->details, sizeof(status->details),
+                     "the agent ended the stream without a response");
+            rc = sg_err_set(err, SG_EUNAVAIL, "%s", status->details);
+        } else if (rc > 0) {
+            rc = 0;
+        }
+    } else {
+        status->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(status->details, sizeof(status->details), "%s", err ? err->msg : "");
+    }
+    sg_rpc_stream_free(st);
+    grpc_channel_destroy(ch);
+    if (rc < 0)
+        return rc;
+    *out = (X509SVIDResponse *)msg;
+    return 0;
+}
+
+static int write_pem_file(const char *path, const char *pem, mode_t mode, sg_err *err)
+{
+    return sg_fs_write_atomic(path, pem, strlen(pem), mode, err);
+}
+
+static int der_chain_to_pem(const ProtobufCBinaryData *d, char **pem, STACK_OF(X509) **sk_out,
+                            sg_err *err)
+{
+    STACK_OF(X509) *sk = NULL;
+    int rc = sg_x509_parse_der_chain(d->data, d->len, &sk, err);
+    if (rc < 0)
+        return rc;
+    size_t total = 1;
+    char **parts = calloc((size_t)sk_X509_num(sk) + 1, sizeof(*parts));
+    if (parts == NULL) {
+        sk_X509_pop_free(sk, X509_free);
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    }
+    for (int i = 0; rc == 0 && i < sk_X509_num(sk); i++) {
+        rc = sg_x509_to_pem(sk_X509_value(sk, i), &parts[i], err);
+        if (rc == 0)
+            total += strlen(parts[i]);
+    }
+    char *all = rc == 0 ? malloc(total) : NULL;
+    if (rc == 0 && all == NULL)
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+    if (rc == 0) {
+        size_t off = 0;
+        for (int i = 0; i < sk_X509_num(sk); i++) {
+            size_t l = strlen(parts[i]);
+            memcpy(all + off, parts[i], l);
+            off += l;
+        }
+        all[off] = '\0';
+    }
+    for (int i = 0; i < sk_X509_num(sk); i++)
+        free(parts[i]);
+    free(parts);
+    if (rc < 0) {
+        sk_X509_pop_free(sk, X509_free);
+        return rc;
+    }
+    *pem = all;
+    if (sk_out != NULL)
+        *sk_out = sk;
+    else
+        sk_X509_pop_free(sk, X509_free);
+    return 0;
+}
+
+/* PKCS#8 DER to "PRIVATE KEY" PEM (after checking that it parses). */
+static int key_to_pem(const ProtobufCBinaryData *d, char **pem, sg_err *err)
+{
+    const unsigned char *p = d->data;
+    EVP_PKEY *k = d2i_AutoPrivateKey(NULL, &p, (long)d->len);
+    if (k == NULL)
+        return sg_err_ssl(err, "the SVID's private key is not valid PKCS#8 DER");
+    EVP_PKEY_free(k);
+    BIO *bio = BIO_new(BIO_s_secmem());
+    if (bio == NULL || PEM_write_bio(bio, "PRIVATE KEY", "", d->data, (long)d->len) <= 0) {
+        BIO_free(bio);
+        return sg_err_ssl(err, "cannot encode the private key");
+    }
+    char *data = NULL;
+    long n = BIO_get_mem_data(bio, &data);
+    char *s = malloc((size_t)n + 1);
+    if (s == NULL) {
+        BIO_free(bio);
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    }
+    memcpy(s, data, (size_t)n);
+    s[n] = '\0';
+    BIO_free(bio);
+    *pem = s;
+    return 0;
+}
+
+static void free_secret(char *s)
+{
+    if (s != NULL) {
+        OPENSSL_cleanse(s, strlen(s));
+        free(s);
+    }
+}
+
+static void print_svid(size_t idx, const X509SVID *svid, STACK_OF(X509) *chain,
+                       STACK_OF(X509) *bundle)
+{
+    (void)idx;
+    char a[64], b[64], serial[41];
+    X509 *leaf = sk_X509_value(chain, 0);
+    printf("SPIFFE ID:\t\t%s\n", svid->spiffe_id != NULL ? svid->spiffe_id : "");
+    if (svid->hint != NULL && svid->hint[0] != '\0')
+        printf("Hint:\t\t\t%s\n", svid->hint);
+    sg_x509_serial_hex(leaf, serial, sizeof(serial));
+    printf("Serial number:\t\t%s\n", serial);
+    format_time(X509_get0_notBefore(leaf), a, sizeof(a));
+    format_time(X509_get0_notAfter(leaf), b, sizeof(b));
+    printf("SVID Valid After:\t%s\nSVID Valid Until:\t%s\n", a, b);
+    for (int i = 1; i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        format_time(X509_get0_notBefore(x), a, sizeof(a));
+        format_time(X509_get0_notAfter(x), b, sizeof(b));
+        printf("Intermediate #%d Valid After:\t%s\nIntermediate #%d Valid Until:\t%s\n", i, a, i,
+               b);
+    }
+    for (int i = 0; bundle != NULL && i < sk_X509_num(bundle); i++) {
+        X509 *x = sk_X509_value(bundle, i);
+        format_time(X509_get0_notBefore(x), a, sizeof(a));
+        format_time(X509_get0_notAfter(x), b, sizeof(b));
+        printf("CA #%d Valid After:\t%s\nCA #%d Valid Until:\t%s\n", i + 1, a, i + 1, b);
+    }
+    printf("\n");
+}
+
+static json_t *b64_json(const ProtobufCBinaryData *d)
+{
+    size_t olen = 4 * ((d->len + 2) / 3) + 1;
+    char *out = malloc(olen);
+    if (out == NULL)
+        return NULL;
+    EVP_EncodeBlock((unsigned char *)out, d->data, (int)d->len);
+    json_t *s = json_string(out);
+    OPENSSL_cleanse(out, olen);
+    free(out);
+    return s;
+}
+
+/* The response as protojson would show it (bytes in base64, empty fields left out). */
+static int print_json(const X509SVIDResponse *r)
+{
+    json_t *root = json_object();
+    json_t *svids = json_array();
+    for (size_t i = 0; i < r->n_svids; i++) {
+        const X509SVID *s = r->svids[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "spiffe_id", json_string(s->spiffe_id ? s->spiffe_id : ""));
+        json_object_set_new(o, "x509_svid", b64_json(&s->x509_svid));
+        json_object_set_new(o, "x509_svid_key", b64_json(&s->x509_svid_key));
+        json_object_set_new(o, "bundle", b64_json(&s->bundle));
+        if (s->hint != NULL && s->hint[0] != '\0')
+            json_object_set_new(o, "hint", json_string(s->hint));
+        json_array_append_new(svids, o);
+    }
+    json_object_set_new(root, "svids", svids);
+    if (r->n_federated_bundles > 0) {
+        json_t *fb = json_object();
+        for (size_t i = 0; i < r->n_federated_bundles; i++)
+            json_object_set_new(fb, r->federated_bundles[i]->key,
+                                b64_json(&r->federated_bundles[i]->value));
+        json_object_set_new(root, "federated_bundles", fb);
+    }
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text == NULL)
+        return -1;
+    printf("%s\n", text);
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+    return 0;
+}
+
+static int write_svid_files(const char *dir, size_t i, const char *chain_pem, const char *key_pem,
+                            const char *bundle_pem, bool silent, sg_err *err)
+{
+    char name[64];
+    int rc = 0;
+    const struct {
+        const char *prefix, *suffix, *what, *pem;
+        mode_t mode;
+    } files[] = {
+        {"svid", "pem", "SVID", chain_pem, 0644},
+        {"svid", "key", "key", key_pem, 0600},
+        {"bundle", "pem", "bundle", bundle_pem, 0644},
+    };
+    for (size_t k = 0; rc == 0 && k < 3; k++) {
+        if (files[k].pem == NULL)
+            continue;
+        snprintf(name, sizeof(name), "%s.%zu.%s", files[k].prefix, i, files[k].suffix);
+        char *path = sg_fs_join(dir, name);
+        if (path == NULL)
+            return sg_err_set(err, SG_ENOMEM, "out of memory");
+        if (!silent)
+            printf("Writing %s #%zu to file %s.\n", files[k].what, i, path);
+        rc = write_pem_file(path, files[k].pem, files[k].mode, err);
+        free(path);
+    }
+    return rc;
+}
+
+static int cmd_fetch_x509(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    int64_t timeout_ms = CLI_DEFAULT_TIMEOUT;
+    bool json = false;
+    if (o->output != NULL) {
+        if (strcmp(o->output, "json") == 0)
+            json = true;
+        else if (strcmp(o->output, "pretty") != 0) {
+            fprintf(stderr, "invalid value \"%s\" for -output: use json or pretty\n", o->output);
+            return 1;
+        }
+    }
+    if (o->timeout != NULL) {
+        if (sg_parse_duration_ms(o->timeout, &timeout_ms, &err) < 0 || timeout_ms <= 0) {
+            fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
+                    err.msg[0] ? err.msg : "must be positive");
+            return 1;
+        }
+    }
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    X509SVIDResponse *resp = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    if (fetch_first(target, timeout_ms, &resp, &status, &err) < 0) {
+        fprintf(stderr, "rpc error: code = %s desc = %s\n", go_code_name(status.code),
+                status.details[0] ? status.details : err.msg);
+        return 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+
+    int ret = 0;
+    if (o->write_dir != NULL && sg_fs_mkdir_p(o->write_dir, 0755, &err) < 0) {
+        fprintf(stderr, "cannot create directory %s: %s\n", o->write_dir, err.msg);
+        x509_svidresponse__free_unpacked(resp, NULL);
+        return 1;
+    }
+    if (json) {
+        if (!o->silent && print_json(resp) < 0)
+            ret = 1;
+    } else if (!o->silent) {
+        printf("Received %zu svid after %.3fms\n\n", resp->n_svids, ms);
+    }
+    for (size_t i = 0; i < resp->n_svids && ret == 0; i++) {
+        const X509SVID *s = resp->svids[i];
+        char *chain_pem = NULL, *key_pem = NULL, *bundle_pem = NULL;
+        STACK_OF(X509) *chain = NULL, *bundle = NULL;
+        if (der_chain_to_pem(&s->x509_svid, &chain_pem, &chain, &err) < 0 ||
+            (s->bundle.len > 0 && der_chain_to_pem(&s->bundle, &bundle_pem, &bundle, &err) < 0) ||
+            (o->write_dir != NULL && key_to_pem(&s->x509_svid_key, &key_pem, &err) < 0)) {
+            fprintf(stderr, "SVID #%zu (%s) is malformed: %s\n", i,
+                    s->spiffe_id ? s->spiffe_id : "", err.msg);
+            ret = 1;
+        } else {
+            if (!json && !o->silent)
+                print_svid(i, s, chain, bundle);
+            if (o->write_dir != NULL &&
+                write_svid_files(o->write_dir, i, chain_pem, key_pem, bundle_pem,
+                                 o->silent || json, &err) < 0) {
+                fprintf(stderr, "cannot write SVID #%zu: %s\n", i, err.msg);
+                ret = 1;
+            }
+        }
+        free(chain_pem);
+        free(bundle_pem);
+        free_secret(key_pem);
+        if (chain != NULL)
+            sk_X509_pop_free(chain, X509_free);
+        if (bundle != NULL)
+            sk_X509_pop_free(bundle, X509_free);
+    }
+    x509_svidresponse__free_unpacked(resp, NULL);
+    return ret;
+}
+
+static int cmd_healthcheck(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "Agent is unhealthy: %s\n", err.msg);
+        return 1;
+    }
+    const char *path = target + 5;
+    if (o->verbose)
+        printf("Checking agent health at %s...\n", path);
+    if (o->shallow) {
+        /* Liveness only: the socket accepts connections. */
+        struct sockaddr_un sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sun_family = AF_UNIX;
+        /* resolve_socket has checked that path fits. */
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            fprintf(stderr, "Agent is unhealthy: cannot connect to %s: %s\n", path, strerror(e));
+            return 1;
+        }
+        close(fd);
+        printf("Agent is healthy.\n");
+        return 0;
+    }
+    X509SVIDResponse *resp = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    int rc = fetch_first(target, CLI_DEFAULT_TIMEOUT, &resp, &status, &err);
+    if (rc == 0) {
+        x509_svidresponse__free_unpacked(resp, NULL);
+    } else if (status.code == GRPC_STATUS_UNAVAILABLE ||
+               status.code == GRPC_STATUS_DEADLINE_EXCEEDED || status.code == GRPC_STATUS_OK) {
+        /* Connection failures and an agent that is not ready (or does not
+         * answer in time) are unhealthy; any other answer proves it serves. */
+        fprintf(stderr, "Agent is unhealthy: rpc error: code = %s desc = %s\n",
+                go_code_name(status.code), status.details[0] ? status.details : err.msg);
+        return 1;
+    } else if (o->verbose) {
+        printf("Workload API answered %s (%s): the agent is serving.\n",
+               go_code_name(status.code), status.details);
+    }
+    printf("Agent is healthy.\n");
+    return 0;
+}
+
+int sg_agent_cli_main(int argc, char **argv)
+{
+    const struct cli_command *cmd = NULL;
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]) && cmd == NULL; i++) {
+        const struct cli_command *c = &commands[i];
+        if ((size_t)argc < c->nwords + 1)
+            continue;
+        bool match = true;
+        for (size_t w = 0; w < c->nwords && match; w++)
+            match = strcmp(argv[1 + w], c->words[w]) == 0;
+        /* "api fetch" must not swallow "api fetch jwt". */
+        if (match && (size_t)argc > c->nwords + 1 && argv[1 + c->nwords][0] != '-')
+            match = false;
+        if (match)
+            cmd = c;
+    }
+    if (cmd == NULL) {
+        fprintf(stderr, "Unknown command:");
+        for (int i = 1; i < argc; i++)
+            fprintf(stderr, " %s", argv[i]);
+        fprintf(stderr, "\n");
+        usage(stderr);
+        return 1;
+    }
+    cli_opts o;
+    memset(&o, 0, sizeof(o));
+    if (parse_flags(argc - 1 - (int)cmd->nwords, argv + 1 + cmd->nwords, cmd->flags, &o) < 0) {
+        fprintf(stderr, "Usage: sigil-agent %s\n", cmd->usage);
+        return 1;
+    }
+    grpc_init();
+    int rc = cmd->fn(&o);
+    grpc_shutdown_blocking();
+    return rc;
+}
