@@ -127,6 +127,8 @@ def wait_until(fn, timeout, interval=0.2, what="condition"):
             last = fn()
             if last:
                 return last
+        except AssertionError:
+            raise
         except Exception as e:  # noqa: BLE001 - retried until the deadline
             last = e
         time.sleep(interval)
@@ -160,6 +162,11 @@ def split_der_certs(blob):
         out.append(blob[i : i + hdr + body])
         i += hdr + body
     return out
+
+
+def pem_ders(text):
+    """DER bytes of every certificate in a PEM text (formatting-independent compare)."""
+    return [x509.load_pem_x509_certificate(b.encode()).public_bytes(serialization.Encoding.DER) for b in pem_blocks(text)]
 
 
 def uri_sans(cert):

@@ -108,7 +108,7 @@ def test_x509svid_chain_verifies_to_bundle(svid, c):
     r = sigil.openssl_verify(p["bundle"], p["leaf"], p["chain"])
     assert r.returncode == 0 and ": OK" in r.stdout, r.out
     # The Workload API bundle is the server's bundle.
-    assert sigil.pem_blocks(open(p["bundle"]).read()) == sigil.pem_blocks(c.bundle_pem())
+    assert sigil.pem_ders(open(p["bundle"]).read()) == sigil.pem_ders(c.bundle_pem())
 
 
 def test_bundle_ca_certs_are_ca_without_eku(svid):
@@ -126,8 +126,7 @@ def test_fetch_x509_bundles_maps_trust_domain_to_der(c, env, svid):
         code, details, resp = w.call("FetchX509Bundles")
     assert code == grpc.StatusCode.OK, details
     assert dict(resp.bundles) == {sigil.TD_ID: svid.bundle}
-    pem = sigil.pem_certs(sigil.split_der_certs(resp.bundles[sigil.TD_ID]))
-    assert sigil.pem_blocks(pem) == sigil.pem_blocks(c.bundle_pem())
+    assert sigil.split_der_certs(resp.bundles[sigil.TD_ID]) == sigil.pem_ders(c.bundle_pem())
 
 
 def test_cli_fetch_x509_write_files_verify(c, svid):
