@@ -154,7 +154,12 @@ static void h_stream(sg_rpc_call *call, const ProtobufCMessage *msg, void *user)
     send_svid(call, "spiffe://example.org/1");
     send_svid(call, "spiffe://example.org/2");
     send_svid(call, "spiffe://example.org/3");
+    ASSERT(!sg_rpc_call_is_over(call));
     sg_rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+    /* The handler still holds the call: it is over but not yet freed. */
+    ASSERT(sg_rpc_call_is_over(call));
+    X509SVIDResponse late = X509_SVIDRESPONSE__INIT;
+    ASSERT_EQ(sg_rpc_call_send(call, &late.base), SG_ECANCELLED);
 }
 
 /* AttestAgent: answers every challenge_response with the same bytes as a
@@ -415,7 +420,6 @@ TEST(rpc_stream_next_timeout_keeps_stream_usable)
     ASSERT(held != NULL);
     send_svid(held, "spiffe://example.org/later");
     sg_rpc_call_finish(held, GRPC_STATUS_OK, NULL);
-    ASSERT_EQ(sg_rpc_call_send(held, &req.base), SG_ECANCELLED);
     ASSERT_EQ(sg_rpc_stream_next(s, &x509_svidresponse__descriptor, 2000, &m, &status, &err), 1);
     ASSERT_STREQ(((X509SVIDResponse *)m)->svids[0]->spiffe_id, "spiffe://example.org/later");
     protobuf_c_message_free_unpacked(m, NULL);
