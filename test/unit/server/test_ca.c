@@ -1,0 +1,673 @@
+/*
+ * Unit tests for server/ca.c: CA creation, upstream chains, persistence and
+ * the X509-SVID profile of signed leaves (parsed back and checked rule by rule).
+ */
+#include "server/ca.h"
+
+#include "test/runner.h"
+
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define QS_DIR "/work/shared/reference/spire-quickstart/conf/server/"
+
+static sg_ca *new_ca(sg_key_type t, int64_t ttl, const char *keys_dir)
+{
+    sg_ca_options o = {0};
+    sg_ca *ca = NULL;
+    sg_err err = {0};
+
+    o.trust_domain = "example.org";
+    o.key_type = t;
+    o.ca_ttl_s = ttl;
+    o.keys_dir = keys_dir;
+    if (sg_ca_new(&ca, &o, &err) != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    return ca;
+}
+
+static sg_der spki_of(EVP_PKEY *k)
+{
+    sg_der d = {0};
+    unsigned char *p;
+    int n = i2d_PUBKEY(k, NULL);
+    d.data = malloc((size_t)n);
+    p = d.data;
+    i2d_PUBKEY(k, &p);
+    d.len = (size_t)n;
+    return d;
+}
+
+static X509 *parse(const sg_der *d)
+{
+    X509 *x = NULL;
+    sg_err err;
+    if (sg_x509_from_der(d->data, d->len, &x, &err) != 0)
+        SG__FAIL("parse: %s", err.msg);
+    return x;
+}
+
+static STACK_OF(X509) *bundle_stack(sg_ca *ca)
+{
+    sg_der *certs = NULL;
+    size_t n = 0;
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    sg_err err;
+
+    ASSERT_OK(sg_ca_bundle_der(ca, &certs, &n, &err));
+    ASSERT(n >= 1);
+    for (size_t i = 0; i < n; i++) {
+        sk_X509_push(sk, parse(&certs[i]));
+        sg_der_cleanup(&certs[i]);
+    }
+    free(certs);
+    return sk;
+}
+
+static int ext_critical(X509 *x, int nid)
+{
+    int i = X509_get_ext_by_NID(x, nid, -1);
+    ASSERT(i >= 0);
+    return X509_EXTENSION_get_critical(X509_get_ext(x, i));
+}
+
+static void name_entry(X509_NAME *n, int nid, char *out, size_t outlen)
+{
+    int i = X509_NAME_get_index_by_NID(n, nid, -1);
+    out[0] = '\0';
+    if (i >= 0) {
+        const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i));
+        snprintf(out, outlen, "%.*s", ASN1_STRING_length(s), ASN1_STRING_get0_data(s));
+    }
+}
+
+/* Checks every X509-SVID profile rule on leaf, issued by ca_cert, for key. */
+static void check_leaf_profile(X509 *leaf, X509 *ca_cert, EVP_PKEY *key, const char *id,
+                               const char *const *dns, size_t ndns, bool rsa)
+{
+    GENERAL_NAMES *gens;
+    int nuri = 0, ndn = 0;
+    char buf[300];
+    const ASN1_OCTET_STRING *skid;
+    const ASN1_OCTET_STRING *ca_skid = X509_get0_subject_key_id(ca_cert);
+    const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(leaf);
+    uint8_t sha[SHA_DIGEST_LENGTH];
+    X509_PUBKEY *xpk = X509_get_X509_PUBKEY(leaf);
+    EXTENDED_KEY_USAGE *eku;
+    uint32_t flags = X509_get_extension_flags(leaf);
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(leaf);
+    time_t now = time(NULL);
+
+    ASSERT_EQ(X509_get_version(leaf), 2);
+    ASSERT(!(flags & EXFLAG_INVALID));
+    /* Serial: positive, 128 bits. */
+    ASSERT_EQ(ASN1_STRING_type(sn), V_ASN1_INTEGER);
+    ASSERT_EQ(ASN1_STRING_length(sn), 16);
+    /* SANs: exactly one URI, the DNS names in order. */
+    gens = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+    ASSERT(gens != NULL);
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type == GEN_URI) {
+            nuri++;
+            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5), ASN1_STRING_get0_data(g->d.ia5));
+            ASSERT_STREQ(buf, id);
+        } else if (g->type == GEN_DNS) {
+            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5), ASN1_STRING_get0_data(g->d.ia5));
+            ASSERT((size_t)ndn < ndns);
+            ASSERT_STREQ(buf, dns[ndn]);
+            ndn++;
+        } else {
+            SG__FAIL("unexpected SAN type %d", g->type);
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    ASSERT_EQ(nuri, 1);
+    ASSERT_EQ(ndn, (int)ndns);
+    /* Subject C=US, O=SPIRE, CN = first DNS. */
+    name_entry(X509_get_subject_name(leaf), NID_countryName, buf, sizeof buf);
+    ASSERT_STREQ(buf, "US");
+    name_entry(X509_get_subject_name(leaf), NID_organizationName, buf, sizeof buf);
+    ASSERT_STREQ(buf, "SPIRE");
+    name_entry(X509_get_subject_name(leaf), NID_commonName, buf, sizeof buf);
+    ASSERT_STREQ(buf, ndns > 0 ? dns[0] : "");
+    ASSERT_EQ(X509_NAME_cmp(X509_get_issuer_name(leaf), X509_get_subject_name(ca_cert)), 0);
+    /* Key usage (critical), EKU, basic constraints (critical). */
+    ASSERT(flags & EXFLAG_KUSAGE);
+    ASSERT_EQ(ext_critical(leaf, NID_key_usage), 1);
+    ASSERT_EQ(X509_get_key_usage(leaf),
+              rsa ? (KU_DIGITAL_SIGNATURE | KU_KEY_ENCIPHERMENT) : (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT));
+    ASSERT_EQ(X509_get_extended_key_usage(leaf), XKU_SSL_SERVER | XKU_SSL_CLIENT);
+    eku = X509_get_ext_d2i(leaf, NID_ext_key_usage, NULL, NULL);
+    ASSERT_EQ(sk_ASN1_OBJECT_num(eku), 2);
+    sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+    ASSERT(flags & EXFLAG_BCONS);
+    ASSERT(!(flags & EXFLAG_CA));
+    ASSERT_EQ(ext_critical(leaf, NID_basic_constraints), 1);
+    ASSERT_EQ(X509_check_ca(leaf), 0);
+    /* SKID = SHA-1 of the key bits; AKID = CA's SKID. */
+    {
+        const unsigned char *kb;
+        int kl;
+        X509_PUBKEY_get0_param(NULL, &kb, &kl, NULL, xpk);
+        SHA1(kb, (size_t)kl, sha);
+    }
+    skid = X509_get0_subject_key_id(leaf);
+    ASSERT(skid != NULL);
+    ASSERT_EQ(ASN1_STRING_length(skid), SHA_DIGEST_LENGTH);
+    ASSERT(memcmp(ASN1_STRING_get0_data(skid), sha, SHA_DIGEST_LENGTH) == 0);
+    ASSERT(akid != NULL && ca_skid != NULL);
+    ASSERT_EQ(ASN1_OCTET_STRING_cmp(akid, ca_skid), 0);
+    /* Validity: backdated 10 s. */
+    {
+        int day, sec;
+        ASSERT(ASN1_TIME_diff(&day, &sec, X509_get0_notBefore(leaf), NULL));
+        ASSERT(day == 0 && sec >= 9 && sec <= 12);
+    }
+    ASSERT(X509_cmp_time(X509_get0_notAfter(leaf), &now) > 0);
+    /* The key is the caller's, the signature is the CA's. */
+    ASSERT_EQ(EVP_PKEY_eq(X509_get0_pubkey(leaf), key), 1);
+    ASSERT_EQ(X509_verify(leaf, X509_get0_pubkey(ca_cert)), 1);
+}
+
+TEST(ca_root_profile)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 3600, NULL);
+    STACK_OF(X509) *roots = bundle_stack(ca);
+    X509 *root = sk_X509_value(roots, 0);
+    uint32_t flags = X509_get_extension_flags(root);
+    sg_spiffeid id;
+    char buf[64], *pem = NULL;
+    sg_err err;
+
+    ASSERT_EQ(sk_X509_num(roots), 1);
+    ASSERT(flags & EXFLAG_CA);
+    ASSERT(flags & EXFLAG_SS);
+    ASSERT_EQ(ext_critical(root, NID_basic_constraints), 1);
+    ASSERT_EQ(ext_critical(root, NID_key_usage), 1);
+    ASSERT(X509_get_key_usage(root) & KU_KEY_CERT_SIGN);
+    ASSERT(X509_get_key_usage(root) & KU_CRL_SIGN);
+    ASSERT(X509_get_ext_by_NID(root, NID_ext_key_usage, -1) < 0);
+    ASSERT(X509_get0_subject_key_id(root) != NULL);
+    ASSERT_OK(sg_x509_spiffeid(root, &id, &err));
+    ASSERT_STREQ(id.str, "spiffe://example.org");
+    name_entry(X509_get_subject_name(root), NID_organizationName, buf, sizeof buf);
+    ASSERT_STREQ(buf, "SPIFFE");
+    name_entry(X509_get_subject_name(root), NID_countryName, buf, sizeof buf);
+    ASSERT_STREQ(buf, "US");
+    ASSERT(EVP_PKEY_is_a(X509_get0_pubkey(root), "EC"));
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 1);
+    ASSERT(llabs(sg_ca_not_after(ca) - (int64_t)time(NULL) - 3600) < 5);
+    ASSERT_OK(sg_ca_bundle_pem(ca, &pem, &err));
+    ASSERT(strstr(pem, "BEGIN CERTIFICATE") != NULL);
+    free(pem);
+    sk_X509_pop_free(roots, X509_free);
+    sg_ca_free(ca);
+    sg_ca_free(NULL);
+}
+
+static void sign_and_check(sg_ca *ca, EVP_PKEY *key, bool rsa)
+{
+    static const char *const dns[] = {"web.example.org", "alt.example.org"};
+    sg_ca_svid_params p = {"spiffe://example.org/ns/web", dns, 2, 600};
+    sg_der spki = spki_of(key);
+    sg_ca_chain chain = {0};
+    STACK_OF(X509) *roots = bundle_stack(ca);
+    X509 *leaf;
+    sg_spiffeid id;
+    char sn[41];
+    sg_err err;
+
+    if (sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err) != 0)
+        SG__FAIL("sign: %s", err.msg);
+    ASSERT_EQ(chain.n, 1);
+    leaf = parse(&chain.certs[0]);
+    check_leaf_profile(leaf, sk_X509_value(roots, 0), key, p.spiffe_id, dns, 2, rsa);
+    ASSERT_EQ(chain.not_after, sg_x509_not_after(leaf));
+    ASSERT(llabs(chain.not_after - (int64_t)time(NULL) - 600) < 5);
+    sg_x509_serial_hex(leaf, sn, sizeof sn);
+    ASSERT_STREQ(chain.serial, sn);
+    ASSERT_EQ(strlen(sn), 32);
+    ASSERT_OK(sg_x509_verify_svid(leaf, NULL, roots, 0, &id, &err));
+    ASSERT_STREQ(id.str, "spiffe://example.org/ns/web");
+    {
+        /* Our DER is canonical: OpenSSL re-encodes the TBS byte for byte. */
+        unsigned char *re = NULL;
+        int n = i2d_re_X509_tbs(leaf, &re);
+        const uint8_t *d = chain.certs[0].data;
+        size_t off = (d[1] & 0x80) ? 2 + (d[1] & 0x7f) : 2;
+        ASSERT(n > 0 && (size_t)n < chain.certs[0].len);
+        ASSERT(memcmp(d + off, re, (size_t)n) == 0);
+        OPENSSL_free(re);
+    }
+    X509_free(leaf);
+    sg_ca_chain_cleanup(&chain);
+    sk_X509_pop_free(roots, X509_free);
+    sg_der_cleanup(&spki);
+}
+
+TEST(ca_sign_svid_profile_ec)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 3600, NULL);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+
+    sign_and_check(ca, k, false);
+    EVP_PKEY_free(k);
+    k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+    sign_and_check(ca, k, false);
+    EVP_PKEY_free(k);
+    sg_ca_free(ca);
+}
+
+TEST(ca_sign_svid_profile_rsa_leaf_and_other_ca_keys)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P384, 3600, NULL);
+    EVP_PKEY *rk = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    EVP_PKEY *ek = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+
+    sign_and_check(ca, rk, true);
+    sign_and_check(ca, ek, false);
+    sg_ca_free(ca);
+    ca = new_ca(SG_KEY_RSA_2048, 3600, NULL);
+    sign_and_check(ca, ek, false);
+    sign_and_check(ca, rk, true);
+    sg_ca_free(ca);
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(ek);
+}
+
+TEST(ca_sign_svid_without_dns_and_long_dns)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 3600, NULL);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    char longname[200];
+    const char *dns[1] = {longname};
+    sg_ca_svid_params p = {"spiffe://example.org/a", NULL, 0, 60};
+    sg_ca_chain chain = {0};
+    STACK_OF(X509) *roots = bundle_stack(ca);
+    X509 *leaf;
+    sg_err err;
+
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err));
+    leaf = parse(&chain.certs[0]);
+    check_leaf_profile(leaf, sk_X509_value(roots, 0), k, p.spiffe_id, NULL, 0, false);
+    X509_free(leaf);
+    sg_ca_chain_cleanup(&chain);
+    /* A DNS name longer than a CN may be is a SAN only. */
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    for (size_t i = 10; i < sizeof longname - 1; i += 50)
+        longname[i] = '.';
+    p.dns = dns;
+    p.ndns = 1;
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err));
+    leaf = parse(&chain.certs[0]);
+    ASSERT(X509_NAME_get_index_by_NID(X509_get_subject_name(leaf), NID_commonName, -1) < 0);
+    ASSERT_OK(sg_x509_verify_svid(leaf, NULL, roots, 0, NULL, &err));
+    X509_free(leaf);
+    sg_ca_chain_cleanup(&chain);
+    sk_X509_pop_free(roots, X509_free);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+    sg_ca_free(ca);
+}
+
+TEST(ca_sign_svid_refuses_bad_requests)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 3600, NULL);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    sg_der spki = spki_of(k), eds = spki_of(ed);
+    const char *bad_dns[] = {"ok.example", "bad name"};
+    sg_ca_svid_params p = {"spiffe://other.org/a", NULL, 0, 60};
+    sg_ca_chain chain = {0};
+    sg_err err;
+
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "other.org") != NULL);
+    p.spiffe_id = "spiffe://example.org";
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err), SG_EINVAL);
+    p.spiffe_id = "spiffe://example.org/a/../b";
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err), SG_EINVAL);
+    p.spiffe_id = "spiffe://example.org/a";
+    p.ttl_s = 0;
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err), SG_EINVAL);
+    p.ttl_s = 60;
+    p.dns = bad_dns;
+    p.ndns = 2;
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "bad name") != NULL);
+    p.ndns = 0;
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, eds.data, eds.len, &chain, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "Ed25519") != NULL);
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, spki.data, spki.len - 1, &chain, &err), SG_EINVAL);
+    ASSERT_EQ(sg_ca_sign_svid(ca, &p, (const uint8_t *)"garbage", 7, &chain, &err), SG_EINVAL);
+    ASSERT_EQ(chain.n, 0);
+    sg_der_cleanup(&spki);
+    sg_der_cleanup(&eds);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(ed);
+    sg_ca_free(ca);
+}
+
+TEST(ca_ttl_capped_by_ca_expiry)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 300, NULL);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {"spiffe://example.org/a", NULL, 0, 86400};
+    sg_ca_chain chain = {0};
+    X509 *leaf;
+    sg_err err;
+
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err));
+    ASSERT_EQ(chain.not_after, sg_ca_not_after(ca));
+    leaf = parse(&chain.certs[0]);
+    ASSERT_EQ(sg_x509_not_after(leaf), sg_ca_not_after(ca));
+    X509_free(leaf);
+    sg_ca_chain_cleanup(&chain);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+    sg_ca_free(ca);
+}
+
+static sg_ca *new_upstream_ca(const char *key, const char *cert, sg_err *err, int *rc)
+{
+    sg_ca_options o = {0};
+    sg_ca *ca = NULL;
+
+    o.trust_domain = "example.org";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = 3600;
+    o.upstream_key_file = key;
+    o.upstream_cert_file = cert;
+    *rc = sg_ca_new(&ca, &o, err);
+    return ca;
+}
+
+TEST(ca_upstream_quickstart_chain)
+{
+    sg_err err = {0};
+    int rc;
+    sg_ca *ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt", &err, &rc);
+    STACK_OF(X509) *roots, *inter = sk_X509_new_null();
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {"spiffe://example.org/w", NULL, 0, 600};
+    sg_ca_chain chain = {0};
+    X509 *leaf, *mid, *up;
+    sg_spiffeid id;
+    FILE *f;
+
+    if (rc != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    roots = bundle_stack(ca);
+    ASSERT_EQ(sk_X509_num(roots), 1);
+    f = fopen(QS_DIR "dummy_upstream_ca.crt", "r");
+    up = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    ASSERT_EQ(X509_cmp(sk_X509_value(roots, 0), up), 0);
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err));
+    ASSERT_EQ(chain.n, 2);
+    leaf = parse(&chain.certs[0]);
+    mid = parse(&chain.certs[1]);
+    ASSERT(X509_get_extension_flags(mid) & EXFLAG_CA);
+    ASSERT_EQ(X509_NAME_cmp(X509_get_issuer_name(mid), X509_get_subject_name(up)), 0);
+    ASSERT(sg_x509_not_after(mid) <= sg_x509_not_after(up));
+    ASSERT_EQ(sg_ca_not_after(ca), sg_x509_not_after(mid));
+    check_leaf_profile(leaf, mid, k, p.spiffe_id, NULL, 0, false);
+    sk_X509_push(inter, mid);
+    ASSERT_OK(sg_x509_verify_svid(leaf, inter, roots, 0, &id, &err));
+    ASSERT_STREQ(id.str, "spiffe://example.org/w");
+    /* Without the intermediate the leaf does not verify. */
+    ASSERT_EQ(sg_x509_verify_svid(leaf, NULL, roots, 0, &id, &err), SG_EUNTRUSTED);
+    X509_free(leaf);
+    X509_free(up);
+    sk_X509_pop_free(inter, X509_free);
+    sk_X509_pop_free(roots, X509_free);
+    sg_ca_chain_cleanup(&chain);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+    sg_ca_free(ca);
+}
+
+TEST(ca_server_identity)
+{
+    sg_ca *ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt",
+                                &(sg_err){0}, &(int){0});
+    char *key_pem = NULL, *chain_pem = NULL;
+    STACK_OF(X509) *chain = NULL, *roots, *inter = sk_X509_new_null();
+    EVP_PKEY *k;
+    BIO *b;
+    sg_spiffeid id;
+    GENERAL_NAMES *gens;
+    sg_err err;
+
+    ASSERT(ca != NULL);
+    ASSERT_OK(sg_ca_server_identity(ca, 3600, &key_pem, &chain_pem, &err));
+    ASSERT_OK(sg_x509_parse_pem_chain(chain_pem, strlen(chain_pem), &chain, &err));
+    ASSERT_EQ(sk_X509_num(chain), 2);
+    b = BIO_new_mem_buf(key_pem, -1);
+    k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    ASSERT(k != NULL);
+    ASSERT_EQ(EVP_PKEY_get_bits(k), 256);
+    ASSERT_EQ(X509_check_private_key(sk_X509_value(chain, 0), k), 1);
+    roots = bundle_stack(ca);
+    sk_X509_push(inter, sk_X509_value(chain, 1));
+    ASSERT_OK(sg_x509_verify_svid(sk_X509_value(chain, 0), inter, roots, 0, &id, &err));
+    ASSERT_STREQ(id.str, "spiffe://example.org/spire/server");
+    gens = X509_get_ext_d2i(sk_X509_value(chain, 0), NID_subject_alt_name, NULL, NULL);
+    ASSERT_EQ(sk_GENERAL_NAME_num(gens), 1);
+    GENERAL_NAMES_free(gens);
+    sk_X509_free(inter);
+    sk_X509_pop_free(roots, X509_free);
+    sk_X509_pop_free(chain, X509_free);
+    EVP_PKEY_free(k);
+    sg_key_pem_free(key_pem);
+    free(chain_pem);
+    sg_ca_free(ca);
+}
+
+static void write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fputs(s, f);
+    fclose(f);
+}
+
+TEST(ca_upstream_errors_are_clear)
+{
+    const char *dir = sg_test_tmpdir();
+    char kpath[300], cpath[300], leafpath[300];
+    EVP_PKEY *other = NULL;
+    sg_err err = {0};
+    sg_ca *ca;
+    int rc;
+
+    snprintf(kpath, sizeof kpath, "%s/other.key", dir);
+    snprintf(cpath, sizeof cpath, "%s/missing.crt", dir);
+    snprintf(leafpath, sizeof leafpath, "%s/leaf.crt", dir);
+    ASSERT_OK(sg_key_generate(SG_KEY_EC_P384, &other, &err));
+    ASSERT_OK(sg_key_write_file(kpath, other, &err));
+
+    /* Key does not match the certificate. */
+    ca = new_upstream_ca(kpath, QS_DIR "dummy_upstream_ca.crt", &err, &rc);
+    ASSERT(ca == NULL);
+    ASSERT_EQ(rc, SG_ECONFIG);
+    ASSERT(strstr(err.msg, "does not match") != NULL);
+    /* Missing certificate file. */
+    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", cpath, &err, &rc);
+    ASSERT(ca == NULL);
+    ASSERT(strstr(err.msg, "missing.crt") != NULL);
+    /* Garbage certificate file. */
+    write_file(cpath, "not a certificate\n");
+    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", cpath, &err, &rc);
+    ASSERT(ca == NULL);
+    ASSERT(strstr(err.msg, "missing.crt") != NULL);
+    /* Not a CA: an SVID from a sigil CA, with its own key. */
+    {
+        sg_ca *tmp = new_ca(SG_KEY_EC_P256, 3600, NULL);
+        char *kp = NULL, *cp = NULL, lk[300];
+        ASSERT_OK(sg_ca_server_identity(tmp, 3600, &kp, &cp, &err));
+        write_file(leafpath, cp);
+        snprintf(lk, sizeof lk, "%s/leaf.key", dir);
+        write_file(lk, kp);
+        ca = new_upstream_ca(lk, leafpath, &err, &rc);
+        ASSERT(ca == NULL);
+        ASSERT_EQ(rc, SG_ECONFIG);
+        ASSERT(strstr(err.msg, "not a CA") != NULL);
+        sg_key_pem_free(kp);
+        free(cp);
+        sg_ca_free(tmp);
+    }
+    /* Only one of the two files. */
+    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", NULL, &err, &rc);
+    ASSERT(ca == NULL);
+    ASSERT_EQ(rc, SG_ECONFIG);
+    EVP_PKEY_free(other);
+}
+
+static sg_der root_der(sg_ca *ca)
+{
+    sg_der *certs = NULL;
+    size_t n = 0;
+    sg_der d;
+    ASSERT_OK(sg_ca_bundle_der(ca, &certs, &n, NULL));
+    ASSERT_EQ(n, 1);
+    d = certs[0];
+    free(certs);
+    return d;
+}
+
+TEST(ca_persisted_across_restarts)
+{
+    const char *base = sg_test_tmpdir();
+    char dir[300], path[400];
+    sg_ca *a, *b;
+    sg_der da, db;
+    struct stat st;
+
+    snprintf(dir, sizeof dir, "%s/keys", base);
+    a = new_ca(SG_KEY_EC_P256, 3600, dir);
+    da = root_der(a);
+    snprintf(path, sizeof path, "%s/ca.key", dir);
+    ASSERT_OK(stat(path, &st));
+    ASSERT_EQ(st.st_mode & 0777, 0600);
+    snprintf(path, sizeof path, "%s/ca.crt", dir);
+    ASSERT_OK(stat(path, &st));
+    sg_ca_free(a);
+
+    /* Same CA on the next start. */
+    b = new_ca(SG_KEY_EC_P256, 3600, dir);
+    db = root_der(b);
+    ASSERT_EQ(da.len, db.len);
+    ASSERT(memcmp(da.data, db.data, da.len) == 0);
+    sg_ca_free(b);
+    sg_der_cleanup(&db);
+
+    /* A different key type makes a new CA. */
+    b = new_ca(SG_KEY_EC_P384, 3600, dir);
+    db = root_der(b);
+    ASSERT(da.len != db.len || memcmp(da.data, db.data, da.len) != 0);
+    sg_ca_free(b);
+    sg_der_cleanup(&db);
+    sg_der_cleanup(&da);
+
+    /* A corrupt certificate makes a new CA. */
+    write_file(path, "garbage");
+    b = new_ca(SG_KEY_EC_P384, 3600, dir);
+    sg_ca_free(b);
+
+    /* A group-readable key is refused, not silently replaced. */
+    snprintf(path, sizeof path, "%s/ca.key", dir);
+    ASSERT_OK(chmod(path, 0640));
+    {
+        sg_ca_options o = {0};
+        sg_err err;
+        o.trust_domain = "example.org";
+        o.key_type = SG_KEY_EC_P384;
+        o.keys_dir = dir;
+        b = NULL;
+        ASSERT_EQ(sg_ca_new(&b, &o, &err), SG_EPERM);
+        ASSERT(strstr(err.msg, "ca.key") != NULL);
+    }
+}
+
+TEST(ca_persisted_upstream_reused)
+{
+    const char *base = sg_test_tmpdir();
+    sg_ca_options o = {0};
+    sg_ca *a = NULL, *b = NULL;
+    sg_ca_chain ca_chain = {0}, cb_chain = {0};
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {"spiffe://example.org/w", NULL, 0, 60};
+    sg_err err;
+
+    o.trust_domain = "spiffe://example.org";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = 3600;
+    o.keys_dir = base;
+    o.upstream_key_file = QS_DIR "dummy_upstream_ca.key";
+    o.upstream_cert_file = QS_DIR "dummy_upstream_ca.crt";
+    ASSERT_OK(sg_ca_new(&a, &o, &err));
+    ASSERT_OK(sg_ca_new(&b, &o, &err));
+    ASSERT_OK(sg_ca_sign_svid(a, &p, spki.data, spki.len, &ca_chain, &err));
+    ASSERT_OK(sg_ca_sign_svid(b, &p, spki.data, spki.len, &cb_chain, &err));
+    ASSERT_EQ(ca_chain.certs[1].len, cb_chain.certs[1].len);
+    ASSERT(memcmp(ca_chain.certs[1].data, cb_chain.certs[1].data, ca_chain.certs[1].len) == 0);
+    sg_ca_chain_cleanup(&ca_chain);
+    sg_ca_chain_cleanup(&cb_chain);
+    sg_ca_free(a);
+    sg_ca_free(b);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+}
+
+struct sign_job {
+    sg_ca *ca;
+    sg_der spki;
+    int failures;
+};
+
+static void *sign_many(void *arg)
+{
+    struct sign_job *j = arg;
+    sg_ca_svid_params p = {"spiffe://example.org/t", NULL, 0, 60};
+    for (int i = 0; i < 300; i++) {
+        sg_ca_chain c = {0};
+        if (sg_ca_sign_svid(j->ca, &p, j->spki.data, j->spki.len, &c, NULL) != 0)
+            j->failures++;
+        sg_ca_chain_cleanup(&c);
+    }
+    return NULL;
+}
+
+TEST(ca_concurrent_signing)
+{
+    sg_ca *ca = new_ca(SG_KEY_EC_P256, 3600, NULL);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    struct sign_job jobs[4];
+    pthread_t th[4];
+
+    for (int i = 0; i < 4; i++) {
+        jobs[i].ca = ca;
+        jobs[i].spki = spki_of(k);
+        jobs[i].failures = 0;
+        ASSERT_OK(pthread_create(&th[i], NULL, sign_many, &jobs[i]));
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ASSERT_EQ(jobs[i].failures, 0);
+        sg_der_cleanup(&jobs[i].spki);
+    }
+    EVP_PKEY_free(k);
+    sg_ca_free(ca);
+}
