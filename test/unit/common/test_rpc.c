@@ -28,7 +28,7 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    sg_rpc_call *held;       /* a stream the test drives itself */
+    sg_rpc_call *held; /* a stream the test drives itself */
     int done_count;
     int cancelled_count;
     pthread_t handler_thread;
@@ -92,8 +92,8 @@ static void h_unary(sg_rpc_call *call, const ProtobufCMessage *msg, void *user)
         return;
     }
     ValidateJWTSVIDResponse resp = VALIDATE_JWTSVIDRESPONSE__INIT;
-    resp.spiffe_id = strcmp(req->audience, "peer") == 0 ? (char *)sg_rpc_call_peer(call)
-                                                        : req->svid;
+    resp.spiffe_id =
+        strcmp(req->audience, "peer") == 0 ? (char *)sg_rpc_call_peer(call) : req->svid;
     sg_rpc_call_send(call, &resp.base);
     sg_rpc_call_finish(call, GRPC_STATUS_OK, NULL);
 }
@@ -182,8 +182,8 @@ static void h_bidi(sg_rpc_call *call, const ProtobufCMessage *msg, void *user)
 {
     ASSERT(msg == NULL);
     sg_rpc_call_on_done(call, on_done, NULL);
-    ASSERT_OK(sg_rpc_call_recv(call, &sigil__node__v1__attest_agent_request__descriptor,
-                               bidi_recv, user));
+    ASSERT_OK(sg_rpc_call_recv(call, &sigil__node__v1__attest_agent_request__descriptor, bidi_recv,
+                               user));
 }
 
 /* ---------------------------------------------------------------- fixture */
@@ -236,8 +236,8 @@ static int call_unary(grpc_channel *ch, const char *audience, const char *svid,
     req.audience = (char *)audience;
     req.svid = (char *)svid;
     ProtobufCMessage *resp = NULL;
-    int rc = sg_rpc_unary(ch, UNARY_PATH, &req.base, &validate_jwtsvidresponse__descriptor, NULL,
-                          0, 5000, &resp, status, err);
+    int rc = sg_rpc_unary(ch, UNARY_PATH, &req.base, &validate_jwtsvidresponse__descriptor, NULL, 0,
+                          5000, &resp, status, err);
     *out = (ValidateJWTSVIDResponse *)resp;
     return rc;
 }
@@ -248,8 +248,8 @@ static grpc_status_code raw_call(grpc_channel *ch, const char *path, const void 
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice method = grpc_slice_from_copied_string(path);
-    gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                   gpr_time_from_millis(5000, GPR_TIMESPAN));
+    gpr_timespec dl =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(5000, GPR_TIMESPAN));
     grpc_call *call =
         grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method, NULL, dl, NULL);
     grpc_slice_unref(method);
@@ -728,4 +728,36 @@ TEST(rpc_status_table)
     ASSERT_EQ(sg_rpc_err_from_status(GRPC_STATUS_OK), 0);
     ASSERT_STREQ(sg_rpc_status_name(GRPC_STATUS_UNAUTHENTICATED), "UNAUTHENTICATED");
     ASSERT_STREQ(sg_rpc_status_name((grpc_status_code)99), "UNKNOWN");
+}
+
+static void *unary_worker(void *arg)
+{
+    grpc_channel *ch = arg;
+    for (int i = 0; i < 100; i++) {
+        ValidateJWTSVIDResponse *resp = NULL;
+        sg_err err;
+        char id[64];
+        snprintf(id, sizeof id, "spiffe://example.org/%d", i);
+        if (call_unary(ch, "a", id, &resp, NULL, &err) != 0 || strcmp(resp->spiffe_id, id) != 0)
+            return (void *)1;
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return NULL;
+}
+
+TEST(rpc_concurrent_unary_on_many_cq_threads)
+{
+    fixture f;
+    pthread_t t[8];
+    sg_rpc_server_options opts = {.cq_threads = 4};
+    fixture_start(&f, &opts);
+    for (int i = 0; i < 8; i++)
+        ASSERT_OK(pthread_create(&t[i], NULL, unary_worker, f.ch));
+    for (int i = 0; i < 8; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        ASSERT(r == NULL);
+    }
+    ASSERT(wait_done(800, 2000));
+    fixture_stop(&f);
 }
