@@ -202,10 +202,22 @@ static int resolve_socket(const cli_opts *o, char *target, size_t len, sg_err *e
 static const char *go_code_name(grpc_status_code c)
 {
     static const char *const names[] = {
-        "OK",       "Canceled",         "Unknown",           "InvalidArgument",
-        "DeadlineExceeded", "NotFound", "AlreadyExists",     "PermissionDenied",
-        "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
-        "Unimplemented", "Internal",    "Unavailable",       "DataLoss",
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
         "Unauthenticated",
     };
     if ((int)c >= 0 && (size_t)c < sizeof(names) / sizeof(names[0]))
@@ -237,8 +249,8 @@ static int fetch_first(const char *target, int64_t timeout_ms, X509SVIDResponse 
     X509SVIDRequest req = X509_SVIDREQUEST__INIT;
     sg_rpc_stream *st = NULL;
     ProtobufCMessage *msg = NULL;
-    int rc = sg_rpc_stream_open(ch, CLI_FETCH_X509_PATH, &req.base, false, md, 1, timeout_ms,
-                                &st, err);
+    int rc =
+        sg_rpc_stream_open(ch, CLI_FETCH_X509_PATH, &req.base, false, md, 1, timeout_ms, &st, err);
     if (rc == 0) {
         rc = sg_rpc_stream_next(st, &x509_svidresponse__descriptor, 0, &msg, status, err);
         if (rc == 0) {
@@ -266,7 +278,7 @@ static int write_pem_file(const char *path, const char *pem, mode_t mode, sg_err
     return sg_fs_write_atomic(path, pem, strlen(pem), mode, err);
 }
 
-static int der_chain_to_pem(const ProtobufCBinaryData *d, char **pem, STACK_OF(X509) **sk_out,
+static int der_chain_to_pem(const ProtobufCBinaryData *d, char **pem, STACK_OF(X509) * *sk_out,
                             sg_err *err)
 {
     STACK_OF(X509) *sk = NULL;
@@ -346,8 +358,8 @@ static void free_secret(char *s)
     }
 }
 
-static void print_svid(size_t idx, const X509SVID *svid, STACK_OF(X509) *chain,
-                       STACK_OF(X509) *bundle)
+static void print_svid(size_t idx, const X509SVID *svid, STACK_OF(X509) * chain,
+                       STACK_OF(X509) * bundle)
 {
     (void)idx;
     char a[64], b[64], serial[41];
@@ -516,9 +528,8 @@ static int cmd_fetch_x509(const cli_opts *o)
         } else {
             if (!json && !o->silent)
                 print_svid(i, s, chain, bundle);
-            if (o->write_dir != NULL &&
-                write_svid_files(o->write_dir, i, chain_pem, key_pem, bundle_pem,
-                                 o->silent || json, &err) < 0) {
+            if (o->write_dir != NULL && write_svid_files(o->write_dir, i, chain_pem, key_pem,
+                                                         bundle_pem, o->silent || json, &err) < 0) {
                 fprintf(stderr, "cannot write SVID #%zu: %s\n", i, err.msg);
                 ret = 1;
             }
@@ -580,8 +591,8 @@ static int cmd_healthcheck(const cli_opts *o)
                 go_code_name(status.code), status.details[0] ? status.details : err.msg);
         return 1;
     } else if (o->verbose) {
-        printf("Workload API answered %s (%s): the agent is serving.\n",
-               go_code_name(status.code), status.details);
+        printf("Workload API answered %s (%s): the agent is serving.\n", go_code_name(status.code),
+               status.details);
     }
     printf("Agent is healthy.\n");
     return 0;

@@ -94,8 +94,8 @@ static void der_array_free(sg_der *a, size_t n)
     free(a);
 }
 
-int sg_keystore_svid_make(EVP_PKEY *key, const sg_der *chain, size_t nchain,
-                          sg_keystore_svid *out, sg_err *err)
+int sg_keystore_svid_make(EVP_PKEY *key, const sg_der *chain, size_t nchain, sg_keystore_svid *out,
+                          sg_err *err)
 {
     if (key == NULL || chain == NULL || nchain == 0)
         return sg_err_set(err, SG_EINVAL, "agent SVID: no key or empty certificate chain");
@@ -159,8 +159,7 @@ static int pem_to_der_array(const char *pem, size_t len, sg_der **out, size_t *n
     return 0;
 }
 
-int sg_keystore_load_svid(const sg_keystore *ks, int64_t now, sg_keystore_svid *out,
-                          sg_err *err)
+int sg_keystore_load_svid(const sg_keystore *ks, int64_t now, sg_keystore_svid *out, sg_err *err)
 {
     if (!sg_keystore_on_disk(ks))
         return sg_err_set(err, SG_ENOENT, "no stored agent SVID (KeyManager \"memory\")");

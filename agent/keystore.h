@@ -58,8 +58,8 @@ void sg_keystore_svid_cleanup(sg_keystore_svid *s);
  * reference-counted): parses the leaf, checks that it holds exactly one
  * SPIFFE ID and that key matches its public key. Errors say what is wrong.
  */
-int sg_keystore_svid_make(EVP_PKEY *key, const sg_der *chain, size_t nchain,
-                          sg_keystore_svid *out, sg_err *err);
+int sg_keystore_svid_make(EVP_PKEY *key, const sg_der *chain, size_t nchain, sg_keystore_svid *out,
+                          sg_err *err);
 
 /*
  * Loads the stored SVID. Returns SG_ENOENT when there is none (always for
@@ -67,8 +67,7 @@ int sg_keystore_svid_make(EVP_PKEY *key, const sg_der *chain, size_t nchain,
  * 0 = current time), unparsable or does not match its key: those are
  * logged as warnings and ignored, so the agent attests again.
  */
-int sg_keystore_load_svid(const sg_keystore *ks, int64_t now, sg_keystore_svid *out,
-                          sg_err *err);
+int sg_keystore_load_svid(const sg_keystore *ks, int64_t now, sg_keystore_svid *out, sg_err *err);
 
 /* Stores svid's key (0600) and chain (PEM). No-op for memory. */
 int sg_keystore_save_svid(const sg_keystore *ks, const sg_keystore_svid *svid, sg_err *err);

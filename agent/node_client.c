@@ -36,21 +36,22 @@
 #define NODE_MAX_RECV          (64 * 1024 * 1024)
 #define NODE_MAX_BUNDLE_FILE   (4 * 1024 * 1024)
 
-#define TOKEN_USED_MSG "agent SVID rejected and the join token was already used; generate a new token"
+#define TOKEN_USED_MSG                                                                             \
+    "agent SVID rejected and the join token was already used; generate a new token"
 
 struct sg_node_client {
-    char *target;                             /* "host:port" */
-    char server_id[SG_SPIFFEID_MAX + 1];      /* spiffe://<td>/spire/server */
+    char *target;                        /* "host:port" */
+    char server_id[SG_SPIFFEID_MAX + 1]; /* spiffe://<td>/spire/server */
     char trust_domain[SG_TRUST_DOMAIN_MAX + 1];
-    char *join_token;                         /* from the config; may be NULL */
+    char *join_token; /* from the config; may be NULL */
     const sg_node_attestor_agent *attestor;
     sg_keystore ks;
-    sg_agent_bundle bundle;                   /* n == 0: none (insecure bootstrap) */
-    char *bundle_pem;                         /* PEM of bundle, NULL when none */
+    sg_agent_bundle bundle; /* n == 0: none (insecure bootstrap) */
+    char *bundle_pem;       /* PEM of bundle, NULL when none */
     sg_keystore_svid svid;
     bool has_svid;
-    bool svid_rejected;                       /* the server refused the current SVID */
-    grpc_channel *ch;                         /* mTLS channel with the current SVID */
+    bool svid_rejected; /* the server refused the current SVID */
+    grpc_channel *ch;   /* mTLS channel with the current SVID */
 };
 
 /* ------------------------------------------------------------ value cleanup */
@@ -116,8 +117,7 @@ static int der_array_from_pb(const ProtobufCBinaryData *src, size_t n, sg_der **
     for (size_t i = 0; i < n; i++) {
         if (src[i].len == 0 || src[i].len > SG_X509_MAX_DER) {
             der_array_free(a, i);
-            return sg_err_set(err, SG_EPROTO, "server sent a certificate of %zu bytes",
-                              src[i].len);
+            return sg_err_set(err, SG_EPROTO, "server sent a certificate of %zu bytes", src[i].len);
         }
         a[i].data = malloc(src[i].len);
         if (a[i].data == NULL) {
@@ -149,7 +149,7 @@ static int der_array_copy(const sg_der *src, size_t n, sg_der **out, sg_err *err
     return 0;
 }
 
-static STACK_OF(X509) *der_array_to_stack(const sg_der *a, size_t n, sg_err *err)
+static STACK_OF(X509) * der_array_to_stack(const sg_der *a, size_t n, sg_err *err)
 {
     STACK_OF(X509) *sk = sk_X509_new_null();
     if (sk == NULL) {
@@ -272,8 +272,8 @@ static int read_spiffe_bundle(const char *path, const char *json, size_t len, sg
         count++;
     }
     if (count == 0)
-        rc = sg_err_set(err, SG_ECONFIG, "%.200s: SPIFFE bundle holds no x509-svid authority",
-                        path);
+        rc =
+            sg_err_set(err, SG_ECONFIG, "%.200s: SPIFFE bundle holds no x509-svid authority", path);
 done:
     json_decref(root);
     if (rc < 0) {
@@ -416,7 +416,8 @@ static int accept_svid(sg_node_client *c, EVP_PKEY *key, const Sigil__Node__V1__
                         s.spiffe_id, c->trust_domain);
     if (rc == 0 && pb->spiffe_id != NULL && pb->spiffe_id[0] != '\0' &&
         strcmp(pb->spiffe_id, s.spiffe_id) != 0)
-        rc = sg_err_set(err, SG_EPROTO, "server says agent ID %.100s but the certificate holds %.100s",
+        rc = sg_err_set(err, SG_EPROTO,
+                        "server says agent ID %.100s but the certificate holds %.100s",
                         pb->spiffe_id, s.spiffe_id);
     if (rc == 0 && c->bundle.n > 0) {
         STACK_OF(X509) *roots = der_array_to_stack(c->bundle.certs, c->bundle.n, err);
@@ -653,8 +654,8 @@ static int attest(sg_node_client *c, const char *token, bool after_rejection, sg
     Sigil__Node__V1__AttestAgentRequest req = SIGIL__NODE__V1__ATTEST_AGENT_REQUEST__INIT;
     req.step_case = SIGIL__NODE__V1__ATTEST_AGENT_REQUEST__STEP_PARAMS;
     req.params = &params;
-    rc = sg_rpc_stream_open(ch, NODE_PATH_ATTEST, &req.base, true, NULL, 0,
-                            NODE_ATTEST_TIMEOUT_MS, &st, err);
+    rc = sg_rpc_stream_open(ch, NODE_PATH_ATTEST, &req.base, true, NULL, 0, NODE_ATTEST_TIMEOUT_MS,
+                            &st, err);
     if (rc < 0)
         goto done;
 
@@ -670,10 +671,9 @@ static int attest(sg_node_client *c, const char *token, bool after_rejection, sg
         if (rc < 0) {
             /* A join token is single-use: once our SVID was refused, a refusal
              * of the token almost surely means it was spent by us. */
-            if (after_rejection && (status_is_rejection(status.code) ||
-                                    status.code == GRPC_STATUS_INVALID_ARGUMENT))
-                rc = sg_err_set(err, SG_EPERM, TOKEN_USED_MSG " (server: %.120s)",
-                                status.details);
+            if (after_rejection &&
+                (status_is_rejection(status.code) || status.code == GRPC_STATUS_INVALID_ARGUMENT))
+                rc = sg_err_set(err, SG_EPERM, TOKEN_USED_MSG " (server: %.120s)", status.details);
             else
                 rc = sg_err_set(err, rc, "node attestation failed: %.200s", e.msg);
             goto done;
@@ -704,8 +704,8 @@ static int attest(sg_node_client *c, const char *token, bool after_rejection, sg
         }
         uint8_t *answer = NULL;
         size_t alen = 0;
-        rc = c->attestor->challenge(ast, resp->challenge.data, resp->challenge.len, &answer,
-                                    &alen, err);
+        rc = c->attestor->challenge(ast, resp->challenge.data, resp->challenge.len, &answer, &alen,
+                                    err);
         if (rc < 0)
             goto done;
         Sigil__Node__V1__AttestAgentRequest creq = SIGIL__NODE__V1__ATTEST_AGENT_REQUEST__INIT;
@@ -772,8 +772,7 @@ done:
 static void note_rejection(sg_node_client *c, const sg_rpc_status *status)
 {
     if (status_is_rejection(status->code) && c->has_svid) {
-        sg_log_warn("the server refused the agent SVID %s: %s", c->svid.spiffe_id,
-                    status->details);
+        sg_log_warn("the server refused the agent SVID %s: %s", c->svid.spiffe_id, status->details);
         c->svid_rejected = true;
     }
 }
@@ -914,12 +913,11 @@ int sg_node_client_sync(sg_node_client *c, sg_sync_result *out, sg_err *err)
     sg_rpc_status status = {0};
     sg_sync_result r;
     memset(&r, 0, sizeof(r));
-    rc = sg_rpc_stream_open(c->ch, NODE_PATH_SYNC, &req.base, false, NULL, 0,
-                            NODE_CALL_TIMEOUT_MS, &st, err);
+    rc = sg_rpc_stream_open(c->ch, NODE_PATH_SYNC, &req.base, false, NULL, 0, NODE_CALL_TIMEOUT_MS,
+                            &st, err);
     if (rc < 0)
         goto done;
-    rc = sg_rpc_stream_next(st, &sigil__node__v1__sync_response__descriptor, 0, &msg, &status,
-                            err);
+    rc = sg_rpc_stream_next(st, &sigil__node__v1__sync_response__descriptor, 0, &msg, &status, err);
     if (rc < 0) {
         note_rejection(c, &status);
         goto done;
@@ -1008,8 +1006,7 @@ static void fill_mint_result(const Sigil__Node__V1__MintX509SVIDResult *pb, sg_m
     sg_err_clear(&e);
     if (pb->svid == NULL || pb->svid->n_cert_chain == 0) {
         r->code = SG_EPROTO;
-        snprintf(r->error, sizeof(r->error), "server sent no SVID for entry %.100s",
-                 pb->entry_id);
+        snprintf(r->error, sizeof(r->error), "server sent no SVID for entry %.100s", pb->entry_id);
         return;
     }
     X509 *leaf = NULL;
@@ -1057,7 +1054,8 @@ static int mint_chunk(sg_node_client *c, const sg_mint_request *reqs, size_t n,
         note_rejection(c, &status);
         goto done;
     }
-    const Sigil__Node__V1__MintX509SVIDsResponse *r = (const Sigil__Node__V1__MintX509SVIDsResponse *)resp;
+    const Sigil__Node__V1__MintX509SVIDsResponse *r =
+        (const Sigil__Node__V1__MintX509SVIDsResponse *)resp;
     if (r->n_results != n) {
         rc = sg_err_set(err, SG_EPROTO, "MintX509SVIDs answered %zu results for %zu requests",
                         r->n_results, n);

@@ -180,8 +180,7 @@ static int read_proc_file(pid_t pid, const char *file, char **out, sg_err *err)
 }
 
 /* Parses the "Groups:" line of a /proc status text into gids (at most max). */
-static int parse_groups(const char *status, unsigned long *gids, size_t max, size_t *n,
-                        sg_err *err)
+static int parse_groups(const char *status, unsigned long *gids, size_t max, size_t *n, sg_err *err)
 {
     *n = 0;
     const char *line = status;
@@ -363,8 +362,7 @@ static int add_path_and_hash(unix_state *st, sg_selector_set *out, pid_t pid, sg
     return add_selector(out, v, err);
 }
 
-static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_set *out,
-                       sg_err *err)
+static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_set *out, sg_err *err)
 {
     unix_state *st = state;
     if (st == NULL || peer == NULL || out == NULL)

@@ -41,8 +41,8 @@ static X509 *make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer, const char
         X509_add_ext(x, ext, -1);
         X509_EXTENSION_free(ext);
     } else {
-        X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_key_usage,
-                                                  "critical,digitalSignature");
+        X509_EXTENSION *ext =
+            X509V3_EXT_conf_nid(NULL, &ctx, NID_key_usage, "critical,digitalSignature");
         X509_add_ext(x, ext, -1);
         X509_EXTENSION_free(ext);
     }
@@ -219,7 +219,8 @@ TEST(keystore_ignores_unparsable_svid)
     fixture_make(&f, AGENT_ID, -60, 3600);
     save_fixture(&ks, &f);
     char *cp = path_in(dir, SG_KEYSTORE_SVID_FILE);
-    const char *junk = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n";
+    const char *junk =
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n";
     ASSERT_OK(sg_fs_write_atomic(cp, junk, strlen(junk), 0644, &err));
     sg_keystore_svid s;
     ASSERT_EQ(sg_keystore_load_svid(&ks, 0, &s, &err), SG_ENOENT);
