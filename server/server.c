@@ -20,6 +20,7 @@
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,10 @@ struct sg_server {
     sg_datastore *ds;
     sg_ca *ca;
     sg_authz *authz;
+    /* Set by entry writes; the index is reloaded on its next use, so a burst
+     * of admin writes costs one reload, not one each. */
+    atomic_bool entries_stale;
+    pthread_mutex_t reload_mu;
     sg_tls_server *tls;
     sg_rpc_server *node;
     sg_rpc_server *admin;
@@ -84,6 +89,18 @@ const sg_server_config *sg_server_config_get(sg_server *s)
 
 sg_authz *sg_server_authz(sg_server *s)
 {
+    if (atomic_load(&s->entries_stale)) {
+        pthread_mutex_lock(&s->reload_mu);
+        if (atomic_exchange(&s->entries_stale, false)) {
+            sg_err err;
+            sg_err_clear(&err);
+            if (sg_authz_reload(s->authz, s->ds, &err) < 0) {
+                sg_log_error("could not reload registration entries: %s", err.msg);
+                atomic_store(&s->entries_stale, true);
+            }
+        }
+        pthread_mutex_unlock(&s->reload_mu);
+    }
     return s->authz;
 }
 
@@ -99,10 +116,7 @@ const sg_node_attestor_server *sg_server_node_attestor(sg_server *s, const char 
 
 void sg_server_entries_changed(sg_server *s)
 {
-    sg_err err;
-    sg_err_clear(&err);
-    if (sg_authz_reload(s->authz, s->ds, &err) < 0)
-        sg_log_error("could not reload registration entries: %s", err.msg);
+    atomic_store(&s->entries_stale, true);
 }
 
 void sg_server_agents_changed(sg_server *s, const char *agent_id)
@@ -191,6 +205,8 @@ int sg_server_new(sg_server **out, const sg_server_config *cfg, sg_err *err)
         return sg_err_set(err, SG_ENOMEM, "out of memory");
     s->cfg = cfg;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->reload_mu, NULL);
+    atomic_init(&s->entries_stale, false);
     pthread_cond_init(&s->cv, NULL);
     int rc;
     char *dbpath = NULL, *keys_dir = NULL;
@@ -503,5 +519,6 @@ void sg_server_free(sg_server *s)
     sg_datastore_close(s->ds);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->reload_mu);
     free(s);
 }
