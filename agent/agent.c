@@ -105,7 +105,7 @@ static void dispatch(sg_rpc_event *ev, void *ctx)
         if (nq == NULL) {
             /* An event that cannot be queued would leave a call hanging forever. */
             pthread_mutex_unlock(&a->qlock);
-            sg_log_error("agent: out of memory queueing an rpc event");
+            sg_log_error("out of memory queueing an rpc event");
             abort();
         }
         a->q = nq;
@@ -156,6 +156,7 @@ struct node_job {
     /* mint */
     size_t n;
     char **entry_ids;
+    char **spiffe_ids;
     int64_t *revisions;
     uint8_t **keys; /* PKCS#8 DER, OPENSSL_malloc'd */
     size_t *key_lens;
@@ -173,6 +174,7 @@ static void job_free(node_job *j)
         sg_sync_result_cleanup(&j->sync);
     for (size_t i = 0; i < j->n; i++) {
         free(j->entry_ids ? j->entry_ids[i] : NULL);
+        free(j->spiffe_ids ? j->spiffe_ids[i] : NULL);
         if (j->keys != NULL && j->keys[i] != NULL)
             OPENSSL_clear_free(j->keys[i], j->key_lens[i]);
         if (j->spkis != NULL)
@@ -182,6 +184,7 @@ static void job_free(node_job *j)
         for (size_t i = 0; i < j->n; i++)
             sg_mint_result_cleanup(&j->results[i]);
     free(j->entry_ids);
+    free(j->spiffe_ids);
     free(j->revisions);
     free(j->keys);
     free(j->key_lens);
@@ -232,7 +235,7 @@ static int start_job(sg_agent *a, node_job *j, uv_work_cb fn)
     j->work.data = j;
     int rc = uv_queue_work(&a->loop, &j->work, fn, node_after);
     if (rc != 0) {
-        sg_log_error("agent: cannot schedule node work: %s", uv_strerror(rc));
+        sg_log_error("cannot schedule node work: %s", uv_strerror(rc));
         return SG_ESYS;
     }
     a->job = j;
@@ -257,6 +260,7 @@ static int start_mint(sg_agent *a)
     j->kind = JOB_MINT;
     j->n = n;
     j->entry_ids = calloc(n, sizeof(*j->entry_ids));
+    j->spiffe_ids = calloc(n, sizeof(*j->spiffe_ids));
     j->revisions = calloc(n, sizeof(*j->revisions));
     j->keys = calloc(n, sizeof(*j->keys));
     j->key_lens = calloc(n, sizeof(*j->key_lens));
@@ -264,17 +268,18 @@ static int start_mint(sg_agent *a)
     j->spki_lens = calloc(n, sizeof(*j->spki_lens));
     j->reqs = calloc(n, sizeof(*j->reqs));
     j->results = calloc(n, sizeof(*j->results));
-    if (!j->entry_ids || !j->revisions || !j->keys || !j->key_lens || !j->spkis ||
+    if (!j->entry_ids || !j->spiffe_ids || !j->revisions || !j->keys || !j->key_lens || !j->spkis ||
         !j->spki_lens || !j->reqs || !j->results)
         goto oom;
     for (size_t i = 0; i < n; i++) {
         j->entry_ids[i] = strdup(due[i]->id);
-        if (j->entry_ids[i] == NULL)
+        j->spiffe_ids[i] = strdup(due[i]->spiffe_id ? due[i]->spiffe_id : "");
+        if (j->entry_ids[i] == NULL || j->spiffe_ids[i] == NULL)
             goto oom;
         j->revisions[i] = due[i]->revision;
     }
     free(due);
-    sg_log_debug("agent: minting %zu workload SVID(s)", n);
+    sg_log_debug("minting %zu workload SVID(s)", n);
     if (start_job(a, j, mint_work) != 0) {
         j->rc = SG_ESYS; /* results were never initialised */
         job_free(j);
@@ -295,7 +300,7 @@ static void after_sync(sg_agent *a, node_job *j)
         const char *what = sg_node_client_has_svid(a->nc) ? "sync with the server failed"
                                                           : "node attestation failed";
         int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
-        sg_log_warn("agent: %s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)", what,
+        sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)", what,
                     j->err.msg, (long long)delay);
         a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
         schedule_node(a, delay);
@@ -304,8 +309,8 @@ static void after_sync(sg_agent *a, node_job *j)
     a->backoff_ms = BACKOFF_START_MS;
     const char *id = sg_node_client_agent_id(a->nc);
     if (strcmp(id, a->agent_id) != 0) {
-        sg_log_info("agent: node attestation succeeded: agent id %s, SVID valid until %lld", id,
-                    (long long)sg_node_client_svid_expiry(a->nc));
+        sg_log_debug("agent id %s, SVID valid until %lld", id,
+                     (long long)sg_node_client_svid_expiry(a->nc));
         snprintf(a->agent_id, sizeof(a->agent_id), "%s", id);
     }
     sg_err e = {0};
@@ -315,16 +320,16 @@ static void after_sync(sg_agent *a, node_job *j)
     j->sync.entries = NULL;
     j->sync.nentries = 0;
     if (rc != 0)
-        sg_log_error("agent: cannot store entries: %s", e.msg);
+        sg_log_error("cannot store entries: %s", e.msg);
     if (j->sync.bundle.n > 0) {
         rc = sg_cache_set_bundle(a->cache, &j->sync.bundle, &e);
         if (rc != 0)
-            sg_log_error("agent: cannot store the bundle: %s", e.msg);
+            sg_log_error("cannot store the bundle: %s", e.msg);
     } else if (!sg_cache_has_bundle(a->cache)) {
-        sg_log_warn("agent: the server sent an empty trust bundle");
+        sg_log_warn("the server sent an empty trust bundle");
     }
     if (!a->synced_once || nentries != a->last_nentries)
-        sg_log_info("agent: synced %zu entr%s (bundle sequence %llu)", nentries,
+        sg_log_info("synced %zu entr%s (bundle sequence %llu)", nentries,
                     nentries == 1 ? "y" : "ies", (unsigned long long)seq);
     a->synced_once = true;
     a->last_nentries = nentries;
@@ -337,7 +342,7 @@ static void after_sync(sg_agent *a, node_job *j)
 static void after_mint(sg_agent *a, node_job *j)
 {
     if (j->rc != 0) {
-        sg_log_warn("agent: minting %zu SVID(s) failed: %s", j->n, j->err.msg);
+        sg_log_warn("minting %zu SVID(s) failed: %s", j->n, j->err.msg);
         schedule_node(a, jitter(a->backoff_ms, 0.8, 1.2));
         a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
         return;
@@ -347,8 +352,8 @@ static void after_mint(sg_agent *a, node_job *j)
     for (size_t i = 0; i < j->n; i++) {
         sg_mint_result *r = &j->results[i];
         if (r->code != 0) {
-            sg_log_warn("agent: server refused an SVID for entry %s: %s", j->entry_ids[i],
-                        r->error);
+            sg_log_warn("server refused an SVID for %s (entry %s): %s", j->spiffe_ids[i],
+                        j->entry_ids[i], r->error);
             continue;
         }
         int64_t life = r->not_after - now;
@@ -357,15 +362,15 @@ static void after_mint(sg_agent *a, node_job *j)
         /* Re-mint at half-life +-5 %, in seconds. */
         int64_t renew_at = now + jitter(life * 1000, 0.45, 0.55) / 1000;
         sg_err e = {0};
-        int rc = sg_cache_put_svid(a->cache, j->entry_ids[i], j->revisions[i], r->chain,
-                                   r->nchain, j->keys[i], j->key_lens[i], r->not_after,
-                                   renew_at, r->serial, &e);
+        int rc =
+            sg_cache_put_svid(a->cache, j->entry_ids[i], j->revisions[i], r->chain, r->nchain,
+                              j->keys[i], j->key_lens[i], r->not_after, renew_at, r->serial, &e);
         if (rc != 0) {
-            sg_log_debug("agent: dropping SVID for entry %s: %s", j->entry_ids[i], e.msg);
+            sg_log_debug("dropping SVID for entry %s: %s", j->entry_ids[i], e.msg);
             continue;
         }
         ok++;
-        sg_log_info("agent: minted X509-SVID for entry %s serial %s expires %lld",
+        sg_log_info("minted X509-SVID %s (entry %s) serial %s expires %lld", j->spiffe_ids[i],
                     j->entry_ids[i], r->serial, (long long)r->not_after);
     }
     (void)ok;
@@ -439,7 +444,7 @@ static void on_listen(uv_poll_t *h, int status, int events)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             /* Out of descriptors or memory: back off instead of spinning on a readable listener. */
-            sg_log_warn("agent: accept on the Workload API socket: %s", strerror(errno));
+            sg_log_warn("accept on the Workload API socket: %s", strerror(errno));
             uv_poll_stop(&a->lpoll);
             uv_timer_start(&a->accept_pause, on_accept_pause_end, 100, 0);
             return;
@@ -447,18 +452,18 @@ static void on_listen(uv_poll_t *h, int status, int events)
         sg_peer p;
         sg_err e = {0};
         if (sg_peer_capture(fd, &p, &e) != 0) {
-            sg_log_debug("agent: dropping Workload API connection: %s", e.msg);
+            sg_log_debug("dropping Workload API connection: %s", e.msg);
             close(fd);
             continue;
         }
         if (sg_peer_table_put(a->peers, fd, &p, &e) != 0) {
-            sg_log_warn("agent: dropping Workload API connection: %s", e.msg);
+            sg_log_warn("dropping Workload API connection: %s", e.msg);
             sg_peer_cleanup(&p);
             close(fd);
             continue;
         }
         if (sg_rpc_server_add_fd(a->rpc, fd, &e) != 0)
-            sg_log_warn("agent: cannot serve Workload API connection: %s", e.msg);
+            sg_log_warn("cannot serve Workload API connection: %s", e.msg);
     }
 }
 
@@ -516,7 +521,7 @@ static void on_sweep(uv_timer_t *t)
     sg_agent *a = t->data;
     size_t n = sg_peer_table_sweep(a->peers);
     if (n > 0)
-        sg_log_debug("agent: forgot %zu closed Workload API connection(s)", n);
+        sg_log_debug("forgot %zu closed Workload API connection(s)", n);
 }
 
 /* ------------------------------------------------------------ stop */
@@ -553,7 +558,7 @@ static void on_stop_tick(uv_timer_t *t)
         return;
     }
     if (uv_now(&a->loop) - a->stop_started >= STOP_DEADLINE_MS) {
-        sg_log_warn("agent: stop deadline reached with work still running; exiting");
+        sg_log_warn("stop deadline reached with work still running; exiting");
         a->forced = true;
         uv_stop(&a->loop);
     }
@@ -565,7 +570,7 @@ static void begin_stop(sg_agent *a, const char *why)
         return;
     a->stopping = true;
     a->stop_started = uv_now(&a->loop);
-    sg_log_info("agent: %s received, stopping", why);
+    sg_log_info("%s received, stopping", why);
     uv_timer_stop(&a->node_timer);
     uv_timer_stop(&a->sweep_timer);
     uv_timer_stop(&a->accept_pause);
@@ -688,7 +693,7 @@ static int setup(sg_agent *a, sg_err *err)
     uv_signal_start(&a->sigterm, on_signal, SIGTERM);
     uv_signal_start(&a->sigint, on_signal, SIGINT);
     uv_timer_start(&a->sweep_timer, on_sweep, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
-    sg_log_info("agent: Workload API listening on %s (trust domain %s)", a->cfg->socket_path,
+    sg_log_info("Workload API listening on %s (trust domain %s)", a->cfg->socket_path,
                 a->cfg->trust_domain);
     schedule_node(a, 0);
     return 0;
@@ -725,7 +730,7 @@ int sg_agent_run(sg_agent *a, sg_err *err)
     uv_run(&a->loop, UV_RUN_DEFAULT);
     if (a->forced)
         return 1;
-    sg_log_info("agent: stopped");
+    sg_log_info("stopped");
     return 0;
 }
 
@@ -736,7 +741,7 @@ void sg_agent_free(sg_agent *a)
     if (a->loop_ready && !a->forced) {
         uv_run(&a->loop, UV_RUN_DEFAULT);
         if (uv_loop_close(&a->loop) != 0)
-            sg_log_debug("agent: loop still had handles at exit");
+            sg_log_debug("loop still had handles at exit");
     }
     sg_rpc_server_free(a->rpc);
     sg_workload_api_free(a->api);

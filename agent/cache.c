@@ -175,8 +175,7 @@ int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const
     if (i < 0)
         return sg_err_set(err, SG_ENOENT, "entry \"%.64s\" is no longer in the cache", entry_id);
     if (nchain == 0)
-        return sg_err_set(err, SG_EINVAL, "SVID for entry \"%.64s\" has no certificate",
-                          entry_id);
+        return sg_err_set(err, SG_EINVAL, "SVID for entry \"%.64s\" has no certificate", entry_id);
     sg_cache_svid *s = calloc(1, sizeof(*s));
     if (s == NULL)
         goto oom;

@@ -13,8 +13,8 @@
 
 #include <grpc/grpc.h>
 #include <signal.h>
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,8 +91,7 @@ static int parse_flags(int argc, char **argv, run_flags *f, bool allow_run_flags
             if (strlen(table[k].name) == nlen && strncmp(table[k].name, name, nlen) == 0)
                 break;
         if (k == sizeof(table) / sizeof(table[0]) || (table[k].run_only && !allow_run_flags)) {
-            fprintf(stderr, "sigil-agent: flag provided but not defined: -%.*s\n", (int)nlen,
-                    name);
+            fprintf(stderr, "sigil-agent: flag provided but not defined: -%.*s\n", (int)nlen, name);
             return -1;
         }
         const char *val;
@@ -161,7 +160,7 @@ static void raise_nofile(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            sg_log_warn("agent: cannot raise the open file limit");
+            sg_log_warn("cannot raise the open file limit");
     }
 }
 
@@ -178,8 +177,9 @@ static int cmd_validate(int argc, char **argv)
     }
     int rc = 0;
     if (!cfg.unix_attestor_enabled) {
-        fprintf(stderr, "sigil-agent: %s: at least one WorkloadAttestor plugin must be "
-                        "configured\n",
+        fprintf(stderr,
+                "sigil-agent: %s: at least one WorkloadAttestor plugin must be "
+                "configured\n",
                 f.config);
         rc = 1;
     } else {
@@ -223,7 +223,7 @@ static int cmd_run(int argc, char **argv)
         }
     }
     if (rc < 0)
-        sg_log_error("agent: %s", err.msg);
+        sg_log_error("%s", err.msg);
     sg_agent_free(agent);
     grpc_shutdown_blocking();
     sg_agent_config_cleanup(&cfg);

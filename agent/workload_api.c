@@ -41,7 +41,7 @@ typedef struct wl_call {
     sg_workload_api *api;
     sg_rpc_call *call; /* NULL once the call is over */
     wl_method method;
-    int refs;          /* the call (until done) and the attestation job */
+    int refs; /* the call (until done) and the attestation job */
     uv_work_t work;
     sg_peer peer;
     sg_selector_set sels;
@@ -215,14 +215,13 @@ static void attest_done(uv_work_t *req, int status)
         char msg[SG_ERR_MSG_LEN];
         snprintf(msg, sizeof(msg), "workload attestation failed: %.200s",
                  status != 0 ? "cancelled" : w->attest_err.msg);
-        sg_log_warn("workload api: %s (pid %d, uid %d)", msg, (int)w->peer.pid,
-                    (int)w->peer.uid);
+        sg_log_warn("workload api: %s (pid %d, uid %d)", msg, (int)w->peer.pid, (int)w->peer.uid);
         finish(w->call, SG_EUNAVAIL, msg);
         wl_unref(w);
         return;
     }
-    sg_log_debug("workload api: %s from pid %d uid %d: %zu selector(s)",
-                 method_names[w->method], (int)w->peer.pid, (int)w->peer.uid, w->sels.n);
+    sg_log_debug("workload api: %s from pid %d uid %d: %zu selector(s)", method_names[w->method],
+                 (int)w->peer.pid, (int)w->peer.uid, w->sels.n);
 
     sg_cache *c = api->d.cache;
     sg_cache_identity *ids = NULL;
@@ -244,10 +243,9 @@ static void attest_done(uv_work_t *req, int status)
     case M_X509SVID:
     case M_X509BUNDLES: {
         sg_err e = {0};
-        sg_cache_watch what = w->method == M_X509SVID ? SG_CACHE_WATCH_SVIDS
-                                                      : SG_CACHE_WATCH_BUNDLES;
-        if (sg_cache_subscribe(c, what, &w->sels, on_cache_change, w, now_s(), &w->sub, &e) !=
-            0) {
+        sg_cache_watch what =
+            w->method == M_X509SVID ? SG_CACHE_WATCH_SVIDS : SG_CACHE_WATCH_BUNDLES;
+        if (sg_cache_subscribe(c, what, &w->sels, on_cache_change, w, now_s(), &w->sub, &e) != 0) {
             sg_rpc_call_finish_err(w->call, &e);
             break;
         }
@@ -276,8 +274,7 @@ static void on_call_done(sg_rpc_call *call, bool cancelled, void *user)
 
 /* ------------------------------------------------------------ handlers */
 
-static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessage *req,
-                  wl_method m)
+static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessage *req, wl_method m)
 {
     if (!header_ok(call)) {
         finish(call, SG_EINVAL, "security header missing from request");

@@ -53,8 +53,8 @@ static void put_svid(sg_cache *c, const char *entry_id, int64_t rev, const char 
     static uint8_t cert[] = {0x30, 0x03, 0x02, 0x01, 0x01};
     static uint8_t key[] = {0x30, 0x01, 0x00};
     sg_der chain[2] = {{cert, sizeof(cert)}, {cert, sizeof(cert)}};
-    ASSERT_OK(sg_cache_put_svid(c, entry_id, rev, chain, 2, key, sizeof(key), not_after,
-                                NOW + 100, serial, NULL));
+    ASSERT_OK(sg_cache_put_svid(c, entry_id, rev, chain, 2, key, sizeof(key), not_after, NOW + 100,
+                                serial, NULL));
 }
 
 static void set_bundle(sg_cache *c, uint8_t byte)
@@ -131,11 +131,11 @@ TEST(cache_match_requires_every_entry_selector)
 TEST(cache_match_counts_entries_without_usable_svid)
 {
     sg_cache *c = new_cache();
-    set_entries2(c,
-                 make_entry("e1", "spiffe://example.org/a", 1,
-                            (const char *const[]){"unix:uid:1000", NULL}),
-                 make_entry("e2", "spiffe://example.org/b", 1,
-                            (const char *const[]){"unix:uid:1000", NULL}));
+    set_entries2(
+        c,
+        make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1000", NULL}),
+        make_entry("e2", "spiffe://example.org/b", 1,
+                   (const char *const[]){"unix:uid:1000", NULL}));
     put_svid(c, "e2", 1, "02", NOW - 1); /* expired */
     sg_selector_set w = {0};
     workload(&w, (const char *const[]){"unix:uid:1000", NULL});
@@ -157,19 +157,20 @@ TEST(cache_match_counts_entries_without_usable_svid)
 TEST(cache_sync_keeps_svids_of_unchanged_entries)
 {
     sg_cache *c = new_cache();
-    set_entries2(c,
-                 make_entry("e1", "spiffe://example.org/a", 1,
-                            (const char *const[]){"unix:uid:1", NULL}),
-                 make_entry("e2", "spiffe://example.org/b", 1,
-                            (const char *const[]){"unix:uid:1", NULL}));
+    set_entries2(
+        c, make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1", NULL}),
+        make_entry("e2", "spiffe://example.org/b", 1, (const char *const[]){"unix:uid:1", NULL}));
     put_svid(c, "e1", 1, "01", NOW + 3600);
     put_svid(c, "e2", 1, "02", NOW + 3600);
     ASSERT_EQ(sg_cache_nsvids(c), 2);
     /* e1 unchanged, e2 now names another SPIFFE ID, e3 is new. */
     sg_agent_entry *arr = calloc(3, sizeof(*arr));
-    arr[0] = make_entry("e3", "spiffe://example.org/c", 1, (const char *const[]){"unix:uid:1", NULL});
-    arr[1] = make_entry("e2", "spiffe://example.org/b2", 2, (const char *const[]){"unix:uid:1", NULL});
-    arr[2] = make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1", NULL});
+    arr[0] =
+        make_entry("e3", "spiffe://example.org/c", 1, (const char *const[]){"unix:uid:1", NULL});
+    arr[1] =
+        make_entry("e2", "spiffe://example.org/b2", 2, (const char *const[]){"unix:uid:1", NULL});
+    arr[2] =
+        make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1", NULL});
     ASSERT_OK(sg_cache_set_entries(c, arr, 3, NULL));
     ASSERT_EQ(sg_cache_nentries(c), 3);
     ASSERT_EQ(sg_cache_nsvids(c), 1);
@@ -195,11 +196,9 @@ TEST(cache_sync_keeps_svids_of_unchanged_entries)
 TEST(cache_due_lists_missing_revised_and_half_life_svids)
 {
     sg_cache *c = new_cache();
-    set_entries2(c,
-                 make_entry("e1", "spiffe://example.org/a", 1,
-                            (const char *const[]){"unix:uid:1", NULL}),
-                 make_entry("e2", "spiffe://example.org/b", 1,
-                            (const char *const[]){"unix:uid:1", NULL}));
+    set_entries2(
+        c, make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1", NULL}),
+        make_entry("e2", "spiffe://example.org/b", 1, (const char *const[]){"unix:uid:1", NULL}));
     put_svid(c, "e1", 1, "01", NOW + 3600); /* renew_at NOW + 100 */
     const sg_agent_entry **due;
     size_t n;
@@ -215,11 +214,9 @@ TEST(cache_due_lists_missing_revised_and_half_life_svids)
     ASSERT_EQ(n, 2);
     free(due);
     /* A new revision of e1 (e.g. new DNS names) needs a new SVID at once. */
-    set_entries2(c,
-                 make_entry("e1", "spiffe://example.org/a", 2,
-                            (const char *const[]){"unix:uid:1", NULL}),
-                 make_entry("e2", "spiffe://example.org/b", 1,
-                            (const char *const[]){"unix:uid:1", NULL}));
+    set_entries2(
+        c, make_entry("e1", "spiffe://example.org/a", 2, (const char *const[]){"unix:uid:1", NULL}),
+        make_entry("e2", "spiffe://example.org/b", 1, (const char *const[]){"unix:uid:1", NULL}));
     ASSERT_OK(sg_cache_due(c, NOW, &due, &n));
     ASSERT_EQ(n, 1);
     ASSERT_STREQ(due[0]->id, "e1");
@@ -247,11 +244,9 @@ TEST(cache_flush_notifies_only_changed_views)
 {
     sg_cache *c = new_cache();
     set_bundle(c, 1);
-    set_entries2(c,
-                 make_entry("e1", "spiffe://example.org/a", 1,
-                            (const char *const[]){"unix:uid:1", NULL}),
-                 make_entry("e2", "spiffe://example.org/b", 1,
-                            (const char *const[]){"unix:uid:2", NULL}));
+    set_entries2(
+        c, make_entry("e1", "spiffe://example.org/a", 1, (const char *const[]){"unix:uid:1", NULL}),
+        make_entry("e2", "spiffe://example.org/b", 1, (const char *const[]){"unix:uid:2", NULL}));
     sg_selector_set w1 = {0}, w2 = {0};
     workload(&w1, (const char *const[]){"unix:uid:1", NULL});
     workload(&w2, (const char *const[]){"unix:uid:2", NULL});

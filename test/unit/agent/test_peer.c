@@ -117,7 +117,7 @@ TEST(peer_table_rejects_malformed_peer_strings)
     sg_peer_table *t;
     ASSERT_OK(sg_peer_table_new(&t));
     static const char *const bad[] = {"unix:", "ipv4:127.0.0.1:4000", "fd:", "fd:12x",
-                                      "fd:-1", "fd:99999999999", "", "FD:3"};
+                                      "fd:-1", "fd:99999999999",      "",    "FD:3"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         sg_peer out;
         sg_err err = {0};
