@@ -11,7 +11,7 @@ OPT     ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -I. -I$(BUILD)/gen \
            $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread
-GENFLAGS := -std=c11 $(OPT) -Wall -Werror -I$(BUILD)/gen $(shell $(PKG_CONFIG) --cflags libprotobuf-c 2>/dev/null)
+GENFLAGS := -std=c11 $(OPT) -Wall -Werror -Wno-missing-braces -I$(BUILD)/gen $(shell $(PKG_CONFIG) --cflags libprotobuf-c 2>/dev/null)
 
 ifeq ($(V),1)
 Q :=
