@@ -40,8 +40,9 @@ int sg_key_type_parse(const char *s, sg_key_type *out, sg_err *err)
             return 0;
         }
     }
-    return sg_err_set(err, SG_EINVAL,
-                      "unknown key type \"%.64s\" (expected ec-p256, ec-p384, rsa-2048 or rsa-4096)", s);
+    return sg_err_set(
+        err, SG_EINVAL,
+        "unknown key type \"%.64s\" (expected ec-p256, ec-p384, rsa-2048 or rsa-4096)", s);
 }
 
 const char *sg_key_type_name(sg_key_type t)
@@ -154,7 +155,8 @@ int sg_key_write_file(const char *path, EVP_PKEY *key, sg_err *err)
 }
 
 /* Reads path (bounded) into a malloc'd buffer; optionally refuses group/other access. */
-static int read_key_bytes(const char *path, bool check_mode, char **out, size_t *outlen, sg_err *err)
+static int read_key_bytes(const char *path, bool check_mode, char **out, size_t *outlen,
+                          sg_err *err)
 {
     struct stat st;
     char *buf = NULL;
@@ -177,8 +179,8 @@ static int read_key_bytes(const char *path, bool check_mode, char **out, size_t 
     }
     if (check_mode && (st.st_mode & 077) != 0) {
         rc = sg_err_set(err, SG_EPERM,
-                        "key file %s has mode %04o: group or others may access it (want 0600)", path,
-                        (unsigned)(st.st_mode & 07777));
+                        "key file %s has mode %04o: group or others may access it (want 0600)",
+                        path, (unsigned)(st.st_mode & 07777));
         goto fail;
     }
     if (st.st_size > KEY_FILE_MAX) {

@@ -76,7 +76,7 @@ int sg_x509_to_der(X509 *cert, sg_der *out, sg_err *err)
     return 0;
 }
 
-int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) **certs, sg_err *err)
+int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) * *certs, sg_err *err)
 {
     STACK_OF(X509) *sk = NULL;
     BIO *b = NULL;
@@ -131,9 +131,9 @@ fail:
     return rc;
 }
 
-int sg_x509_parse_der_chain(const uint8_t *der, size_t len, STACK_OF(X509) **certs, sg_err *err)
+int sg_x509_parse_der_chain(const uint8_t *der, size_t len, STACK_OF(X509) * *certs, sg_err *err)
 {
-    STACK_OF(X509) *sk;
+    STACK_OF(X509) * sk;
     const unsigned char *p = der, *end = der + len;
     int rc;
 
@@ -244,9 +244,11 @@ int sg_x509_spiffeid(X509 *cert, sg_spiffeid *out, sg_err *err)
     gens = X509_get_ext_d2i(cert, NID_subject_alt_name, &crit, NULL);
     if (gens == NULL) {
         if (crit == -2)
-            return sg_err_set(err, SG_EINVAL, "certificate has more than one subjectAltName extension");
+            return sg_err_set(err, SG_EINVAL,
+                              "certificate has more than one subjectAltName extension");
         if (crit == -1)
-            return sg_err_set(err, SG_EINVAL, "certificate has no subjectAltName extension (no SPIFFE ID)");
+            return sg_err_set(err, SG_EINVAL,
+                              "certificate has no subjectAltName extension (no SPIFFE ID)");
         return sg_err_set(err, SG_EINVAL, "certificate subjectAltName extension is malformed");
     }
     for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
@@ -258,8 +260,8 @@ int sg_x509_spiffeid(X509 *cert, sg_spiffeid *out, sg_err *err)
     }
     if (nuri != 1) {
         GENERAL_NAMES_free(gens);
-        return sg_err_set(err, SG_EINVAL, "certificate has %d URI SANs (an X509-SVID has exactly one)",
-                          nuri);
+        return sg_err_set(err, SG_EINVAL,
+                          "certificate has %d URI SANs (an X509-SVID has exactly one)", nuri);
     }
     if (ASN1_STRING_length(uri) > SG_SPIFFEID_MAX ||
         memchr(ASN1_STRING_get0_data(uri), 0, (size_t)ASN1_STRING_length(uri)) != NULL) {
@@ -392,7 +394,8 @@ int sg_x509_csr_public_key(const uint8_t *der, size_t len, sg_der *spki, sg_err 
     req = d2i_X509_REQ(NULL, &p, (long)len);
     if (req == NULL) {
         ERR_clear_error();
-        return sg_err_set(err, SG_EINVAL, "CSR (%zu bytes) is not a valid DER PKCS#10 request", len);
+        return sg_err_set(err, SG_EINVAL, "CSR (%zu bytes) is not a valid DER PKCS#10 request",
+                          len);
     }
     if (p != der + len) {
         rc = sg_err_set(err, SG_EINVAL, "CSR has %zu trailing bytes after its DER",
@@ -534,7 +537,8 @@ static int check_rsa_key(const uint8_t *k, size_t klen, sg_err *err)
     for (uint8_t b = nm[0]; b < 0x80 && bits > 0; b = (uint8_t)(b << 1))
         bits--;
     if (bits < 2048 || bits > 8192)
-        return sg_err_set(err, SG_EINVAL, "RSA key of %zu bits is not allowed (2048 to 8192)", bits);
+        return sg_err_set(err, SG_EINVAL, "RSA key of %zu bits is not allowed (2048 to 8192)",
+                          bits);
     if (!(nm[nlen - 1] & 1))
         return sg_err_set(err, SG_EINVAL, "RSA modulus is even");
     if (!(em[elen - 1] & 1) || (elen == 1 && em[0] < 3))
@@ -551,7 +555,8 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
     if (der == NULL || len == 0)
         return sg_err_set(err, SG_EINVAL, "public key is empty");
     if (len > SG_X509_MAX_DER)
-        return sg_err_set(err, SG_ETOOBIG, "public key is %zu bytes (limit %d)", len, SG_X509_MAX_DER);
+        return sg_err_set(err, SG_ETOOBIG, "public key is %zu bytes (limit %d)", len,
+                          SG_X509_MAX_DER);
     end = der + len;
     if (!der_get(&p, end, 0x30, &spki, &spki_len) || p != end)
         return sg_err_set(err, SG_EINVAL,
@@ -562,7 +567,8 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
         p != end)
         return sg_err_set(err, SG_EINVAL, "SubjectPublicKeyInfo is malformed");
     if (bits_len < 2 || bits[0] != 0)
-        return sg_err_set(err, SG_EINVAL, "subjectPublicKey BIT STRING is empty or not whole bytes");
+        return sg_err_set(err, SG_EINVAL,
+                          "subjectPublicKey BIT STRING is empty or not whole bytes");
     p = alg;
     end = alg + alg_len;
     if (!der_get(&p, end, 0x06, &oid, &oid_len))
@@ -577,8 +583,9 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
         const char *cname;
 
         if (!der_get(&q, params + params_len, 0x06, &curve, &curve_len) || q != params + params_len)
-            return sg_err_set(err, SG_EINVAL, "EC key must name its curve (explicit or missing "
-                                              "curve parameters are not supported)");
+            return sg_err_set(err, SG_EINVAL,
+                              "EC key must name its curve (explicit or missing "
+                              "curve parameters are not supported)");
         if (OID_EQ(curve, curve_len, OID_P256)) {
             fsize = 32;
             cname = "P-256";
@@ -617,7 +624,7 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
     return sg_err_set(err, SG_EINVAL, "public key algorithm %s is not allowed (EC or RSA)", name);
 }
 
-int sg_x509_verify_svid(X509 *leaf, STACK_OF(X509) *intermediates, STACK_OF(X509) *roots,
+int sg_x509_verify_svid(X509 *leaf, STACK_OF(X509) * intermediates, STACK_OF(X509) * roots,
                         int64_t now, sg_spiffeid *id, sg_err *err)
 {
     X509_STORE *store = NULL;

@@ -42,25 +42,24 @@
 
 /* ---- constant DER fragments ---- */
 
-static const uint8_t DER_BC_LEAF[] = {0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01,
-                                      0x01, 0xff, 0x04, 0x02, 0x30, 0x00};
+static const uint8_t DER_BC_LEAF[] = {0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13,
+                                      0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00};
 /* keyUsage critical: digitalSignature + keyAgreement (EC) / + keyEncipherment (RSA). */
 static const uint8_t DER_KU_EC[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
                                     0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x03, 0x88};
 static const uint8_t DER_KU_RSA[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
                                      0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x05, 0xa0};
 /* extKeyUsage: serverAuth, clientAuth. */
-static const uint8_t DER_EKU[] = {0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x25, 0x04, 0x16, 0x30,
-                                  0x14, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03,
-                                  0x01, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
-static const uint8_t DER_SKID_HDR[] = {0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x0e,
-                                       0x04, 0x16, 0x04, 0x14};
+static const uint8_t DER_EKU[] = {0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x25, 0x04, 0x16, 0x30, 0x14,
+                                  0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01, 0x06,
+                                  0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
+static const uint8_t DER_SKID_HDR[] = {0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d,
+                                       0x0e, 0x04, 0x16, 0x04, 0x14};
 static const uint8_t DER_SAN_OID[] = {0x06, 0x03, 0x55, 0x1d, 0x11};
 /* Subject C=US, O=SPIRE (the RDNs SPIRE puts in every X509-SVID). */
-static const uint8_t DER_SUBJ_C_O[] = {0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06,
-                                       0x13, 0x02, 'U',  'S',  0x31, 0x0e, 0x30, 0x0c, 0x06,
-                                       0x03, 0x55, 0x04, 0x0a, 0x0c, 0x05, 'S',  'P',  'I',
-                                       'R',  'E'};
+static const uint8_t DER_SUBJ_C_O[] = {0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13,
+                                       0x02, 'U',  'S',  0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55,
+                                       0x04, 0x0a, 0x0c, 0x05, 'S',  'P',  'I',  'R',  'E'};
 static const uint8_t DER_CN_OID[] = {0x06, 0x03, 0x55, 0x04, 0x03};
 static const uint8_t DER_ALG_ECDSA_SHA256[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86,
                                                0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
@@ -166,7 +165,7 @@ static void snap_ctx_put(ca_snapshot *s, EVP_PKEY_CTX *c)
 }
 
 /* Builds a snapshot around cert+key (both taken) and the chain tail. */
-static int snap_new(X509 *cert, EVP_PKEY *key, bool intermediate, STACK_OF(X509) *extra,
+static int snap_new(X509 *cert, EVP_PKEY *key, bool intermediate, STACK_OF(X509) * extra,
                     ca_snapshot **out, sg_err *err)
 {
     ca_snapshot *s = calloc(1, sizeof *s);
@@ -384,7 +383,8 @@ static int sign_leaf(ca_snapshot *s, const char *td, const sg_ca_svid_params *p,
         return sg_err_set(err, SG_EINVAL, "SPIFFE ID \"%.200s\" is not in trust domain \"%s\"",
                           p->spiffe_id, td);
     if (id.path[0] == '\0')
-        return sg_err_set(err, SG_EINVAL, "SPIFFE ID \"%.200s\" has no path (a workload ID needs one)",
+        return sg_err_set(err, SG_EINVAL,
+                          "SPIFFE ID \"%.200s\" has no path (a workload ID needs one)",
                           p->spiffe_id);
     if (p->ttl_s <= 0)
         return sg_err_set(err, SG_EINVAL, "SVID TTL %lld is not positive", (long long)p->ttl_s);
@@ -707,7 +707,7 @@ fail:
 }
 
 /* Reads a PEM certificate file (bounded) into a new stack. */
-static int read_pem_certs(const char *path, STACK_OF(X509) **out, sg_err *err)
+static int read_pem_certs(const char *path, STACK_OF(X509) * *out, sg_err *err)
 {
     uint8_t *data = NULL;
     size_t len = 0;
@@ -733,8 +733,8 @@ static bool self_issued(X509 *x)
 /* Upstream material loaded from the operator's files. */
 typedef struct upstream {
     EVP_PKEY *key;
-    STACK_OF(X509) *certs;  /* certs[0] signs our CA; the rest is its chain */
-    STACK_OF(X509) *bundle; /* roots to publish */
+    STACK_OF(X509) * certs;  /* certs[0] signs our CA; the rest is its chain */
+    STACK_OF(X509) * bundle; /* roots to publish */
 } upstream;
 
 static void upstream_cleanup(upstream *u)
@@ -765,12 +765,14 @@ static int upstream_load(const sg_ca_options *o, upstream *u, sg_err *err)
         goto fail;
     c = sk_X509_value(u->certs, 0);
     if (X509_check_ca(c) != 1 || !(X509_get_extension_flags(c) & EXFLAG_CA)) {
-        rc = sg_err_set(err, SG_ECONFIG,
-                        "upstream certificate %.150s is not a CA (basicConstraints CA:TRUE missing)",
-                        o->upstream_cert_file);
+        rc =
+            sg_err_set(err, SG_ECONFIG,
+                       "upstream certificate %.150s is not a CA (basicConstraints CA:TRUE missing)",
+                       o->upstream_cert_file);
         goto fail;
     }
-    if ((X509_get_extension_flags(c) & EXFLAG_KUSAGE) && !(X509_get_key_usage(c) & KU_KEY_CERT_SIGN)) {
+    if ((X509_get_extension_flags(c) & EXFLAG_KUSAGE) &&
+        !(X509_get_key_usage(c) & KU_KEY_CERT_SIGN)) {
         rc = sg_err_set(err, SG_ECONFIG, "upstream certificate %.150s lacks keyCertSign key usage",
                         o->upstream_cert_file);
         goto fail;
@@ -882,7 +884,7 @@ static int persist(const char *key_path, const char *cert_path, X509 *cert, EVP_
     return rc;
 }
 
-static int bundle_from(sg_ca *ca, STACK_OF(X509) *roots, X509 *self, sg_err *err)
+static int bundle_from(sg_ca *ca, STACK_OF(X509) * roots, X509 *self, sg_err *err)
 {
     size_t n = roots ? (size_t)sk_X509_num(roots) : 1;
     int rc;
@@ -945,8 +947,8 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
         rc = sg_key_generate(opts->key_type, &key, err);
         if (rc < 0)
             goto fail;
-        rc = make_ca_cert(opts, ca->td, key, have_upstream ? sk_X509_value(u.certs, 0) : NULL, u.key,
-                          &cert, err);
+        rc = make_ca_cert(opts, ca->td, key, have_upstream ? sk_X509_value(u.certs, 0) : NULL,
+                          u.key, &cert, err);
         if (rc < 0)
             goto fail;
         if (opts->keys_dir != NULL) {

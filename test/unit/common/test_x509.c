@@ -150,8 +150,8 @@ TEST(x509_pem_and_der_chains)
     ASSERT(strncmp(pem, "-----BEGIN CERTIFICATE-----", 27) == 0);
     free(pem);
     ASSERT_EQ(sg_x509_parse_pem_chain("hello", 5, &sk, &err), SG_EINVAL);
-    ASSERT_EQ(sg_x509_parse_pem_chain("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                                      60, &sk, &err),
+    ASSERT_EQ(sg_x509_parse_pem_chain(
+                  "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", 60, &sk, &err),
               SG_EINVAL);
     ASSERT(sk == NULL);
     sg_der_cleanup(&d[0]);
@@ -177,7 +177,8 @@ TEST(x509_spiffeid_rules)
     ASSERT_EQ(sg_x509_spiffeid(x, &id, &err), SG_EINVAL);
     ASSERT(strstr(err.msg, "no subjectAltName") != NULL);
     X509_free(x);
-    x = make_cert(k, k, NULL, "a", NULL, NULL, "URI:spiffe://example.org/a,URI:spiffe://example.org/b", 1);
+    x = make_cert(k, k, NULL, "a", NULL, NULL,
+                  "URI:spiffe://example.org/a,URI:spiffe://example.org/b", 1);
     ASSERT_EQ(sg_x509_spiffeid(x, &id, &err), SG_EINVAL);
     ASSERT(strstr(err.msg, "2 URI SANs") != NULL);
     X509_free(x);
@@ -307,10 +308,10 @@ TEST(x509_spki_check_table)
         EVP_PKEY *key;
         int ok;
     } cases[] = {
-        {"p256", gen("EC", "P-256", 0), 1},  {"p384", gen("EC", "P-384", 0), 1},
+        {"p256", gen("EC", "P-256", 0), 1},     {"p384", gen("EC", "P-384", 0), 1},
         {"rsa2048", gen("RSA", NULL, 2048), 1}, {"rsa1024", gen("RSA", NULL, 1024), 0},
-        {"p521", gen("EC", "P-521", 0), 0},  {"ed25519", gen("ED25519", NULL, 0), 0},
-        {"x25519", gen("X25519", NULL, 0), 0}, {"secp256k1", gen("EC", "secp256k1", 0), 0},
+        {"p521", gen("EC", "P-521", 0), 0},     {"ed25519", gen("ED25519", NULL, 0), 0},
+        {"x25519", gen("X25519", NULL, 0), 0},  {"secp256k1", gen("EC", "secp256k1", 0), 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         d = spki_of(cases[i].key);
@@ -363,8 +364,10 @@ TEST(x509_spki_check_table)
 TEST(x509_verify_svid_rules)
 {
     EVP_PKEY *ck = gen("EC", "P-256", 0), *lk = gen("EC", "P-256", 0), *ok = gen("EC", "P-256", 0);
-    X509 *ca = make_cert(ck, ck, NULL, "ca", "critical,CA:TRUE", "critical,keyCertSign,cRLSign", NULL, 10);
-    X509 *other = make_cert(ok, ok, NULL, "other", "critical,CA:TRUE", "critical,keyCertSign", NULL, 10);
+    X509 *ca =
+        make_cert(ck, ck, NULL, "ca", "critical,CA:TRUE", "critical,keyCertSign,cRLSign", NULL, 10);
+    X509 *other =
+        make_cert(ok, ok, NULL, "other", "critical,CA:TRUE", "critical,keyCertSign", NULL, 10);
     X509 *leaf, *bad;
     STACK_OF(X509) *roots = sk_X509_new_null(), *wrong = sk_X509_new_null();
     sg_spiffeid id;

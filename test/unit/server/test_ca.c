@@ -51,7 +51,7 @@ static X509 *parse(const sg_der *d)
     return x;
 }
 
-static STACK_OF(X509) *bundle_stack(sg_ca *ca)
+static STACK_OF(X509) * bundle_stack(sg_ca *ca)
 {
     sg_der *certs = NULL;
     size_t n = 0;
@@ -114,10 +114,12 @@ static void check_leaf_profile(X509 *leaf, X509 *ca_cert, EVP_PKEY *key, const c
         GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
         if (g->type == GEN_URI) {
             nuri++;
-            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5), ASN1_STRING_get0_data(g->d.ia5));
+            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5),
+                     ASN1_STRING_get0_data(g->d.ia5));
             ASSERT_STREQ(buf, id);
         } else if (g->type == GEN_DNS) {
-            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5), ASN1_STRING_get0_data(g->d.ia5));
+            snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(g->d.ia5),
+                     ASN1_STRING_get0_data(g->d.ia5));
             ASSERT((size_t)ndn < ndns);
             ASSERT_STREQ(buf, dns[ndn]);
             ndn++;
@@ -139,8 +141,8 @@ static void check_leaf_profile(X509 *leaf, X509 *ca_cert, EVP_PKEY *key, const c
     /* Key usage (critical), EKU, basic constraints (critical). */
     ASSERT(flags & EXFLAG_KUSAGE);
     ASSERT_EQ(ext_critical(leaf, NID_key_usage), 1);
-    ASSERT_EQ(X509_get_key_usage(leaf),
-              rsa ? (KU_DIGITAL_SIGNATURE | KU_KEY_ENCIPHERMENT) : (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT));
+    ASSERT_EQ(X509_get_key_usage(leaf), rsa ? (KU_DIGITAL_SIGNATURE | KU_KEY_ENCIPHERMENT)
+                                            : (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT));
     ASSERT_EQ(X509_get_extended_key_usage(leaf), XKU_SSL_SERVER | XKU_SSL_CLIENT);
     eku = X509_get_ext_d2i(leaf, NID_ext_key_usage, NULL, NULL);
     ASSERT_EQ(sk_ASN1_OBJECT_num(eku), 2);
@@ -394,8 +396,9 @@ TEST(ca_upstream_quickstart_chain)
 {
     sg_err err = {0};
     int rc;
-    sg_ca *ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt", &err, &rc);
-    STACK_OF(X509) *roots, *inter = sk_X509_new_null();
+    sg_ca *ca =
+        new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt", &err, &rc);
+    STACK_OF(X509) * roots, *inter = sk_X509_new_null();
     EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     sg_der spki = spki_of(k);
     sg_ca_svid_params p = {"spiffe://example.org/w", NULL, 0, 600};
