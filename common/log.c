@@ -7,8 +7,10 @@
 
 #include "common/err.h"
 
+#include <grpc/support/log.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,4 +79,19 @@ void sg_log(sg_log_level level, const char *fmt, ...)
     line[n++] = '\n';
     if (write(STDERR_FILENO, line, (size_t)n) < 0)
         return;
+}
+
+static void grpc_log_sink(gpr_log_func_args *args)
+{
+    sg_log_level level = SG_LOG_DEBUG;
+
+    if (args->severity == GPR_LOG_SEVERITY_ERROR &&
+        strstr(args->message, "No match found for server name") == NULL)
+        level = SG_LOG_WARN;
+    sg_log(level, "grpc: %s (%s:%d)", args->message, args->file, args->line);
+}
+
+void sg_log_capture_grpc(void)
+{
+    gpr_set_log_function(grpc_log_sink);
 }

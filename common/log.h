@@ -33,4 +33,12 @@ void sg_log(sg_log_level level, const char *fmt, ...) __attribute__((format(prin
 #define sg_log_warn(...)  sg_log(SG_LOG_WARN, __VA_ARGS__)
 #define sg_log_error(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)
 
+/*
+ * Routes gRPC core's own log lines through sg_log (call once in main after
+ * grpc_init): errors become warnings, and the per-handshake "No match found
+ * for server name" message, which is expected for SPIFFE-ID-only server
+ * certificates, becomes debug output.
+ */
+void sg_log_capture_grpc(void);
+
 #endif
