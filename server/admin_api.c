@@ -306,6 +306,20 @@ static void reply_entry(sg_rpc_call *call, const sg_entry *e)
 
 /* ------------------------------------------------------------ entries */
 
+/* Answers with the entry as stored (sorted selectors), or e when it cannot be read back. */
+static void reply_stored(sg_rpc_call *call, sg_server *s, const sg_entry *e)
+{
+    sg_entry stored;
+    sg_err err;
+
+    if (sg_ds_entry_get(sg_server_datastore(s), e->id, &stored, &err) == 0) {
+        reply_entry(call, &stored);
+        sg_entry_cleanup(&stored);
+    } else {
+        reply_entry(call, e);
+    }
+}
+
 static void h_create_entry(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
 {
     const Sigil__Admin__V1__CreateEntryRequest *r = (const void *)req;
@@ -323,10 +337,11 @@ static void h_create_entry(sg_rpc_call *call, const ProtobufCMessage *req, void 
     rc = sg_ds_entry_create(sg_server_datastore(s), &e, &err);
     if (rc < 0) {
         fail(call, &err, rc);
-    } else {
-        sg_server_entries_changed(s);
-        reply_entry(call, &e);
+        sg_entry_cleanup(&e);
+        return;
     }
+    sg_server_entries_changed(s);
+    reply_stored(call, s, &e);
     sg_entry_cleanup(&e);
 }
 
@@ -334,7 +349,7 @@ static void h_update_entry(sg_rpc_call *call, const ProtobufCMessage *req, void 
 {
     const Sigil__Admin__V1__UpdateEntryRequest *r = (const void *)req;
     sg_server *s = user;
-    sg_entry e, stored;
+    sg_entry e;
     sg_err err;
     int rc;
 
@@ -351,13 +366,7 @@ static void h_update_entry(sg_rpc_call *call, const ProtobufCMessage *req, void 
         return;
     }
     sg_server_entries_changed(s);
-    /* Answer with what is stored (sorted selectors), falling back to the request. */
-    if (sg_ds_entry_get(sg_server_datastore(s), e.id, &stored, &err) == 0) {
-        reply_entry(call, &stored);
-        sg_entry_cleanup(&stored);
-    } else {
-        reply_entry(call, &e);
-    }
+    reply_stored(call, s, &e);
     sg_entry_cleanup(&e);
 }
 
