@@ -166,13 +166,33 @@ TEST(key_file_missing_and_garbage)
     ASSERT_EQ(sg_key_read_file(dir, &k, &err), SG_EINVAL); /* a directory */
 }
 
-TEST(key_file_sec1_upstream_key)
+TEST(key_file_sec1_and_pkcs1_read)
 {
-    EVP_PKEY *k = NULL;
-    sg_err err;
-    const char *p = "/work/shared/reference/spire-quickstart/conf/server/dummy_upstream_ca.key";
+    const char *dir = sg_test_tmpdir();
+    const char *types[2] = {"EC", "RSA"};
+    const char *want[2] = {"-----BEGIN EC PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----"};
+    char line[64];
 
-    ASSERT_OK(sg_key_read_file_any_mode(p, &k, &err));
-    ASSERT(k != NULL);
-    EVP_PKEY_free(k);
+    for (int i = 0; i < 2; i++) {
+        char *path = path_in(dir, types[i]);
+        EVP_PKEY *k = i == 0 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384")
+                             : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+        EVP_PKEY *k2 = NULL;
+        BIO *b = BIO_new_file(path, "w");
+        FILE *f;
+        sg_err err;
+
+        ASSERT(k != NULL && b != NULL);
+        ASSERT(PEM_write_bio_PrivateKey_traditional(b, k, NULL, NULL, 0, NULL, NULL) == 1);
+        BIO_free(b);
+        ASSERT_OK(chmod(path, 0600));
+        f = fopen(path, "r");
+        ASSERT(fgets(line, sizeof line, f) != NULL);
+        fclose(f);
+        ASSERT(strncmp(line, want[i], strlen(want[i])) == 0);
+        ASSERT_OK(sg_key_read_file(path, &k2, &err));
+        ASSERT_EQ(EVP_PKEY_eq(k, k2), 1);
+        EVP_PKEY_free(k);
+        EVP_PKEY_free(k2);
+    }
 }

@@ -12,8 +12,15 @@
 #include <pthread.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
+/* SPIRE quickstart's dummy upstream CA; a generated stand-in when it is absent. */
 #define QS_DIR "/work/shared/reference/spire-quickstart/conf/server/"
+
+static char up_key_buf[300], up_crt_buf[300];
+
+static const char *up_key(void);
+static const char *up_crt(void);
 
 static sg_ca *new_ca(sg_key_type t, int64_t ttl, const char *keys_dir)
 {
@@ -28,6 +35,44 @@ static sg_ca *new_ca(sg_key_type t, int64_t ttl, const char *keys_dir)
     if (sg_ca_new(&ca, &o, &err) != 0)
         SG__FAIL("sg_ca_new: %s", err.msg);
     return ca;
+}
+
+/* Uses the quickstart files when present, else a P-384 root made with sg_ca itself. */
+static void up_paths(void)
+{
+    sg_ca_options o = {0};
+    sg_ca *ca = NULL;
+    sg_err err;
+    char dir[256];
+
+    if (up_key_buf[0] != '\0')
+        return;
+    snprintf(up_key_buf, sizeof up_key_buf, "%s", QS_DIR "dummy_upstream_ca.key");
+    snprintf(up_crt_buf, sizeof up_crt_buf, "%s", QS_DIR "dummy_upstream_ca.crt");
+    if (access(up_key_buf, R_OK) == 0 && access(up_crt_buf, R_OK) == 0)
+        return;
+    snprintf(dir, sizeof dir, "%s/upstream", sg_test_tmpdir());
+    o.trust_domain = "local";
+    o.key_type = SG_KEY_EC_P384;
+    o.ca_ttl_s = 86400 * 30;
+    o.keys_dir = dir;
+    if (sg_ca_new(&ca, &o, &err) != 0)
+        SG__FAIL("upstream stand-in: %s", err.msg);
+    sg_ca_free(ca);
+    snprintf(up_key_buf, sizeof up_key_buf, "%s/ca.key", dir);
+    snprintf(up_crt_buf, sizeof up_crt_buf, "%s/ca.crt", dir);
+}
+
+static const char *up_key(void)
+{
+    up_paths();
+    return up_key_buf;
+}
+
+static const char *up_crt(void)
+{
+    up_paths();
+    return up_crt_buf;
 }
 
 static sg_der spki_of(EVP_PKEY *k)
@@ -396,8 +441,7 @@ TEST(ca_upstream_quickstart_chain)
 {
     sg_err err = {0};
     int rc;
-    sg_ca *ca =
-        new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt", &err, &rc);
+    sg_ca *ca = new_upstream_ca(up_key(), up_crt(), &err, &rc);
     STACK_OF(X509) * roots, *inter = sk_X509_new_null();
     EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     sg_der spki = spki_of(k);
@@ -411,7 +455,8 @@ TEST(ca_upstream_quickstart_chain)
         SG__FAIL("sg_ca_new: %s", err.msg);
     roots = bundle_stack(ca);
     ASSERT_EQ(sk_X509_num(roots), 1);
-    f = fopen(QS_DIR "dummy_upstream_ca.crt", "r");
+    f = fopen(up_crt(), "r");
+    ASSERT(f != NULL);
     up = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
     ASSERT_EQ(X509_cmp(sk_X509_value(roots, 0), up), 0);
@@ -441,8 +486,7 @@ TEST(ca_upstream_quickstart_chain)
 
 TEST(ca_server_identity)
 {
-    sg_ca *ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", QS_DIR "dummy_upstream_ca.crt",
-                                &(sg_err){0}, &(int){0});
+    sg_ca *ca = new_upstream_ca(up_key(), up_crt(), &(sg_err){0}, &(int){0});
     char *key_pem = NULL, *chain_pem = NULL;
     STACK_OF(X509) *chain = NULL, *roots, *inter = sk_X509_new_null();
     EVP_PKEY *k;
@@ -501,17 +545,17 @@ TEST(ca_upstream_errors_are_clear)
     ASSERT_OK(sg_key_write_file(kpath, other, &err));
 
     /* Key does not match the certificate. */
-    ca = new_upstream_ca(kpath, QS_DIR "dummy_upstream_ca.crt", &err, &rc);
+    ca = new_upstream_ca(kpath, up_crt(), &err, &rc);
     ASSERT(ca == NULL);
     ASSERT_EQ(rc, SG_ECONFIG);
     ASSERT(strstr(err.msg, "does not match") != NULL);
     /* Missing certificate file. */
-    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", cpath, &err, &rc);
+    ca = new_upstream_ca(up_key(), cpath, &err, &rc);
     ASSERT(ca == NULL);
     ASSERT(strstr(err.msg, "missing.crt") != NULL);
     /* Garbage certificate file. */
     write_file(cpath, "not a certificate\n");
-    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", cpath, &err, &rc);
+    ca = new_upstream_ca(up_key(), cpath, &err, &rc);
     ASSERT(ca == NULL);
     ASSERT(strstr(err.msg, "missing.crt") != NULL);
     /* Not a CA: an SVID from a sigil CA, with its own key. */
@@ -531,7 +575,7 @@ TEST(ca_upstream_errors_are_clear)
         sg_ca_free(tmp);
     }
     /* Only one of the two files. */
-    ca = new_upstream_ca(QS_DIR "dummy_upstream_ca.key", NULL, &err, &rc);
+    ca = new_upstream_ca(up_key(), NULL, &err, &rc);
     ASSERT(ca == NULL);
     ASSERT_EQ(rc, SG_ECONFIG);
     EVP_PKEY_free(other);
@@ -618,8 +662,8 @@ TEST(ca_persisted_upstream_reused)
     o.key_type = SG_KEY_EC_P256;
     o.ca_ttl_s = 3600;
     o.keys_dir = base;
-    o.upstream_key_file = QS_DIR "dummy_upstream_ca.key";
-    o.upstream_cert_file = QS_DIR "dummy_upstream_ca.crt";
+    o.upstream_key_file = up_key();
+    o.upstream_cert_file = up_crt();
     ASSERT_OK(sg_ca_new(&a, &o, &err));
     ASSERT_OK(sg_ca_new(&b, &o, &err));
     ASSERT_OK(sg_ca_sign_svid(a, &p, spki.data, spki.len, &ca_chain, &err));
