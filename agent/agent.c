@@ -297,11 +297,10 @@ oom:
 static void after_sync(sg_agent *a, node_job *j)
 {
     if (j->rc != 0) {
-        const char *what = sg_node_client_has_svid(a->nc) ? "sync with the server failed"
-                                                          : "node attestation failed";
         int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
-        sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)", what,
-                    j->err.msg, (long long)delay);
+        sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)",
+                    sg_node_client_has_svid(a->nc) ? "sync" : "attestation", j->err.msg,
+                    (long long)delay);
         a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
         schedule_node(a, delay);
         return;
