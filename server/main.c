@@ -11,6 +11,7 @@
 #include "server/server.h"
 
 #include <grpc/grpc.h>
+#include <grpc/support/log.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -40,6 +41,21 @@ static void usage(FILE *f)
             "  bundle     show\n"
             "  healthcheck\n",
             DEFAULT_CONFIG);
+}
+
+/*
+ * Routes gRPC core's own log lines through sg_log. Its per-handshake
+ * "No match found for server name" error is noise for SPIFFE TLS, where
+ * the server is identified by URI SAN, so it is demoted to debug.
+ */
+static void grpc_log_route(gpr_log_func_args *a)
+{
+    const char *m = a->message ? a->message : "";
+    bool noise = strstr(m, "No match found for server name") != NULL;
+    sg_log_level lvl = SG_LOG_DEBUG;
+    if (!noise && a->severity == GPR_LOG_SEVERITY_ERROR)
+        lvl = SG_LOG_WARN;
+    sg_log(lvl, "grpc: %s", m);
 }
 
 typedef struct run_flags {
@@ -188,6 +204,7 @@ static int cmd_run(int argc, char **argv)
         return 1;
     }
     sg_log_set_level(cfg.log_level);
+    gpr_set_log_function(grpc_log_route);
 
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
     grpc_init();
