@@ -84,7 +84,7 @@ $(LIBSIGIL) $(LIBSERVER) $(LIBAGENT):
 $(BUILD)/bin/sigil-server: $(call obj,server/main.c) $(LIBSERVER) $(LIBSIGIL)
 $(BUILD)/bin/sigil-agent: $(call obj,agent/main.c) $(LIBAGENT) $(LIBSIGIL)
 $(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(LIBSERVER) $(LIBAGENT) $(LIBSIGIL)
-$(BUILD)/bin/%: $(call obj,bench/%.c) $(LIBSERVER) $(LIBAGENT) $(LIBSIGIL)
+$(BENCH_BINS): $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(LIBSERVER) $(LIBAGENT) $(LIBSIGIL)
 $(BINS) $(BUILD)/bin/unit-tests $(BENCH_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"

@@ -33,7 +33,7 @@ int sg_x509_to_der(X509 *cert, sg_der *out, sg_err *err);
 
 /*
  * Parses every certificate of a PEM string or file contents (at least one).
- * *certs is a new STACK_OF(X509) (free with OSSL_STACK_OF_X509_free).
+ * *certs is a new STACK_OF(X509) (free with sk_X509_pop_free(certs, X509_free)).
  */
 int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) **certs, sg_err *err);
 
