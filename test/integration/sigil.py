@@ -785,11 +785,11 @@ def find_agent_credentials(data_dir, outdir):
     certs, keys = [], []
 
     def take_blob(b):
-        try:
-            for c in x509.load_pem_x509_certificates(b):
-                certs.append(c)
-        except Exception:  # noqa: BLE001
-            pass
+        for blk in pem_blocks(b.decode(errors="replace")):
+            try:
+                certs.append(x509.load_pem_x509_certificate(blk.encode()))
+            except Exception:  # noqa: BLE001
+                pass
         for loader in (lambda d: load_pem_private_key(d, None), lambda d: load_der_private_key(d, None)):
             try:
                 keys.append(loader(b))
