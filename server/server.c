@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <libgen.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -309,8 +310,51 @@ static void node_address(const sg_server_config *cfg, char *out, size_t len)
         snprintf(out, len, "%s:%d", host, cfg->bind_port);
 }
 
+/*
+ * gRPC listens with SO_REUSEPORT, so a second server on the same port would
+ * silently share it. A plain bind (SO_REUSEADDR only, so TIME_WAIT sockets
+ * of a previous run do not count) finds a live listener first.
+ */
+static int probe_port(const sg_server_config *cfg, sg_err *err)
+{
+    const char *host = cfg->bind_address && cfg->bind_address[0] ? cfg->bind_address : "0.0.0.0";
+    char h[256], port[16];
+    snprintf(h, sizeof(h), "%s", host);
+    size_t hl = strlen(h);
+    if (h[0] == '[' && hl > 2 && h[hl - 1] == ']') {
+        memmove(h, h + 1, hl - 2);
+        h[hl - 2] = 0;
+    }
+    snprintf(port, sizeof(port), "%d", cfg->bind_port);
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int g = getaddrinfo(h, port, &hints, &res);
+    if (g != 0)
+        return sg_err_set(err, SG_ECONFIG, "bind_address \"%s\": %s", host, gai_strerror(g));
+    int rc = 0;
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
+            if (errno == EADDRINUSE)
+                rc = sg_err_set(err, SG_EEXIST, "node API address %s:%d is already in use", host,
+                                cfg->bind_port);
+            else
+                rc = sg_err_sys(err, "cannot bind node API address %s:%d", host, cfg->bind_port);
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
 static int start_node_api(sg_server *s, sg_err *err)
 {
+    int prc = probe_port(s->cfg, err);
+    if (prc < 0)
+        return prc;
     int64_t age = s->cfg->default_x509_svid_ttl_s * 1000 / 4;
     if (age > MAX_CONN_AGE_MAX_MS)
         age = MAX_CONN_AGE_MAX_MS;
