@@ -34,7 +34,7 @@ static void usage(FILE *f)
             "             -expandEnv        expand $VARS in the config file\n"
             "             -logLevel LEVEL   DEBUG, INFO, WARN or ERROR\n"
             "             -trustDomain TD   overrides server.trust_domain\n"
-            "  validate   Validates a config file (-config FILE, -expandEnv)\n"
+            "  validate   Validates a config file (same flags as run)\n"
             "  entry      create | show | update | delete | count\n"
             "  token      generate\n"
             "  agent      list | show | evict | ban | count\n"
@@ -169,7 +169,7 @@ static int load_config(const run_flags *f, sg_server_config *cfg, sg_err *err)
 static int cmd_validate(int argc, char **argv)
 {
     run_flags f = {0};
-    if (parse_flags("validate", argc, argv, false, &f) < 0) {
+    if (parse_flags("validate", argc, argv, true, &f) < 0) {
         usage(stderr);
         return 1;
     }
