@@ -180,7 +180,8 @@ static void job_free(node_job *j)
         if (j->spkis != NULL)
             OPENSSL_free(j->spkis[i]);
     }
-    if (j->results != NULL && j->rc == 0)
+    /* results start zeroed (calloc), so cleaning them is safe whatever happened. */
+    if (j->results != NULL)
         for (size_t i = 0; i < j->n; i++)
             sg_mint_result_cleanup(&j->results[i]);
     free(j->entry_ids);
