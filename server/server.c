@@ -31,7 +31,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NODE_CQ_THREADS     2
+/* Node API completion-queue threads; the mint path signs on them. */
+#ifndef NODE_CQ_THREADS
+#define NODE_CQ_THREADS 2
+#endif
 #define PRUNE_INTERVAL_S    60
 #define BUNDLE_CHECK_S      5
 #define MAX_CONN_AGE_MAX_MS (10 * 60 * 1000)
