@@ -265,3 +265,39 @@ def test_cli_agent_evict_refuses_agent(cluster, env):
         if code == grpc.StatusCode.OK:
             assert w2 not in [s.spiffe_id for s in resp.svids]
     assert ev.spiffe_id not in cluster.agent_ids()
+
+
+def test_cli_validate_expand_env(cluster):
+    text = GOOD_SERVER.replace('"example.org"', '"$SIGIL_IT_TD"')
+    path = _conf(cluster, "expand.conf", text)
+    env = dict(os.environ, SIGIL_IT_TD="example.org")
+    r = sigil.run([sigil.SERVER_BIN, "validate", "-config", path, "-expandEnv"], env=env)
+    assert r.returncode == 0, r.out
+    # Without -expandEnv the literal "$SIGIL_IT_TD" is not a trust domain.
+    r = sigil.run([sigil.SERVER_BIN, "validate", "-config", path], env=env)
+    assert r.returncode != 0 and "SIGIL_IT_TD" in r.out, r.out
+
+
+def test_cli_run_flags_override_config(cluster):
+    """-trustDomain and -dataDir on `run` win over the config file."""
+    d = sigil.mkdir(os.path.join(cluster.dir, "override"), 0o700)
+    sock = os.path.join(d, "admin.sock")
+    text = open(cluster.server_conf).read()
+    text = text.replace('"%s"' % cluster.admin_sock, '"%s"' % sock)
+    text = text.replace('bind_port = "%d"' % cluster.port, 'bind_port = "%d"' % sigil.free_port())
+    text = text.replace('trust_domain = "example.org"', 'trust_domain = "wrong.test"')
+    text = text.replace('data_dir = "%s"' % cluster.data_dir, 'data_dir = "/nonexistent/sigil-it"')
+    text = text.replace(cluster.data_dir + "/", d + "/")
+    path = _conf(cluster, "override.conf", text)
+    srv = sigil.Daemon("sigil-server[override]", [sigil.SERVER_BIN, "run", "-config", path, "-trustDomain",
+                       "example.org", "-dataDir", d, "-logLevel", "info"], os.path.join(d, "server.log"))
+    try:
+        sigil.wait_until(lambda: srv.alive() and sigil.run([sigil.SERVER_BIN, "healthcheck", "-socketPath", sock])
+                         .returncode == 0, 15, what="override server")
+        r = sigil.run([sigil.SERVER_BIN, "entry", "create", "-socketPath", sock, "-spiffeID",
+                       "spiffe://example.org/override", "-parentID", "spiffe://example.org/node", "-selector", "unix:uid:0"])
+        assert r.returncode == 0, r.out
+        assert not os.path.exists("/nonexistent/sigil-it")
+    finally:
+        ok, _, _ = srv.stop()
+    assert ok, "override server did not stop within 5 s"

@@ -169,3 +169,75 @@ def test_cli_fetch_honours_spiffe_endpoint_socket(c, svid):
 def test_workload_socket_is_world_connectable(c):
     mode = stat.S_IMODE(os.stat(c.agents["agent"].sock).st_mode)
     assert mode == 0o777, oct(mode)
+
+
+def test_stream_sends_update_when_entry_added_and_deleted(c, env, svid):
+    """FetchX509SVID streams: the full state again on every change."""
+    a = c.agents["agent"]
+    added = sigil.TD_ID + "/e2e/added-later"
+    w = sigil.Workload(env.wl, a.sock)
+    stream = w.stream_x509(timeout=40)
+    try:
+        first = next(stream)
+        assert WORKLOAD_ID in [s.spiffe_id for s in first.svids]
+        assert added not in [s.spiffe_id for s in first.svids]
+        eid = c.create_entry(added, a.spiffe_id, ["unix:uid:%d" % os.getuid()])
+        for msg in stream:
+            ids = [s.spiffe_id for s in msg.svids]
+            if added in ids:
+                assert WORKLOAD_ID in ids, "an update must carry the full state"
+                break
+        r = c.server_cli("entry delete", "-entryID", eid)
+        assert r.returncode == 0, r.out
+        for msg in stream:
+            ids = [s.spiffe_id for s in msg.svids]
+            if added not in ids:
+                assert WORKLOAD_ID in ids
+                break
+    finally:
+        stream.cancel()
+        w.close()
+
+
+def test_entry_dns_names_and_ttl_in_svid(c, env):
+    import datetime
+
+    a = c.agents["agent"]
+    wid = sigil.TD_ID + "/e2e/dns-ttl"
+    c.create_entry(wid, a.spiffe_id, ["unix:uid:%d" % os.getuid()], "-dns", "svc.example.org", "-dns",
+                   "alt.example.org", "-x509SVIDTTL", "600")
+    s = sigil.wait_for_svid(env.wl, a.sock, wid)
+    leaf = x509.load_der_x509_certificate(sigil.split_der_certs(s.x509_svid)[0])
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == ["alt.example.org", "svc.example.org"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [wid]
+    life = leaf.not_valid_after - leaf.not_valid_before
+    assert datetime.timedelta(minutes=9) <= life <= datetime.timedelta(minutes=12), life
+
+
+def test_unix_path_and_sha256_selectors(c, env):
+    import hashlib
+    import sys as _sys
+
+    a = c.agents["agent"]
+    exe = os.path.realpath(_sys.executable)
+    with open(exe, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    by_path = sigil.TD_ID + "/e2e/by-path"
+    by_hash = sigil.TD_ID + "/e2e/by-sha256"
+    wrong = sigil.TD_ID + "/e2e/wrong-path"
+    c.create_entry(by_path, a.spiffe_id, ["unix:path:" + exe])
+    c.create_entry(by_hash, a.spiffe_id, ["unix:sha256:" + digest, "unix:uid:%d" % os.getuid()])
+    c.create_entry(wrong, a.spiffe_id, ["unix:path:/no/such/binary", "unix:uid:%d" % os.getuid()])
+    sigil.wait_for_svid(env.wl, a.sock, by_path)
+    sigil.wait_for_svid(env.wl, a.sock, by_hash)
+    with sigil.Workload(env.wl, a.sock) as w:
+        ids = [s.spiffe_id for s in w.x509().svids]
+    assert wrong not in ids, "an entry matched although one of its selectors does not"
+
+
+def test_agent_healthcheck(c):
+    r = c.agents["agent"].cli("healthcheck")
+    assert r.returncode == 0, r.out
+    r = sigil.run([sigil.AGENT_BIN, "healthcheck", "-socketPath", os.path.join(c.dir, "nope.sock")])
+    assert r.returncode != 0 and r.returncode < 128, r.out
