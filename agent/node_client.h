@@ -28,7 +28,7 @@ typedef struct sg_agent_entry {
     int32_t x509_svid_ttl;
     char **dns_names;
     size_t ndns;
-    char *hint;       /* may be NULL */
+    char *hint; /* may be NULL */
     int64_t revision;
 } sg_agent_entry;
 
@@ -36,7 +36,7 @@ void sg_agent_entry_cleanup(sg_agent_entry *e);
 
 /* The trust bundle of the agent's trust domain. */
 typedef struct sg_agent_bundle {
-    sg_der *certs;    /* DER CA certificates, malloc'd array */
+    sg_der *certs; /* DER CA certificates, malloc'd array */
     size_t n;
     uint64_t sequence;
 } sg_agent_bundle;
@@ -62,9 +62,9 @@ typedef struct sg_mint_request {
 
 /* One minted SVID, or the server's reason for refusing it. */
 typedef struct sg_mint_result {
-    int code;          /* 0 or SG_E* */
+    int code; /* 0 or SG_E* */
     char error[256];
-    sg_der *chain;     /* DER certificates, leaf first (malloc'd array) */
+    sg_der *chain; /* DER certificates, leaf first (malloc'd array) */
     size_t nchain;
     int64_t not_after; /* unix seconds */
     char serial[41];

@@ -63,12 +63,12 @@ typedef struct sg_node_attest_host {
 } sg_node_attest_host;
 
 /* Sends chal to the agent and waits for its answer (malloc'd into *resp). */
-typedef int (*sg_node_challenge_fn)(void *ctx, const uint8_t *chal, size_t chal_len,
-                                    uint8_t **resp, size_t *resp_len, sg_err *err);
+typedef int (*sg_node_challenge_fn)(void *ctx, const uint8_t *chal, size_t chal_len, uint8_t **resp,
+                                    size_t *resp_len, sg_err *err);
 
 typedef struct sg_node_attest_result {
-    char agent_id[2100];        /* spiffe://<td>/spire/agent/<type>/... */
-    sg_selector_set selectors;  /* node selectors (caller cleans up) */
+    char agent_id[2100];       /* spiffe://<td>/spire/agent/<type>/... */
+    sg_selector_set selectors; /* node selectors (caller cleans up) */
     bool can_reattest;
 } sg_node_attest_result;
 
@@ -76,15 +76,15 @@ typedef struct sg_node_attestor_server {
     const char *name;
     int (*configure)(const sg_server_config *cfg, void **state, sg_err *err);
     /* Checks payload; on success fills out. Errors are sent to the agent. */
-    int (*attest)(void *state, const sg_node_attest_host *host, const uint8_t *payload,
-                  size_t len, sg_node_challenge_fn challenge, void *challenge_ctx,
-                  sg_node_attest_result *out, sg_err *err);
+    int (*attest)(void *state, const sg_node_attest_host *host, const uint8_t *payload, size_t len,
+                  sg_node_challenge_fn challenge, void *challenge_ctx, sg_node_attest_result *out,
+                  sg_err *err);
     void (*destroy)(void *state);
 } sg_node_attestor_server;
 
 /* The built-ins, one file each. */
-extern const sg_workload_attestor sg_unix_workload_attestor;       /* workload/unix.c */
-extern const sg_node_attestor_agent sg_join_token_agent_attestor;  /* node/join_token_agent.c */
+extern const sg_workload_attestor sg_unix_workload_attestor;        /* workload/unix.c */
+extern const sg_node_attestor_agent sg_join_token_agent_attestor;   /* node/join_token_agent.c */
 extern const sg_node_attestor_server sg_join_token_server_attestor; /* node/join_token_server.c */
 
 /* Built-ins by name; NULL when sigil has no such plugin. (attestors/registry.c) */

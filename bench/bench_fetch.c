@@ -132,8 +132,8 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     grpc_init();
-    request_slice = grpc_slice_from_copied_buffer((const char *)buf,
-                                                  x509_svidrequest__pack(&req, buf));
+    request_slice =
+        grpc_slice_from_copied_buffer((const char *)buf, x509_svidrequest__pack(&req, buf));
     snprintf(target, sizeof target, "unix:%s", argv[1]);
     cq = grpc_completion_queue_create_for_next(NULL);
     clients = calloc((size_t)nclients, sizeof *clients);

@@ -90,8 +90,9 @@ int main(int argc, char **argv)
     double t0, elapsed;
 
     if (argc < 8) {
-        fprintf(stderr,
-                "usage: bench_mint HOST PORT BUNDLE_PEM TRUST_DOMAIN SECONDS BATCH TOKEN:ENTRY...\n");
+        fprintf(
+            stderr,
+            "usage: bench_mint HOST PORT BUNDLE_PEM TRUST_DOMAIN SECONDS BATCH TOKEN:ENTRY...\n");
         return 2;
     }
     grpc_init();

@@ -19,55 +19,56 @@
 /* Every string below is heap-owned by the struct; free with the matching cleanup. */
 typedef struct sg_server_config {
     /* server { } */
-    char *bind_address;                     /* default "0.0.0.0" */
-    int bind_port;                          /* default 8081 */
-    char *socket_path;                      /* default "/tmp/spire-server/private/api.sock" */
+    char *bind_address;                         /* default "0.0.0.0" */
+    int bind_port;                              /* default 8081 */
+    char *socket_path;                          /* default "/tmp/spire-server/private/api.sock" */
     char trust_domain[SG_TRUST_DOMAIN_MAX + 1]; /* required */
-    char *data_dir;                         /* required */
-    sg_log_level log_level;                 /* default INFO */
-    sg_key_type ca_key_type;                /* default ec-p256 */
-    int64_t ca_ttl_s;                       /* default 24h */
-    int64_t default_x509_svid_ttl_s;        /* default 1h */
-    int64_t agent_ttl_s;                    /* 0 = default: ca_ttl / 2 capped below the CA */
-    char *ca_subject_country;               /* ca_subject { country = ["US"] }, may be NULL */
-    char *ca_subject_organization;          /* default "SPIFFE" */
-    char *ca_subject_common_name;           /* may be NULL */
+    char *data_dir;                             /* required */
+    sg_log_level log_level;                     /* default INFO */
+    sg_key_type ca_key_type;                    /* default ec-p256 */
+    int64_t ca_ttl_s;                           /* default 24h */
+    int64_t default_x509_svid_ttl_s;            /* default 1h */
+    int64_t agent_ttl_s;                        /* 0 = default: ca_ttl / 2 capped below the CA */
+    char *ca_subject_country;                   /* ca_subject { country = ["US"] }, may be NULL */
+    char *ca_subject_organization;              /* default "SPIFFE" */
+    char *ca_subject_common_name;               /* may be NULL */
     /* plugins { DataStore "sql" } */
-    char *db_type;                          /* "sqlite3" */
-    char *db_connection_string;             /* path of the SQLite file */
+    char *db_type;              /* "sqlite3" */
+    char *db_connection_string; /* path of the SQLite file */
     /* plugins { NodeAttestor "join_token" } */
     bool join_token_enabled;
     /* plugins { KeyManager "disk" | "memory" } */
-    bool keys_on_disk;                      /* true for "disk" */
-    char *keys_path;                        /* KeyManager "disk" keys_path */
+    bool keys_on_disk; /* true for "disk" */
+    char *keys_path;   /* KeyManager "disk" keys_path */
     /* plugins { UpstreamAuthority "disk" } */
     bool has_upstream;
     char *upstream_key_file;
     char *upstream_cert_file;
-    char *upstream_bundle_file;             /* may be NULL: cert_file's chain is used */
+    char *upstream_bundle_file; /* may be NULL: cert_file's chain is used */
 } sg_server_config;
 
 typedef struct sg_agent_config {
     /* agent { } */
-    char *data_dir;                         /* required */
+    char *data_dir; /* required */
     sg_log_level log_level;
-    char *server_address;                   /* required */
-    int server_port;                        /* default 8081 */
-    char *socket_path;                      /* default "/tmp/spire-agent/public/api.sock" */
-    char *trust_bundle_path;                /* required unless insecure_bootstrap */
-    char *trust_bundle_format;              /* "pem" (default) or "spiffe" */
+    char *server_address;      /* required */
+    int server_port;           /* default 8081 */
+    char *socket_path;         /* default "/tmp/spire-agent/public/api.sock" */
+    char *trust_bundle_path;   /* required unless insecure_bootstrap */
+    char *trust_bundle_format; /* "pem" (default) or "spiffe" */
     char trust_domain[SG_TRUST_DOMAIN_MAX + 1];
-    char *join_token;                       /* may be NULL */
+    char *join_token; /* may be NULL */
     bool insecure_bootstrap;
     /* plugins { NodeAttestor "join_token" } */
     bool join_token_enabled;
     /* plugins { KeyManager "disk" { directory } | "memory" } */
     bool keys_on_disk;
-    char *keys_directory;                   /* defaults to data_dir */
+    char *keys_directory; /* defaults to data_dir */
     /* plugins { WorkloadAttestor "unix" } */
     bool unix_attestor_enabled;
     bool discover_workload_path;
-    int64_t workload_size_limit;            /* bytes; 0 = no hashing limit given (SPIRE default 0 = unlimited) */
+    int64_t
+        workload_size_limit; /* bytes; 0 = no hashing limit given (SPIRE default 0 = unlimited) */
 } sg_agent_config;
 
 /*

@@ -53,8 +53,7 @@ void sg_err_clear(sg_err *err);
  * Records code and a printf-style message in err (NULL is allowed) and
  * returns code, so callers can write `return sg_err_set(err, SG_EINVAL, ...)`.
  */
-int sg_err_set(sg_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int sg_err_set(sg_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Like sg_err_set with SG_ESYS, appending strerror(errno) and keeping errno. */
 int sg_err_sys(sg_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

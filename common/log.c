@@ -24,7 +24,7 @@ int sg_log_level_parse(const char *s, sg_log_level *out)
         const char *name;
         sg_log_level level;
     } names[] = {
-        {"debug", SG_LOG_DEBUG}, {"info", SG_LOG_INFO},   {"warn", SG_LOG_WARN},
+        {"debug", SG_LOG_DEBUG},  {"info", SG_LOG_INFO},   {"warn", SG_LOG_WARN},
         {"warning", SG_LOG_WARN}, {"error", SG_LOG_ERROR},
     };
 
@@ -65,9 +65,10 @@ void sg_log(sg_log_level level, const char *fmt, ...)
         return;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s: ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000, level_names[level], component);
+    n = snprintf(line, sizeof line,
+                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s: ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+                 level_names[level], component);
     va_start(ap, fmt);
     m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);

@@ -76,7 +76,7 @@ struct sg_rpc_server {
     sg_rpc_slot *slots;
     size_t nslots;
     pthread_t *threads;
-    int nthreads;       /* started */
+    int nthreads; /* started */
     bool joined;
     sg_rpc_event shutdown_ev;
 
@@ -84,11 +84,11 @@ struct sg_rpc_server {
     pthread_cond_t cv;
     bool started;
     bool shutting_down;
-    bool notified;      /* shutdown_and_notify completed */
-    bool cq_shut;       /* grpc_completion_queue_shutdown called */
-    size_t pending;     /* requested calls outstanding */
-    size_t live;        /* calls not yet freed */
-    int exited;         /* CQ threads that have returned */
+    bool notified;  /* shutdown_and_notify completed */
+    bool cq_shut;   /* grpc_completion_queue_shutdown called */
+    size_t pending; /* requested calls outstanding */
+    size_t live;    /* calls not yet freed */
+    int exited;     /* CQ threads that have returned */
 };
 
 typedef struct sg_rpc_sendq {
@@ -109,16 +109,16 @@ struct sg_rpc_call {
     sg_rpc_done_fn done_fn;
     void *done_user;
 
-    pthread_mutex_t mu; /* guards everything below */
-    int close_cancelled;  /* written by gRPC */
-    bool closed;          /* RECV_CLOSE_ON_SERVER completed */
-    bool failed;          /* a batch failed: the call is dead */
+    pthread_mutex_t mu;  /* guards everything below */
+    int close_cancelled; /* written by gRPC */
+    bool closed;         /* RECV_CLOSE_ON_SERVER completed */
+    bool failed;         /* a batch failed: the call is dead */
     bool md_sent;
     bool send_busy;
     bool finish_req;
     bool status_started;
     bool done_fired;
-    int refs;             /* batches in flight other than the close */
+    int refs; /* batches in flight other than the close */
     sg_rpc_sendq *qhead, *qtail;
     grpc_byte_buffer *sending;
     grpc_status_code status;
@@ -253,8 +253,8 @@ static ProtobufCMessage *unpack_message(const ProtobufCMessageDescriptor *desc,
         return NULL;
     grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
     grpc_byte_buffer_reader_destroy(&rd);
-    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all),
-                                                      GRPC_SLICE_START_PTR(all));
+    ProtobufCMessage *msg =
+        protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
     grpc_slice_unref(all);
     return msg;
 }
@@ -283,7 +283,8 @@ static void *cq_thread(void *arg)
 {
     sg_rpc_server *srv = arg;
     for (;;) {
-        grpc_event e = grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event e =
+            grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (e.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (e.type != GRPC_OP_COMPLETE)
@@ -627,8 +628,7 @@ int sg_rpc_server_new(sg_rpc_server **out, const sg_rpc_server_options *opts, sg
         srv->opts.cq_threads = 1;
     if (srv->opts.cq_threads > 64) {
         free(srv);
-        return sg_err_set(err, SG_EINVAL, "cq_threads %d is out of range (1-64)",
-                          opts->cq_threads);
+        return sg_err_set(err, SG_EINVAL, "cq_threads %d is out of range (1-64)", opts->cq_threads);
     }
     if (srv->opts.max_message_bytes <= 0)
         srv->opts.max_message_bytes = SG_RPC_DEFAULT_MAX_MESSAGE;
@@ -715,11 +715,11 @@ int sg_rpc_server_add_method(sg_rpc_server *srv, const ProtobufCServiceDescripto
         return sg_err_set(err, SG_ENOMEM, "out of memory adding method %s", method);
     }
     srv->methods = ms;
-    void *handle = grpc_server_register_method(
-        srv->gs, path, NULL,
-        kind == SG_RPC_BIDI_STREAM ? GRPC_SRM_PAYLOAD_NONE
-                                   : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-        0);
+    void *handle = grpc_server_register_method(srv->gs, path, NULL,
+                                               kind == SG_RPC_BIDI_STREAM
+                                                   ? GRPC_SRM_PAYLOAD_NONE
+                                                   : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+                                               0);
     if (handle == NULL) {
         sg_err_set(err, SG_EINVAL, "grpc refused to register method %s", path);
         free(path);
@@ -1005,8 +1005,7 @@ const char *sg_rpc_call_peer(const sg_rpc_call *call)
     return call->peer;
 }
 
-bool sg_rpc_call_metadata(const sg_rpc_call *call, const char *key, const char **val,
-                          size_t *len)
+bool sg_rpc_call_metadata(const sg_rpc_call *call, const char *key, const char **val, size_t *len)
 {
     size_t klen = strlen(key);
     for (size_t i = 0; i < call->md.count; i++) {
@@ -1227,9 +1226,9 @@ enum { ST_START, ST_SEND, ST_CLOSE, ST_RECV, ST_STATUS, ST_NTAGS };
 struct sg_rpc_stream {
     grpc_completion_queue *cq;
     grpc_call *call;
-    char tags[ST_NTAGS];     /* addresses used as tags */
-    bool busy[ST_NTAGS];     /* started, not yet completed */
-    bool okv[ST_NTAGS];      /* success of the last completion */
+    char tags[ST_NTAGS]; /* addresses used as tags */
+    bool busy[ST_NTAGS]; /* started, not yet completed */
+    bool okv[ST_NTAGS];  /* success of the last completion */
     grpc_metadata *gmd;
     size_t nmd;
     grpc_byte_buffer *first_bb;
@@ -1240,7 +1239,7 @@ struct sg_rpc_stream {
     grpc_slice details;
     const char *error_string;
     bool half_closed;
-    bool ended;              /* the stream returned its end (0 or error) */
+    bool ended; /* the stream returned its end (0 or error) */
 };
 
 /*
@@ -1274,9 +1273,9 @@ static int stream_start(sg_rpc_stream *s, int which, grpc_op *ops, size_t n)
     return 0;
 }
 
-int sg_rpc_stream_open(grpc_channel *ch, const char *path, const ProtobufCMessage *first,
-                       bool bidi, const sg_rpc_md *md, size_t nmd, int64_t timeout_ms,
-                       sg_rpc_stream **out, sg_err *err)
+int sg_rpc_stream_open(grpc_channel *ch, const char *path, const ProtobufCMessage *first, bool bidi,
+                       const sg_rpc_md *md, size_t nmd, int64_t timeout_ms, sg_rpc_stream **out,
+                       sg_err *err)
 {
     if (!bidi && first == NULL)
         return sg_err_set(err, SG_EINVAL, "server stream %s needs a request", path);

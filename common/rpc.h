@@ -60,10 +60,10 @@ typedef void (*sg_rpc_dispatch_fn)(sg_rpc_event *ev, void *ctx);
 void sg_rpc_event_run(sg_rpc_event *ev);
 
 typedef struct sg_rpc_server_options {
-    int cq_threads;               /* completion-queue threads; default 1 */
-    sg_rpc_dispatch_fn dispatch;  /* NULL: run events on the CQ threads */
+    int cq_threads;              /* completion-queue threads; default 1 */
+    sg_rpc_dispatch_fn dispatch; /* NULL: run events on the CQ threads */
     void *dispatch_ctx;
-    int max_message_bytes;        /* receive limit; default SG_RPC_DEFAULT_MAX_MESSAGE */
+    int max_message_bytes;         /* receive limit; default SG_RPC_DEFAULT_MAX_MESSAGE */
     int64_t max_connection_age_ms; /* 0: unlimited (forces re-handshakes for TLS rotation) */
 } sg_rpc_server_options;
 
@@ -137,8 +137,7 @@ const char *sg_rpc_call_peer(const sg_rpc_call *call);
  * Finds request metadata key (lower case). On success *val and *len point into
  * the call's metadata (not NUL-terminated, valid for the call's lifetime).
  */
-bool sg_rpc_call_metadata(const sg_rpc_call *call, const char *key, const char **val,
-                          size_t *len);
+bool sg_rpc_call_metadata(const sg_rpc_call *call, const char *key, const char **val, size_t *len);
 
 /*
  * The peer's leaf certificate (PEM) from the TLS auth context, or NULL when
@@ -192,9 +191,9 @@ typedef struct sg_rpc_stream sg_rpc_stream;
  * first (it is sent and the client half-closes); for bidi pass first or
  * NULL and use sg_rpc_stream_send / sg_rpc_stream_close_send.
  */
-int sg_rpc_stream_open(grpc_channel *ch, const char *path, const ProtobufCMessage *first,
-                       bool bidi, const sg_rpc_md *md, size_t nmd, int64_t timeout_ms,
-                       sg_rpc_stream **out, sg_err *err);
+int sg_rpc_stream_open(grpc_channel *ch, const char *path, const ProtobufCMessage *first, bool bidi,
+                       const sg_rpc_md *md, size_t nmd, int64_t timeout_ms, sg_rpc_stream **out,
+                       sg_err *err);
 
 /* Sends one more message on a bidi stream. */
 int sg_rpc_stream_send(sg_rpc_stream *s, const ProtobufCMessage *msg, sg_err *err);

@@ -16,9 +16,9 @@
  * sg_spiffeid_parse. `path` points into `str` ("" for the trust domain ID).
  */
 typedef struct sg_spiffeid {
-    char str[SG_SPIFFEID_MAX + 1];  /* the full ID, "spiffe://td/path" */
+    char str[SG_SPIFFEID_MAX + 1];    /* the full ID, "spiffe://td/path" */
     char td[SG_TRUST_DOMAIN_MAX + 1]; /* trust domain name */
-    const char *path;               /* "" or "/seg/seg" */
+    const char *path;                 /* "" or "/seg/seg" */
 } sg_spiffeid;
 
 /*

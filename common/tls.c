@@ -42,7 +42,7 @@ struct sg_tls_server {
     char *key_pem;
     char *chain_pem;
     char *bundle_pem;
-    uint64_t gen;        /* bumped on every update, starts at 1 */
+    uint64_t gen;          /* bumped on every update, starts at 1 */
     sg_tls_fetch *fetches; /* freed with the server state */
 };
 
@@ -162,8 +162,8 @@ int sg_tls_server_new(sg_tls_server **out, const char *key_pem, const char *chai
 }
 
 /* Runs on gRPC threads at port setup and before every handshake. */
-static grpc_ssl_certificate_config_reload_status fetch_config(void *user,
-                                                              grpc_ssl_server_certificate_config **cfg)
+static grpc_ssl_certificate_config_reload_status
+fetch_config(void *user, grpc_ssl_server_certificate_config **cfg)
 {
     sg_tls_fetch *f = user;
     sg_tls_server *ts = f->ts;
@@ -171,8 +171,7 @@ static grpc_ssl_certificate_config_reload_status fetch_config(void *user,
 
     pthread_mutex_lock(&ts->mu);
     if (f->served != ts->gen) {
-        grpc_ssl_pem_key_cert_pair pair = {.private_key = ts->key_pem,
-                                           .cert_chain = ts->chain_pem};
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = ts->key_pem, .cert_chain = ts->chain_pem};
         *cfg = grpc_ssl_server_certificate_config_create(ts->bundle_pem, &pair, 1);
         if (*cfg != NULL) {
             f->served = ts->gen;
@@ -304,8 +303,8 @@ static void verify_destruct(void *user)
 }
 
 grpc_channel_credentials *sg_tls_channel_credentials(const char *bundle_pem, const char *key_pem,
-                                                     const char *chain_pem,
-                                                     const char *expected_id, sg_err *err)
+                                                     const char *chain_pem, const char *expected_id,
+                                                     sg_err *err)
 {
     if (expected_id == NULL || strncmp(expected_id, "spiffe://", 9) != 0) {
         sg_err_set(err, SG_EINVAL, "expected server ID \"%.200s\" is not a SPIFFE ID",

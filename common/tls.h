@@ -25,7 +25,8 @@ typedef struct sg_tls_server sg_tls_server;
 int sg_tls_server_new(sg_tls_server **out, const char *key_pem, const char *chain_pem,
                       const char *bundle_pem, sg_err *err);
 
-/* New server credentials bound to ts (caller releases them with grpc_server_credentials_release). */
+/* New server credentials bound to ts (caller releases them with grpc_server_credentials_release).
+ */
 grpc_server_credentials *sg_tls_server_credentials(sg_tls_server *ts);
 
 /* Replaces identity and bundle; thread-safe; affects new handshakes. */
@@ -44,7 +45,7 @@ void sg_tls_server_free(sg_tls_server *ts);
  * Returns NULL with err set on failure.
  */
 grpc_channel_credentials *sg_tls_channel_credentials(const char *bundle_pem, const char *key_pem,
-                                                     const char *chain_pem,
-                                                     const char *expected_id, sg_err *err);
+                                                     const char *chain_pem, const char *expected_id,
+                                                     sg_err *err);
 
 #endif

@@ -35,13 +35,13 @@ int sg_x509_to_der(X509 *cert, sg_der *out, sg_err *err);
  * Parses every certificate of a PEM string or file contents (at least one).
  * *certs is a new STACK_OF(X509) (free with sk_X509_pop_free(certs, X509_free)).
  */
-int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) **certs, sg_err *err);
+int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) * *certs, sg_err *err);
 
 /*
  * Parses concatenated DER certificates (the Workload API's bundle and
  * x509_svid fields) into a new stack.
  */
-int sg_x509_parse_der_chain(const uint8_t *der, size_t len, STACK_OF(X509) **certs, sg_err *err);
+int sg_x509_parse_der_chain(const uint8_t *der, size_t len, STACK_OF(X509) * *certs, sg_err *err);
 
 /* PEM text of certs[0..n) concatenated; malloc'd, NUL-terminated. */
 int sg_x509_der_list_to_pem(const sg_der *certs, size_t n, char **pem, sg_err *err);
@@ -89,7 +89,7 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err);
  * SPIFFE URI SAN, digitalSignature key usage. *id (may be NULL) receives
  * the ID. Errors say why verification failed.
  */
-int sg_x509_verify_svid(X509 *leaf, STACK_OF(X509) *intermediates, STACK_OF(X509) *roots,
+int sg_x509_verify_svid(X509 *leaf, STACK_OF(X509) * intermediates, STACK_OF(X509) * roots,
                         int64_t now, sg_spiffeid *id, sg_err *err);
 
 #endif

@@ -18,13 +18,13 @@
 typedef struct sg_ca sg_ca;
 
 typedef struct sg_ca_options {
-    const char *trust_domain;      /* required */
-    sg_key_type key_type;          /* CA key type */
-    int64_t ca_ttl_s;              /* lifetime of the CA certificate */
-    const char *subject_country;   /* may be NULL */
-    const char *subject_org;       /* may be NULL */
-    const char *subject_cn;        /* may be NULL */
-    const char *keys_dir;          /* KeyManager "disk": keep CA key+cert here (0600); NULL = memory */
+    const char *trust_domain;    /* required */
+    sg_key_type key_type;        /* CA key type */
+    int64_t ca_ttl_s;            /* lifetime of the CA certificate */
+    const char *subject_country; /* may be NULL */
+    const char *subject_org;     /* may be NULL */
+    const char *subject_cn;      /* may be NULL */
+    const char *keys_dir; /* KeyManager "disk": keep CA key+cert here (0600); NULL = memory */
     const char *upstream_key_file; /* UpstreamAuthority "disk": all NULL when absent */
     const char *upstream_cert_file;
     const char *upstream_bundle_file;
@@ -50,10 +50,10 @@ void sg_ca_chain_cleanup(sg_ca_chain *c);
 
 /* What goes into a leaf SVID. Borrowed for the call. */
 typedef struct sg_ca_svid_params {
-    const char *spiffe_id;      /* the only URI SAN; must be in the trust domain */
-    const char *const *dns;     /* DNS SANs; first one is also the subject CN */
+    const char *spiffe_id;  /* the only URI SAN; must be in the trust domain */
+    const char *const *dns; /* DNS SANs; first one is also the subject CN */
     size_t ndns;
-    int64_t ttl_s;              /* capped to the CA's remaining life */
+    int64_t ttl_s; /* capped to the CA's remaining life */
 } sg_ca_svid_params;
 
 /*
@@ -66,7 +66,8 @@ typedef struct sg_ca_svid_params {
 int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, size_t spki_len,
                     sg_ca_chain *out, sg_err *err);
 
-/* The server's own SVID (spiffe://<td>/spire/server) with a fresh key, as PEM strings (malloc'd). */
+/* The server's own SVID (spiffe://<td>/spire/server) with a fresh key, as PEM strings (malloc'd).
+ */
 int sg_ca_server_identity(sg_ca *ca, int64_t ttl_s, char **key_pem, char **chain_pem, sg_err *err);
 
 /*

@@ -20,17 +20,17 @@ typedef struct sg_entry {
     char id[SG_ENTRY_ID_LEN + 1];
     char *spiffe_id;
     char *parent_id;
-    sg_selector *selectors;  /* sorted by (type, value), no duplicates */
+    sg_selector *selectors; /* sorted by (type, value), no duplicates */
     size_t nselectors;
-    int32_t x509_svid_ttl;   /* seconds; 0 = server default */
-    int32_t jwt_svid_ttl;    /* seconds; 0 = server default */
+    int32_t x509_svid_ttl; /* seconds; 0 = server default */
+    int32_t jwt_svid_ttl;  /* seconds; 0 = server default */
     char **dns_names;
     size_t ndns;
-    char *hint;              /* may be NULL */
+    char *hint; /* may be NULL */
     bool downstream;
     bool admin;
-    int64_t revision;        /* bumped on every change; unique across all entries */
-    int64_t created_at;      /* unix seconds */
+    int64_t revision;   /* bumped on every change; unique across all entries */
+    int64_t created_at; /* unix seconds */
 } sg_entry;
 
 void sg_entry_cleanup(sg_entry *e);
@@ -50,13 +50,13 @@ typedef struct sg_entry_filter {
 /* An attested agent. */
 typedef struct sg_agent_rec {
     char *spiffe_id;
-    char *attestation_type;  /* "join_token" */
-    char serial[41];         /* current SVID serial (hex) */
-    char prev_serial[41];    /* previous one, accepted until the agent presents serial */
-    int64_t expires_at;      /* current SVID notAfter */
+    char *attestation_type; /* "join_token" */
+    char serial[41];        /* current SVID serial (hex) */
+    char prev_serial[41];   /* previous one, accepted until the agent presents serial */
+    int64_t expires_at;     /* current SVID notAfter */
     int64_t attested_at;
     bool banned;
-    sg_selector *selectors;  /* node selectors from attestation */
+    sg_selector *selectors; /* node selectors from attestation */
     size_t nselectors;
 } sg_agent_rec;
 

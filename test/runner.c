@@ -76,9 +76,8 @@ static int run_one(int i, int timeout_s)
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return 1;
     if (WIFSIGNALED(status))
-        fprintf(stderr, "  %s: killed by signal %d%s after %lds\n", tests[i].name,
-                WTERMSIG(status), WTERMSIG(status) == SIGALRM ? " (timeout)" : "",
-                (long)(time(NULL) - start));
+        fprintf(stderr, "  %s: killed by signal %d%s after %lds\n", tests[i].name, WTERMSIG(status),
+                WTERMSIG(status) == SIGALRM ? " (timeout)" : "", (long)(time(NULL) - start));
     return 0;
 }
 

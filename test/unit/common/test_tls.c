@@ -179,16 +179,15 @@ static void tfix_stop(tfix *f)
 static int call_with(const tfix *f, const char *bundle, const tcert *client, const char *want_id,
                      char **seen, sg_err *err)
 {
-    grpc_channel_credentials *creds =
-        sg_tls_channel_credentials(bundle, client ? client->key_pem : NULL,
-                                   client ? client->cert_pem : NULL, want_id, err);
+    grpc_channel_credentials *creds = sg_tls_channel_credentials(
+        bundle, client ? client->key_pem : NULL, client ? client->cert_pem : NULL, want_id, err);
     ASSERT(creds != NULL);
     grpc_channel *ch = grpc_channel_create(f->target, creds, NULL);
     grpc_channel_credentials_release(creds);
     ValidateJWTSVIDRequest req = VALIDATE_JWTSVIDREQUEST__INIT;
     ProtobufCMessage *resp = NULL;
-    int rc = sg_rpc_unary(ch, PATH, &req.base, &validate_jwtsvidresponse__descriptor, NULL, 0,
-                          5000, &resp, NULL, err);
+    int rc = sg_rpc_unary(ch, PATH, &req.base, &validate_jwtsvidresponse__descriptor, NULL, 0, 5000,
+                          &resp, NULL, err);
     if (rc == 0) {
         const char *s = ((ValidateJWTSVIDResponse *)resp)->spiffe_id;
         *seen = malloc(strlen(s) + 1);
@@ -281,8 +280,8 @@ TEST(tls_update_swaps_identity_for_new_connections)
     make_pki();
     tfix_start(&f, &pki.wrong);
     ASSERT_EQ(call_with(&f, pki.ca.cert_pem, NULL, SERVER_ID, &seen, &err), SG_EUNAVAIL);
-    ASSERT_OK(sg_tls_server_update(f.ts, pki.server.key_pem, pki.server.cert_pem, pki.ca.cert_pem,
-                                   &err));
+    ASSERT_OK(
+        sg_tls_server_update(f.ts, pki.server.key_pem, pki.server.cert_pem, pki.ca.cert_pem, &err));
     ASSERT_OK(call_with(&f, pki.ca.cert_pem, &pki.agent, SERVER_ID, &seen, &err));
     ASSERT_STREQ(seen, pki.agent.cert_pem);
     free(seen);
@@ -303,14 +302,13 @@ TEST(tls_bad_pem_rejected)
     ASSERT(strstr(err.msg, "does not match") != NULL);
     ASSERT_EQ(sg_tls_server_new(&ts, pki.server.key_pem, "garbage", pki.ca.cert_pem, &err),
               SG_EINVAL);
-    ASSERT_EQ(sg_tls_server_new(&ts, pki.server.key_pem, pki.server.cert_pem, "", &err),
-              SG_EINVAL);
+    ASSERT_EQ(sg_tls_server_new(&ts, pki.server.key_pem, pki.server.cert_pem, "", &err), SG_EINVAL);
     ASSERT(strstr(err.msg, "bundle") != NULL);
-    ASSERT_OK(sg_tls_server_new(&ts, pki.server.key_pem, pki.server.cert_pem, pki.ca.cert_pem,
-                                &err));
-    ASSERT_EQ(sg_tls_server_update(ts, pki.agent.key_pem, pki.server.cert_pem, pki.ca.cert_pem,
-                                   &err),
-              SG_EINVAL);
+    ASSERT_OK(
+        sg_tls_server_new(&ts, pki.server.key_pem, pki.server.cert_pem, pki.ca.cert_pem, &err));
+    ASSERT_EQ(
+        sg_tls_server_update(ts, pki.agent.key_pem, pki.server.cert_pem, pki.ca.cert_pem, &err),
+        SG_EINVAL);
     sg_tls_server_free(ts);
     ASSERT(sg_tls_channel_credentials(pki.ca.cert_pem, NULL, NULL, "example.org", &err) == NULL);
     ASSERT(strstr(err.msg, "\"example.org\"") != NULL);
