@@ -47,7 +47,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRC))
 # Generated sources are kept, not treated as intermediates.
 .SECONDARY:
 
-.PHONY: all deps test unit integration check bench demo lint format clean
+.PHONY: all deps test unit integration check bench demo fuzz lint format clean
 all: $(BINS)
 
 # Installs whatever is missing from Debian's archive (needs root or sudo).
@@ -115,6 +115,28 @@ bench: $(BINS) $(BENCH_BINS)
 
 demo: deps all
 	./scripts/demo.sh $(abspath $(BUILD))
+
+# libFuzzer targets, each built from only the sources it needs, then run briefly.
+FUZZ_SECONDS ?= 30
+FUZZ_CC      := clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -I.
+FUZZ_LIBS    := $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null)
+FUZZ_hcl      := common/hcl.c common/err.c
+FUZZ_spiffeid := common/spiffeid.c common/err.c
+FUZZ_x509     := common/x509.c common/spiffeid.c common/err.c common/log.c
+FUZZ_config   := common/config.c common/hcl.c common/strparse.c common/spiffeid.c common/key.c \
+                 common/fsutil.c common/log.c common/err.c
+FUZZERS := hcl spiffeid x509 config
+fuzz:
+	@mkdir -p $(BUILD)/fuzz
+	@set -e; for f in $(FUZZERS); do \
+	    case $$f in hcl) src="$(FUZZ_hcl)";; spiffeid) src="$(FUZZ_spiffeid)";; \
+	        x509) src="$(FUZZ_x509)";; config) src="$(FUZZ_config)";; esac; \
+	    echo "  FUZZ    $$f ($(FUZZ_SECONDS)s)"; \
+	    $(FUZZ_CC) -o $(BUILD)/fuzz/fuzz_$$f test/fuzz/fuzz_$$f.c $$src $(FUZZ_LIBS) -lgpr; \
+	    mkdir -p $(BUILD)/fuzz/corpus_$$f; \
+	    $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus_$$f \
+	        $$( [ -d test/fuzz/corpus/$$f ] && echo test/fuzz/corpus/$$f ) 2>&1 | tail -n 1; \
+	done
 
 SRC_ALL := $(shell find common server agent attestors test bench -name '*.[ch]' 2>/dev/null)
 lint:
