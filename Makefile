@@ -24,9 +24,12 @@ STRUCT    := /usr/include/google/protobuf/struct.proto
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/google/protobuf/struct.pb-c.c
 GEN_H     := $(GEN_C:.c=.h)
 
-# Attestors are small and the registry names both halves, so they live in libsigil.
-COMMON_SRC := $(wildcard common/*.c) $(wildcard attestors/*.c) $(wildcard attestors/*/*.c)
-SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+# Agent-side attestors live in libsigil; server halves need the datastore and
+# are linked only into sigil-server.
+SERVER_ATTEST := attestors/registry_server.c $(wildcard attestors/node/*_server.c)
+COMMON_SRC := $(wildcard common/*.c) \
+              $(filter-out $(SERVER_ATTEST),$(wildcard attestors/*.c) $(wildcard attestors/*/*.c))
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c)) $(SERVER_ATTEST)
 AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c))
 UNIT_SRC   := test/runner.c $(wildcard test/unit/*/*.c)
 BENCH_SRC  := $(wildcard bench/*.c)

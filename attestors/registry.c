@@ -1,5 +1,6 @@
 /*
- * The table of built-in attestors. Adding one is a new file implementing a
+ * The tables of built-in agent-side attestors (the server halves are in
+ * registry_server.c, linked only into sigil-server). Adding one is a new file implementing a
  * vtable from attestor.h and one line here.
  */
 #include "attestors/attestor.h"
@@ -12,10 +13,6 @@ static const sg_workload_attestor *const workload_attestors[] = {
 
 static const sg_node_attestor_agent *const node_agent_attestors[] = {
     &sg_join_token_agent_attestor,
-};
-
-static const sg_node_attestor_server *const node_server_attestors[] = {
-    &sg_join_token_server_attestor,
 };
 
 #define LOOKUP(table, name)                                                                        \
@@ -34,9 +31,4 @@ const sg_workload_attestor *sg_registry_workload(const char *name)
 const sg_node_attestor_agent *sg_registry_node_agent(const char *name)
 {
     LOOKUP(node_agent_attestors, name);
-}
-
-const sg_node_attestor_server *sg_registry_node_server(const char *name)
-{
-    LOOKUP(node_server_attestors, name);
 }

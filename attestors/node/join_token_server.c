@@ -12,13 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/*
- * The registry (in libsigil) names this attestor, so sigil-agent links this
- * file too, without the server's datastore. A weak reference keeps the agent
- * linkable; in sigil-server the datastore is always linked in.
- */
-#pragma weak sg_ds_token_consume
-
 /* Tokens are UUIDs from `token generate`, but SPIRE accepts any operator string. */
 #define JOIN_TOKEN_MAX 256
 
@@ -60,7 +53,7 @@ static int jt_attest(void *state, const sg_node_attest_host *host, const uint8_t
         return sg_err_set(err, SG_EINVAL,
                           "join token holds characters that are not allowed in a SPIFFE ID path");
 
-    if (!host->ds || !sg_ds_token_consume)
+    if (host->ds == NULL)
         return sg_err_set(err, SG_EUNAVAIL, "join token attestation needs the server datastore");
 
     char token[JOIN_TOKEN_MAX + 1];
