@@ -638,12 +638,18 @@ int sg_rpc_server_new(sg_rpc_server **out, const sg_rpc_server_options *opts, sg
                           (long long)opts->max_connection_age_ms);
     }
 
-    grpc_arg args[3];
+    grpc_arg args[4];
     size_t nargs = 0;
     memset(args, 0, sizeof args);
     args[nargs].type = GRPC_ARG_INTEGER;
     args[nargs].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[nargs].value.integer = srv->opts.max_message_bytes;
+    nargs++;
+    /* Without this gRPC binds with SO_REUSEPORT and a second daemon on the
+     * same port would silently share it. */
+    args[nargs].type = GRPC_ARG_INTEGER;
+    args[nargs].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+    args[nargs].value.integer = 0;
     nargs++;
     if (srv->opts.max_connection_age_ms > 0) {
         int64_t age = srv->opts.max_connection_age_ms;

@@ -314,9 +314,9 @@ static void node_address(const sg_server_config *cfg, char *out, size_t len)
 }
 
 /*
- * gRPC listens with SO_REUSEPORT, so a second server on the same port would
- * silently share it. A plain bind (SO_REUSEADDR only, so TIME_WAIT sockets
- * of a previous run do not count) finds a live listener first.
+ * A plain bind (SO_REUSEADDR only, so TIME_WAIT sockets of a previous run do
+ * not count) finds a live listener first and gives a clearer message than
+ * gRPC's failed add_port.
  */
 static int probe_port(const sg_server_config *cfg, sg_err *err)
 {
