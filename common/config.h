@@ -28,7 +28,7 @@ typedef struct sg_server_config {
     sg_key_type ca_key_type;                    /* default ec-p256 */
     int64_t ca_ttl_s;                           /* default 24h */
     int64_t default_x509_svid_ttl_s;            /* default 1h */
-    int64_t agent_ttl_s;                        /* 0 = default: ca_ttl / 2 capped below the CA */
+    int64_t agent_ttl_s;                        /* 0 = default: default_x509_svid_ttl */
     char *ca_subject_country;                   /* ca_subject { country = ["US"] }, may be NULL */
     char *ca_subject_organization;              /* default "SPIFFE" */
     char *ca_subject_common_name;               /* may be NULL */
