@@ -4,6 +4,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import time
 
 import grpc
@@ -126,6 +127,20 @@ def test_cli_bundle_show_spiffe_format(cluster):
 def test_cli_admin_socket_dir_owner_only(cluster):
     d = os.path.dirname(cluster.admin_sock)
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(cluster.admin_sock).st_mode) & 0o077 == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run the CLI under another uid")
+def test_cli_admin_socket_refuses_other_uid(cluster):
+    # Even with the directory opened up, the socket itself is owner-only.
+    d = os.path.dirname(cluster.admin_sock)
+    os.chmod(d, 0o755)
+    try:
+        p = subprocess.run([sigil.SERVER_BIN, "healthcheck", "-socketPath", cluster.admin_sock], user=65534,
+                           group=65534, extra_groups=[], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    finally:
+        os.chmod(d, 0o700)
+    assert p.returncode != 0, p.stdout
 
 
 def test_cli_unknown_subcommand_and_flag(cluster):
