@@ -855,7 +855,7 @@ class Env:
     """Session state: a world-readable temp base and the message classes."""
 
     def __init__(self):
-        self.base = tempfile.mkdtemp(prefix="sigil-it.")
+        self.base = tempfile.mkdtemp(prefix="sgit.", dir="/tmp")
         os.chmod(self.base, 0o755)
         self.pydir = gen_protos(os.path.join(self.base, "py"))
         self.wl = load_pb(self.pydir, "workload")
