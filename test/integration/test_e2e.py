@@ -241,3 +241,26 @@ def test_agent_healthcheck(c):
     assert r.returncode == 0, r.out
     r = sigil.run([sigil.AGENT_BIN, "healthcheck", "-socketPath", os.path.join(c.dir, "nope.sock")])
     assert r.returncode != 0 and r.returncode < 128, r.out
+
+
+def test_first_message_arrives_at_once(c, env, svid):
+    import time
+
+    a = c.agents["agent"]
+    with sigil.Workload(env.wl, a.sock) as w:
+        t0 = time.monotonic()
+        resp = w.x509()
+        took = time.monotonic() - t0
+    assert WORKLOAD_ID in [s.spiffe_id for s in resp.svids]
+    assert took < 1.0, "first FetchX509SVID message took %.3fs" % took
+
+
+def test_cli_fetch_no_agent_is_clear_error(c):
+    import time
+
+    missing = os.path.join(c.dir, "no-agent.sock")
+    t0 = time.monotonic()
+    r = sigil.run([sigil.AGENT_BIN, "api", "fetch", "x509", "-socketPath", missing, "-timeout", "2s"], timeout=20)
+    assert r.returncode != 0 and r.returncode < 128, r.out
+    assert time.monotonic() - t0 < 10
+    assert "no-agent.sock" in r.out or "connect" in r.out.lower(), r.out
