@@ -43,6 +43,10 @@ STOP_GRACE_S = 5.0
 # Daemons started by the current test module; logs are attached to failure
 # reports by conftest.py.
 DAEMONS = []
+# Every daemon log of the session, scanned for sanitizer reports at the end
+# (`make check` runs this suite against ASan+UBSan builds).
+ALL_LOGS = []
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
 # --------------------------------------------------------------------------
@@ -246,6 +250,7 @@ class Daemon:
         self._log.flush()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
         DAEMONS.append(self)
+        ALL_LOGS.append(log_path)
 
     def alive(self):
         return self.proc.poll() is None
@@ -861,9 +866,26 @@ class Env:
         self.wl = load_pb(self.pydir, "workload")
         self.node = load_pb(self.pydir, "node")
 
+    def sanitizer_reports(self):
+        """(log path, first report line) for every daemon log with a sanitizer report."""
+        found = []
+        for path in ALL_LOGS:
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if any(m in line for m in SANITIZER_MARKERS):
+                    found.append((path, line.strip()))
+                    break
+        return found
+
     def cleanup(self):
-        if not os.environ.get("SIGIL_KEEP_TMP"):
+        reports = self.sanitizer_reports()
+        if not os.environ.get("SIGIL_KEEP_TMP") and not reports:
             shutil.rmtree(self.base, ignore_errors=True)
+        assert not reports, "sanitizer reports in daemon logs: %s" % reports
 
 
 def stop_cluster(c):
