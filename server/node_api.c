@@ -87,6 +87,7 @@ static void svid_msg(Sigil__Node__V1__X509SVID *m, ProtobufCBinaryData *bins, co
     m->cert_chain = bins;
     m->n_cert_chain = chain->n;
     m->expires_at = chain->not_after;
+    m->serial = (char *)chain->serial;
 }
 
 /* ------------------------------------------------------------ authentication */
