@@ -16,6 +16,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -132,6 +133,10 @@ for n in 1 100 1000; do
     wait $bp || true
     cat "$WORK/fetch_$n.txt"
 done
+if [ -n "${BENCH_HOLD:-}" ]; then
+    echo "bench: holding; agent pid $AGENT, socket $WL (Ctrl-C to stop)"
+    wait "$AGENT"
+fi
 
 SIGN=$WORK/sign.txt
 FAST1=$(val sg_ca_sign_svid "$SIGN")
