@@ -1,25 +1,72 @@
 """SPIRE's quickstart configs start sigil unchanged (conf/ copied, run from its parent).
 
+conf/ comes from test/fixtures/spire-quickstart (the shape of SPIRE's quickstart
+files), or from a real SPIRE copy when SIGIL_SPIRE_QUICKSTART names one. The
+dummy upstream CA and the agent's root bundle are generated at test time unless
+that copy already holds them.
+
 Server: UpstreamAuthority "disk" with the dummy upstream CA, KeyManager
 "memory", port 8081, admin socket /tmp/spire-server/private/api.sock.
 Agent: trust bundle = the dummy root CA, socket /tmp/spire-agent/public/api.sock.
 The CLIs run without -socketPath, on their default paths.
 """
 
+import datetime
 import os
 import shutil
 import socket
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import sigil
 
-QS = os.environ.get("SIGIL_SPIRE_QUICKSTART",
-                    os.path.join(os.path.dirname(sigil.REPO), "shared", "reference", "spire-quickstart", "conf"))
+QS = os.environ.get("SIGIL_SPIRE_QUICKSTART") or \
+    os.path.join(sigil.REPO, "test", "fixtures", "spire-quickstart", "conf")
 SERVER_SOCK = "/tmp/spire-server/private/api.sock"
 AGENT_SOCK = "/tmp/spire-agent/public/api.sock"
 WID = sigil.TD_ID + "/quickstart/workload"
+
+
+def _make_dummy_ca(conf):
+    """Writes a self-signed P-384 upstream CA (SEC1 key, like SPIRE's dummy one)
+    and the agent's root bundle, unless conf/ already holds them."""
+    key_path = os.path.join(conf, "server", "dummy_upstream_ca.key")
+    crt_path = os.path.join(conf, "server", "dummy_upstream_ca.crt")
+    root_path = os.path.join(conf, "agent", "dummy_root_ca.crt")
+    if not (os.path.exists(key_path) and os.path.exists(crt_path)):
+        key = ec.generate_private_key(ec.SECP384R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://local")]),
+                           critical=False)
+            .sign(key, hashes.SHA512())
+        )
+        with open(key_path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()))
+        os.chmod(key_path, 0o600)
+        with open(crt_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+    if not os.path.exists(root_path):
+        shutil.copyfile(crt_path, root_path)
 
 
 def _unix_in_use(path):
@@ -47,6 +94,7 @@ def qs(env):
     created = [d for d in ("/tmp/spire-server", "/tmp/spire-agent") if not os.path.exists(d)]
     c = sigil.Cluster(env, "quickstart")
     shutil.copytree(QS, os.path.join(c.dir, "conf"))
+    _make_dummy_ca(os.path.join(c.dir, "conf"))
     c.port = 8081
     c.admin_sock = SERVER_SOCK
     c.server_conf = "conf/server/server.conf"

@@ -14,9 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* SPIRE quickstart's dummy upstream CA; a generated stand-in when it is absent. */
-#define QS_DIR "/work/shared/reference/spire-quickstart/conf/server/"
-
 static char up_key_buf[300], up_crt_buf[300];
 
 static const char *up_key(void);
@@ -37,27 +34,34 @@ static sg_ca *new_ca(sg_key_type t, int64_t ttl, const char *keys_dir)
     return ca;
 }
 
-/* Uses the quickstart files when present, else a P-384 root made with sg_ca itself. */
+/*
+ * The upstream CA: by default a P-384 root made with sg_ca itself at test time;
+ * SPIRE's dummy upstream CA instead when $SIGIL_SPIRE_QUICKSTART names a
+ * quickstart conf/ directory holding it.
+ */
 static void up_paths(void)
 {
     sg_ca_options o = {0};
     sg_ca *ca = NULL;
     sg_err err;
     char dir[256];
+    const char *qs = getenv("SIGIL_SPIRE_QUICKSTART");
 
     if (up_key_buf[0] != '\0')
         return;
-    snprintf(up_key_buf, sizeof up_key_buf, "%s", QS_DIR "dummy_upstream_ca.key");
-    snprintf(up_crt_buf, sizeof up_crt_buf, "%s", QS_DIR "dummy_upstream_ca.crt");
-    if (access(up_key_buf, R_OK) == 0 && access(up_crt_buf, R_OK) == 0)
-        return;
+    if (qs != NULL && qs[0] != '\0') {
+        snprintf(up_key_buf, sizeof up_key_buf, "%s/server/dummy_upstream_ca.key", qs);
+        snprintf(up_crt_buf, sizeof up_crt_buf, "%s/server/dummy_upstream_ca.crt", qs);
+        if (access(up_key_buf, R_OK) == 0 && access(up_crt_buf, R_OK) == 0)
+            return;
+    }
     snprintf(dir, sizeof dir, "%s/upstream", sg_test_tmpdir());
     o.trust_domain = "local";
     o.key_type = SG_KEY_EC_P384;
     o.ca_ttl_s = 86400 * 30;
     o.keys_dir = dir;
     if (sg_ca_new(&ca, &o, &err) != 0)
-        SG__FAIL("upstream stand-in: %s", err.msg);
+        SG__FAIL("upstream CA: %s", err.msg);
     sg_ca_free(ca);
     snprintf(up_key_buf, sizeof up_key_buf, "%s/ca.key", dir);
     snprintf(up_crt_buf, sizeof up_crt_buf, "%s/ca.crt", dir);
