@@ -208,3 +208,8 @@ int sg_spiffeid_from_parts(const char *td, const char *path, sg_spiffeid *out, s
                           td);
     return sg_spiffeid_parse(buf, out, err);
 }
+
+bool sg_spiffeid_is_reserved(const sg_spiffeid *id)
+{
+    return strcmp(id->path, "/spire") == 0 || strncmp(id->path, "/spire/", 7) == 0;
+}

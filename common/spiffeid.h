@@ -39,6 +39,14 @@ int sg_trust_domain_parse(const char *s, char *out, sg_err *err);
 bool sg_spiffeid_member_of(const sg_spiffeid *id, const char *td);
 
 /*
+ * Whether id lies under the path SPIRE and sigil reserve for their own
+ * identities ("/spire", "/spire/server", "/spire/agent/..."). Workload
+ * entries must never receive such an ID: an SVID for spiffe://<td>/spire/server
+ * would let a workload impersonate the server to agents.
+ */
+bool sg_spiffeid_is_reserved(const sg_spiffeid *id);
+
+/*
  * Builds "spiffe://<td><path>" into out and validates it. path must start
  * with "/" or be "". Returns 0 or SG_EINVAL.
  */

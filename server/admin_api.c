@@ -51,6 +51,23 @@ static int check_id_in_td(const char *what, const char *id, const char *td, sg_e
     return 0;
 }
 
+/* Like check_id_in_td, and refuses the paths reserved for servers and agents. */
+static int check_workload_id(const char *what, const char *id, const char *td, sg_err *err)
+{
+    sg_spiffeid sid;
+    int rc = check_id_in_td(what, id, td, err);
+
+    if (rc < 0)
+        return rc;
+    sg_spiffeid_parse(id, &sid, NULL);
+    if (sg_spiffeid_is_reserved(&sid))
+        return sg_err_set(err, SG_EINVAL,
+                          "%s \"%.128s\" is reserved: paths under /spire belong to servers and "
+                          "agents",
+                          what, id);
+    return 0;
+}
+
 /* A DNS name for an X509-SVID SAN: 1-253 bytes, labels of [A-Za-z0-9-_] up to 63
  * bytes, no empty label, and "*" only as the whole leftmost label. */
 static int check_dns(const char *name, sg_err *err)
@@ -164,7 +181,7 @@ static int entry_from_pb(const Sigil__Admin__V1__Entry *pb, const char *td, bool
     if (strlen(id) > SG_ENTRY_ID_LEN)
         return sg_err_set(err, SG_EINVAL, "entry id \"%.64s\" is longer than %d characters", id,
                           SG_ENTRY_ID_LEN);
-    rc = check_id_in_td("spiffe_id", pb->spiffe_id, td, err);
+    rc = check_workload_id("spiffe_id", pb->spiffe_id, td, err);
     if (rc < 0)
         return rc;
     rc = check_id_in_td("parent_id", pb->parent_id, td, err);
@@ -515,7 +532,7 @@ static void h_generate_token(sg_rpc_call *call, const ProtobufCMessage *req, voi
         goto fail;
     if (r->spiffe_id != NULL && r->spiffe_id[0] != '\0') {
         sg_selector *sel;
-        rc = check_id_in_td("spiffe_id", r->spiffe_id, td, &err);
+        rc = check_workload_id("spiffe_id", r->spiffe_id, td, &err);
         if (rc < 0)
             goto fail;
         snprintf(agent_id, sizeof agent_id, "spiffe://%s/spire/agent/join_token/%s", td, token);

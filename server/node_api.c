@@ -74,6 +74,14 @@ static void bundle_cleanup(bundle_msg *b)
     memset(b, 0, sizeof(*b));
 }
 
+/* Whether a workload entry's ID lies under the reserved /spire path. */
+static bool reserved_id(const char *id)
+{
+    sg_spiffeid sid;
+
+    return sg_spiffeid_parse(id, &sid, NULL) < 0 || sg_spiffeid_is_reserved(&sid);
+}
+
 /* Points an X509SVID message at chain (borrowed); bins holds at least chain->n items. */
 static void svid_msg(Sigil__Node__V1__X509SVID *m, ProtobufCBinaryData *bins, const char *id,
                      const sg_ca_chain *chain)
@@ -496,6 +504,11 @@ static void h_mint(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
             code = GRPC_STATUS_PERMISSION_DENIED;
             sg_err_set(&e2, SG_EPERM, "entry %.64s is not authorised for %s", p->entry_id,
                        agent_id);
+        } else if (reserved_id(e->spiffe_id)) {
+            /* The admin API refuses such entries; this guards older databases. */
+            code = GRPC_STATUS_PERMISSION_DENIED;
+            sg_err_set(&e2, SG_EPERM, "entry %.64s has the reserved SPIFFE ID %.128s",
+                       p->entry_id, e->spiffe_id);
         } else if (p->key_case == SIGIL__NODE__V1__X509_SVIDPARAMS__KEY_PUBLIC_KEY) {
             sg_ca_svid_params sp = {.spiffe_id = e->spiffe_id,
                                     .dns = (const char *const *)e->dns_names,

@@ -28,6 +28,9 @@ BAD_ENTRIES = [
     ("no-selector", ["-spiffeID", "spiffe://example.org/w", "-parentID", "{agent}"], r"(?i)selector"),
     ("bad-selector", ["-spiffeID", "spiffe://example.org/w", "-parentID", "{agent}", "-selector", "nocolon"], r"(?i)(nocolon|selector)"),
     ("bad-ttl", ["-spiffeID", "spiffe://example.org/w", "-parentID", "{agent}", "-selector", UID_SEL, "-x509SVIDTTL", "soon"], r"(?i)(soon|ttl)"),
+    # A workload given the server's ID could impersonate the server to agents.
+    ("reserved-server-id", ["-spiffeID", "spiffe://example.org/spire/server", "-parentID", "{agent}", "-selector", UID_SEL], r"(?i)reserved"),
+    ("reserved-agent-id", ["-spiffeID", "spiffe://example.org/spire/agent/join_token/x", "-parentID", "{agent}", "-selector", UID_SEL], r"(?i)reserved"),
 ]
 
 
@@ -90,6 +93,12 @@ def test_cli_token_generate_json(cluster):
     assert isinstance(d["value"], str) and len(d["value"]) >= 16
     exp = int(d["expires_at"])
     assert abs(exp - (time.time() + 600)) < 60, exp
+
+
+def test_cli_token_generate_refuses_reserved_id(cluster):
+    r = cluster.server_cli("token generate", "-spiffeID", "spiffe://example.org/spire/server")
+    assert r.returncode == 1, r.out
+    assert "reserved" in r.out, r.out
 
 
 def test_cli_token_generate_human(cluster):

@@ -214,3 +214,23 @@ TEST(spiffeid_from_parts_builds_and_validates)
     ASSERT_EQ(sg_spiffeid_from_parts("example.org/x", "/y", &id, &err), SG_EINVAL);
     ASSERT_EQ(sg_spiffeid_from_parts("example.org", "/a/../b", &id, &err), SG_EINVAL);
 }
+
+TEST(spiffeid_reserved_paths_are_recognised)
+{
+    static const char *const reserved[] = {"spiffe://example.org/spire",
+                                           "spiffe://example.org/spire/server",
+                                           "spiffe://example.org/spire/agent/join_token/abc"};
+    static const char *const free_ids[] = {"spiffe://example.org/spirex",
+                                           "spiffe://example.org/app/spire",
+                                           "spiffe://example.org/Spire/server"};
+    sg_spiffeid id;
+
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        ASSERT_OK(sg_spiffeid_parse(reserved[i], &id, NULL));
+        ASSERT(sg_spiffeid_is_reserved(&id));
+    }
+    for (size_t i = 0; i < sizeof free_ids / sizeof free_ids[0]; i++) {
+        ASSERT_OK(sg_spiffeid_parse(free_ids[i], &id, NULL));
+        ASSERT(!sg_spiffeid_is_reserved(&id));
+    }
+}
