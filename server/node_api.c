@@ -507,8 +507,8 @@ static void h_mint(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
         } else if (reserved_id(e->spiffe_id)) {
             /* The admin API refuses such entries; this guards older databases. */
             code = GRPC_STATUS_PERMISSION_DENIED;
-            sg_err_set(&e2, SG_EPERM, "entry %.64s has the reserved SPIFFE ID %.128s",
-                       p->entry_id, e->spiffe_id);
+            sg_err_set(&e2, SG_EPERM, "entry %.64s has the reserved SPIFFE ID %.128s", p->entry_id,
+                       e->spiffe_id);
         } else if (p->key_case == SIGIL__NODE__V1__X509_SVIDPARAMS__KEY_PUBLIC_KEY) {
             sg_ca_svid_params sp = {.spiffe_id = e->spiffe_id,
                                     .dns = (const char *const *)e->dns_names,
