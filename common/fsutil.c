@@ -240,6 +240,11 @@ int sg_fs_mkdir_p(const char *dir, mode_t mode, sg_err *err)
                 free(copy);
                 return rc;
             }
+        } else if (chmod(copy, mode) < 0) {
+            /* mkdir applies the umask; a directory we create gets exactly mode. */
+            int rc = sg_err_sys(err, "cannot set mode %o on \"%s\"", (unsigned)mode, copy);
+            free(copy);
+            return rc;
         }
         if (i < len)
             copy[i] = '/';

@@ -22,7 +22,8 @@ int sg_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mo
  */
 int sg_fs_read_file(const char *path, size_t max, uint8_t **out, size_t *len, sg_err *err);
 
-/* Creates dir and missing parents with mode (existing dirs are left alone). */
+/* Creates dir and missing parents with exactly mode, whatever the umask (existing dirs are left
+ * alone). */
 int sg_fs_mkdir_p(const char *dir, mode_t mode, sg_err *err);
 
 /* Joins dir and name into a malloc'd "dir/name". Returns NULL on OOM. */

@@ -139,3 +139,15 @@ TEST(fsutil_join_handles_slashes)
     free(p);
     ASSERT(sg_fs_join(NULL, "c") == NULL);
 }
+
+TEST(fsutil_mkdir_p_ignores_umask)
+{
+    char path[512];
+    struct stat st;
+
+    snprintf(path, sizeof path, "%s/a/b", sg_test_tmpdir());
+    umask(077);
+    ASSERT_OK(sg_fs_mkdir_p(path, 0755, NULL));
+    ASSERT_OK(stat(path, &st));
+    ASSERT_EQ(st.st_mode & 0777, 0755);
+}
