@@ -64,6 +64,8 @@ struct sg_agent {
     pthread_mutex_t qlock;
     sg_rpc_event **q;
     size_t qn, qcap;
+    sg_rpc_event **spare; /* the other buffer, owned by the loop thread */
+    size_t spare_cap;
 
     uv_signal_t sigterm, sigint;
     uv_timer_t node_timer, sweep_timer, stop_timer;
@@ -112,28 +114,32 @@ static void dispatch(sg_rpc_event *ev, void *ctx)
         a->qcap = ncap;
     }
     a->q[a->qn++] = ev;
+    /* Only the first event of a batch wakes the loop: the drain swaps the
+     * whole queue out under the lock, so later ones ride along. */
+    bool wake = a->qn == 1;
     pthread_mutex_unlock(&a->qlock);
-    uv_async_send(&a->async);
+    if (wake)
+        uv_async_send(&a->async);
 }
 
 static void drain_events(sg_agent *a)
 {
-    /* Sends coalesce: keep draining until the queue is empty. */
+    /* Swap the queue with the spare buffer and run it outside the lock;
+     * repeat until empty since sends coalesce. Both buffers are kept. */
     for (;;) {
         pthread_mutex_lock(&a->qlock);
         sg_rpc_event **batch = a->q;
-        size_t n = a->qn;
-        a->q = NULL;
+        size_t n = a->qn, cap = a->qcap;
+        a->q = a->spare;
+        a->qcap = a->spare_cap;
         a->qn = 0;
-        a->qcap = 0;
         pthread_mutex_unlock(&a->qlock);
-        if (n == 0) {
-            free(batch);
-            return;
-        }
         for (size_t i = 0; i < n; i++)
             sg_rpc_event_run(batch[i]);
-        free(batch);
+        a->spare = batch;
+        a->spare_cap = cap;
+        if (n == 0)
+            return;
     }
 }
 
@@ -751,6 +757,7 @@ void sg_agent_free(sg_agent *a)
     sg_cache_free(a->cache);
     sg_peer_table_free(a->peers);
     free(a->q);
+    free(a->spare);
     pthread_mutex_destroy(&a->qlock);
     free(a);
 }

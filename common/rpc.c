@@ -279,6 +279,9 @@ static void maybe_finalize_locked(sg_rpc_server *srv)
     }
 }
 
+static void call_send_run(sg_rpc_event *ev, bool ok);
+static bool call_send_settle(sg_rpc_event *ev, bool ok);
+
 static void *cq_thread(void *arg)
 {
     sg_rpc_server *srv = arg;
@@ -291,10 +294,10 @@ static void *cq_thread(void *arg)
             continue;
         sg_rpc_event *ev = e.tag;
         ev->ok = e.success != 0;
-        if (srv->opts.dispatch != NULL)
-            srv->opts.dispatch(ev, srv->opts.dispatch_ctx);
-        else
+        if (srv->opts.dispatch == NULL)
             sg_rpc_event_run(ev);
+        else if (ev->run != call_send_run || !call_send_settle(ev, ev->ok))
+            srv->opts.dispatch(ev, srv->opts.dispatch_ctx);
     }
     pthread_mutex_lock(&srv->mu);
     srv->exited++;
@@ -337,7 +340,6 @@ static void slot_arm(sg_rpc_slot *slot)
 }
 
 static void call_close_run(sg_rpc_event *ev, bool ok);
-static void call_send_run(sg_rpc_event *ev, bool ok);
 static void call_recv_run(sg_rpc_event *ev, bool ok);
 
 static void call_free(sg_rpc_call *c)
@@ -451,6 +453,38 @@ static void call_send_run(sg_rpc_event *ev, bool ok)
     else
         call_pump_locked(c);
     call_check_done_unlock(c);
+}
+
+/*
+ * On a CQ thread of a server with a dispatcher: settles a completed send
+ * batch there when it leaves the owner nothing to do, which saves waking
+ * the owner once per message. That is the case when the batch succeeded,
+ * the call is not over and no further batch is due (queue empty and no
+ * status requested, or the status already went out). Otherwise returns
+ * false and the event goes to the owner, which starts the next batch or
+ * runs the done callback.
+ */
+static bool call_send_settle(sg_rpc_event *ev, bool ok)
+{
+    sg_rpc_call *c = SG_CONTAINER(ev, sg_rpc_call, send_ev);
+    if (!ok)
+        return false;
+    pthread_mutex_lock(&c->mu);
+    bool idle = !c->closed && !c->failed &&
+                (c->status_started || (c->qhead == NULL && !c->finish_req));
+    if (!idle) {
+        pthread_mutex_unlock(&c->mu);
+        return false;
+    }
+    /* The close has not completed, so this cannot be the last reference. */
+    c->send_busy = false;
+    c->refs--;
+    grpc_byte_buffer *done = c->sending;
+    c->sending = NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (done != NULL)
+        grpc_byte_buffer_destroy(done);
+    return true;
 }
 
 static void call_close_run(sg_rpc_event *ev, bool ok)
