@@ -11,9 +11,12 @@
 
 #include <limits.h>
 #include <openssl/bio.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
+#include <openssl/obj_mac.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +549,40 @@ static int check_rsa_key(const uint8_t *k, size_t klen, sg_err *err)
     return 0;
 }
 
+/*
+ * The P-256 and P-384 groups, built once and read-only afterwards, so the
+ * mint fast path checks points without building a group per call.
+ */
+static EC_GROUP *ec_groups[2];
+static pthread_once_t ec_groups_once = PTHREAD_ONCE_INIT;
+
+static void ec_groups_init(void)
+{
+    ec_groups[0] = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    ec_groups[1] = EC_GROUP_new_by_curve_name(NID_secp384r1);
+}
+
+/* Whether the encoded point decodes to a point on curve idx (0 = P-256, 1 = P-384). */
+static bool ec_point_on_curve(int idx, const uint8_t *k, size_t klen)
+{
+    EC_POINT *pt;
+    bool ok;
+
+    pthread_once(&ec_groups_once, ec_groups_init);
+    if (ec_groups[idx] == NULL)
+        return false;
+    pt = EC_POINT_new(ec_groups[idx]);
+    if (pt == NULL)
+        return false;
+    /* oct2point rejects points off the curve, and at infinity when encoded so. */
+    ok = EC_POINT_oct2point(ec_groups[idx], pt, k, klen, NULL) == 1 &&
+         EC_POINT_is_on_curve(ec_groups[idx], pt, NULL) == 1 &&
+         !EC_POINT_is_at_infinity(ec_groups[idx], pt);
+    EC_POINT_free(pt);
+    ERR_clear_error();
+    return ok;
+}
+
 int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
 {
     const uint8_t *p = der, *end, *spki, *alg, *oid, *bits, *params;
@@ -598,12 +635,14 @@ int sg_x509_spki_check(const uint8_t *der, size_t len, sg_err *err)
             oid_text(curve, curve_len, name, sizeof name);
             return sg_err_set(err, SG_EINVAL, "EC curve %s is not allowed (P-256 or P-384)", name);
         }
-        if (k[0] == 0x04 && klen == 1 + 2 * fsize)
-            return 0;
-        if ((k[0] == 0x02 || k[0] == 0x03) && klen == 1 + fsize)
-            return 0;
-        return sg_err_set(err, SG_EINVAL, "EC point (%zu bytes, prefix 0x%02x) is not a %s point",
-                          klen, k[0], cname);
+        if (!((k[0] == 0x04 && klen == 1 + 2 * fsize) ||
+              ((k[0] == 0x02 || k[0] == 0x03) && klen == 1 + fsize)))
+            return sg_err_set(err, SG_EINVAL,
+                              "EC point (%zu bytes, prefix 0x%02x) is not a %s point", klen, k[0],
+                              cname);
+        if (!ec_point_on_curve(fsize == 32 ? 0 : 1, k, klen))
+            return sg_err_set(err, SG_EINVAL, "EC point is not on the %s curve", cname);
+        return 0;
     }
     if (OID_EQ(oid, oid_len, OID_RSA)) {
         if (params_len != 2 || params[0] != 0x05 || params[1] != 0x00)

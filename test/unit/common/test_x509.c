@@ -339,11 +339,13 @@ TEST(x509_spki_check_table)
     sg_der_cleanup(&d);
     EVP_PKEY_free(k);
 
-    /* Uncompressed point with a bad prefix, then a trailing byte. */
+    /* A well-formed uncompressed point that is not on the curve. */
     memcpy(buf, p256_prefix, sizeof p256_prefix);
     memset(buf + sizeof p256_prefix, 0x11, 65);
     buf[sizeof p256_prefix] = 0x04;
-    ASSERT_OK(sg_x509_spki_check(buf, sizeof p256_prefix + 65, &err));
+    ASSERT_EQ(sg_x509_spki_check(buf, sizeof p256_prefix + 65, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "not on the P-256 curve") != NULL);
+    /* Then a bad prefix and a trailing byte. */
     buf[sizeof p256_prefix] = 0x05;
     ASSERT_EQ(sg_x509_spki_check(buf, sizeof p256_prefix + 65, &err), SG_EINVAL);
     ASSERT(strstr(err.msg, "P-256 point") != NULL);
