@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #define SYNC_INTERVAL_MS  5000
+#define MINT_RETRY_MS     10000 /* after the server refused an entry's SVID */
 #define BACKOFF_START_MS  1000
 #define BACKOFF_CAP_MS    30000
 #define SWEEP_INTERVAL_MS 10000
@@ -77,6 +78,8 @@ struct sg_agent {
     bool synced_once;
     bool stopping;
     bool forced;
+    bool fatal; /* stopping because the agent cannot get an identity */
+    sg_err fatal_err;
     bool handles_closed;
     uint64_t stop_started;
 };
@@ -158,6 +161,7 @@ struct node_job {
     int kind;
     int rc;
     sg_err err;
+    int64_t wait_ms; /* sync: how long to wait for a pushed change */
     sg_sync_result sync;
     /* mint */
     size_t n;
@@ -176,7 +180,7 @@ static void job_free(node_job *j)
 {
     if (j == NULL)
         return;
-    if (j->kind == JOB_SYNC && j->rc == 0)
+    if (j->kind == JOB_SYNC && j->rc >= 0)
         sg_sync_result_cleanup(&j->sync);
     for (size_t i = 0; i < j->n; i++) {
         free(j->entry_ids ? j->entry_ids[i] : NULL);
@@ -211,7 +215,7 @@ static void sync_work(uv_work_t *req)
     /* ensure_svid renews the agent SVID when due, so it runs before every sync. */
     j->rc = sg_node_client_ensure_svid(j->a->nc, j->a->join_token, &j->err);
     if (j->rc == 0)
-        j->rc = sg_node_client_sync(j->a->nc, &j->sync, &j->err);
+        j->rc = sg_node_client_sync(j->a->nc, j->wait_ms, &j->sync, &j->err);
 }
 
 static void mint_work(uv_work_t *req)
@@ -301,9 +305,20 @@ oom:
     return SG_ENOMEM;
 }
 
+static void begin_stop(sg_agent *a, const char *why);
+
 static void after_sync(sg_agent *a, node_job *j)
 {
-    if (j->rc != 0) {
+    if (j->rc < 0 && !sg_node_client_has_svid(a->nc) && j->err.code == SG_EPERM) {
+        /* The server refused the attestation itself (e.g. a used or unknown
+         * join token): retrying cannot help, so stop like SPIRE's agent. */
+        sg_log_error("attestation refused: %s", j->err.msg);
+        a->fatal = true;
+        a->fatal_err = j->err;
+        begin_stop(a, "attestation refusal");
+        return;
+    }
+    if (j->rc < 0) {
         int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
         sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)",
                     sg_node_client_has_svid(a->nc) ? "sync" : "attestation", j->err.msg,
@@ -313,6 +328,12 @@ static void after_sync(sg_agent *a, node_job *j)
         return;
     }
     a->backoff_ms = BACKOFF_START_MS;
+    if (j->rc == 0) {
+        /* Nothing pushed within the wait: SVIDs may have come due. */
+        if (start_mint(a) != 0)
+            schedule_node(a, 0);
+        return;
+    }
     const char *id = sg_node_client_agent_id(a->nc);
     if (strcmp(id, a->agent_id) != 0) {
         sg_log_debug("agent id %s, SVID valid until %lld", id,
@@ -341,7 +362,9 @@ static void after_sync(sg_agent *a, node_job *j)
     a->last_nentries = nentries;
     sg_cache_flush(a->cache, now_s());
     rc = start_mint(a);
-    if (rc != 0) /* nothing due (1) or could not start: next sync on schedule */
+    if (rc == 1) /* nothing due: wait for the next pushed change */
+        schedule_node(a, 0);
+    else if (rc != 0)
         schedule_node(a, SYNC_INTERVAL_MS);
 }
 
@@ -358,8 +381,10 @@ static void after_mint(sg_agent *a, node_job *j)
     for (size_t i = 0; i < j->n; i++) {
         sg_mint_result *r = &j->results[i];
         if (r->code != 0) {
-            sg_log_warn("server refused an SVID for %s (entry %s): %s", j->spiffe_ids[i],
-                        j->entry_ids[i], r->error);
+            int64_t retry = jitter(MINT_RETRY_MS, 0.8, 1.2) / 1000;
+            sg_log_warn("server refused an SVID for %s (entry %s): %s; retrying in %llds",
+                        j->spiffe_ids[i], j->entry_ids[i], r->error, (long long)retry);
+            sg_cache_mint_refused(a->cache, j->entry_ids[i], now + retry);
             continue;
         }
         int64_t life = r->not_after - now;
@@ -381,7 +406,7 @@ static void after_mint(sg_agent *a, node_job *j)
     }
     (void)ok;
     sg_cache_flush(a->cache, now);
-    schedule_node(a, j->n == MINT_BATCH_MAX ? 0 : SYNC_INTERVAL_MS);
+    schedule_node(a, 0);
 }
 
 static void node_after(uv_work_t *req, int status)
@@ -411,6 +436,13 @@ static void on_node_timer(uv_timer_t *t)
         return;
     }
     j->kind = JOB_SYNC;
+    /* Wait for pushed changes until the next SVID comes due, and at most
+     * SYNC_INTERVAL_MS so the agent SVID's renewal is checked often. */
+    int64_t due = sg_cache_next_due(a->cache);
+    int64_t now = now_s();
+    j->wait_ms = due <= now ? 0 : (due - now) * 1000;
+    if (j->wait_ms > SYNC_INTERVAL_MS)
+        j->wait_ms = SYNC_INTERVAL_MS;
     if (start_job(a, j, sync_work) != 0) {
         j->rc = SG_ESYS;
         job_free(j);
@@ -499,7 +531,16 @@ static int open_socket(sg_agent *a, sg_err *err)
             return sg_err_set(err, SG_EEXIST,
                               "socket_path \"%s\" exists and is not a socket; not removing it",
                               path);
-        /* A stale socket from an earlier run. */
+        /* Only a socket nobody listens on is stale: never cut off a running agent. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0) {
+            int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+            close(probe);
+            if (live)
+                return sg_err_set(err, SG_EEXIST,
+                                  "another process is already serving the Workload API on \"%s\"",
+                                  path);
+        }
         if (unlink(path) != 0)
             return sg_err_sys(err, "cannot remove stale socket \"%s\"", path);
     }
@@ -579,6 +620,8 @@ static void begin_stop(sg_agent *a, const char *why)
     sg_log_info("%s received, stopping", why);
     uv_timer_stop(&a->node_timer);
     uv_timer_stop(&a->sweep_timer);
+    /* A node job may be blocked waiting for a pushed change. */
+    sg_node_client_interrupt(a->nc);
     uv_timer_stop(&a->accept_pause);
     if (a->lfd >= 0) {
         uv_close((uv_handle_t *)&a->lpoll, NULL);
@@ -734,6 +777,11 @@ int sg_agent_run(sg_agent *a, sg_err *err)
         return rc;
     }
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    if (a->fatal) {
+        if (err != NULL)
+            *err = a->fatal_err;
+        return a->fatal_err.code < 0 ? a->fatal_err.code : SG_EPERM;
+    }
     if (a->forced)
         return 1;
     sg_log_info("stopped");

@@ -25,6 +25,7 @@ struct sg_cache {
     char bundle_name[SG_TRUST_DOMAIN_MAX + 16];
     sg_agent_entry *entries; /* sorted by id */
     sg_cache_svid **svids;   /* svids[i] belongs to entries[i]; NULL when none */
+    int64_t *retry_at;       /* retry_at[i]: the server refused entries[i]; not due before */
     size_t n;
     uint8_t *bundle;
     size_t bundle_len;
@@ -71,6 +72,7 @@ void sg_cache_free(sg_cache *c)
     }
     free(c->entries);
     free(c->svids);
+    free(c->retry_at);
     free(c->bundle);
     sg_cache_sub *s = c->subs;
     while (s != NULL) {
@@ -106,9 +108,13 @@ static long find_entry(const sg_agent_entry *entries, size_t n, const char *id)
 int sg_cache_set_entries(sg_cache *c, sg_agent_entry *entries, size_t n, sg_err *err)
 {
     sg_cache_svid **svids = NULL;
+    int64_t *retry_at = NULL;
     if (n > 0) {
         svids = calloc(n, sizeof(*svids));
-        if (svids == NULL) {
+        retry_at = calloc(n, sizeof(*retry_at));
+        if (svids == NULL || retry_at == NULL) {
+            free(svids);
+            free(retry_at);
             for (size_t i = 0; i < n; i++)
                 sg_agent_entry_cleanup(&entries[i]);
             free(entries);
@@ -121,6 +127,8 @@ int sg_cache_set_entries(sg_cache *c, sg_agent_entry *entries, size_t n, sg_err 
         if (entries[i].id == NULL)
             continue;
         long j = find_entry(c->entries, c->n, entries[i].id);
+        if (j >= 0 && c->entries[j].revision == entries[i].revision)
+            retry_at[i] = c->retry_at[j];
         if (j < 0 || c->svids[j] == NULL)
             continue;
         const char *old = c->svids[j]->spiffe_id;
@@ -135,8 +143,10 @@ int sg_cache_set_entries(sg_cache *c, sg_agent_entry *entries, size_t n, sg_err 
     }
     free(c->entries);
     free(c->svids);
+    free(c->retry_at);
     c->entries = entries;
     c->svids = svids;
+    c->retry_at = retry_at;
     c->n = n;
     return 0;
 }
@@ -201,6 +211,7 @@ int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const
     snprintf(s->serial, sizeof(s->serial), "%s", serial ? serial : "");
     svid_free(c->svids[i]);
     c->svids[i] = s;
+    c->retry_at[i] = 0;
     return 0;
 oom:
     svid_free(s);
@@ -215,7 +226,7 @@ int sg_cache_due(const sg_cache *c, int64_t now, const sg_agent_entry ***out, si
     size_t k = 0;
     for (size_t i = 0; i < c->n; i++) {
         const sg_cache_svid *s = c->svids[i];
-        if (c->entries[i].id == NULL)
+        if (c->entries[i].id == NULL || c->retry_at[i] > now)
             continue;
         if (s == NULL || s->revision != c->entries[i].revision || now >= s->renew_at ||
             now >= s->not_after)
@@ -224,6 +235,34 @@ int sg_cache_due(const sg_cache *c, int64_t now, const sg_agent_entry ***out, si
     *out = due;
     *n = k;
     return 0;
+}
+
+void sg_cache_mint_refused(sg_cache *c, const char *entry_id, int64_t retry_at)
+{
+    long i = find_entry(c->entries, c->n, entry_id);
+    if (i >= 0)
+        c->retry_at[i] = retry_at;
+}
+
+int64_t sg_cache_next_due(const sg_cache *c)
+{
+    int64_t next = INT64_MAX;
+
+    for (size_t i = 0; i < c->n; i++) {
+        const sg_cache_svid *s = c->svids[i];
+        int64_t t;
+        if (c->entries[i].id == NULL)
+            continue;
+        if (s == NULL || s->revision != c->entries[i].revision)
+            t = INT64_MIN;
+        else
+            t = s->renew_at;
+        if (c->retry_at[i] > t)
+            t = c->retry_at[i];
+        if (t < next)
+            next = t;
+    }
+    return next;
 }
 
 static bool svid_usable(const sg_cache_svid *s, int64_t now)

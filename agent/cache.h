@@ -72,6 +72,18 @@ int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const
 int sg_cache_due(const sg_cache *c, int64_t now, const sg_agent_entry ***out, size_t *n);
 
 /*
+ * Records that the server refused to mint an SVID for entry_id: the entry
+ * is not due again before retry_at (unix seconds), or until it changes.
+ */
+void sg_cache_mint_refused(sg_cache *c, const char *entry_id, int64_t retry_at);
+
+/*
+ * The earliest time (unix seconds) at which some entry needs an SVID: now
+ * or earlier when one is due already, INT64_MAX when nothing will come due.
+ */
+int64_t sg_cache_next_due(const sg_cache *c);
+
+/*
  * The identities of a workload with selectors sels at time now: entries
  * whose selectors are all among sels and that hold an unexpired SVID.
  * *out is malloc'd (free()), its pointers borrowed until the cache next

@@ -19,6 +19,8 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,9 @@
 #define NODE_MAX_CHALLENGES    16
 #define NODE_MAX_RECV          (64 * 1024 * 1024)
 #define NODE_MAX_BUNDLE_FILE   (4 * 1024 * 1024)
+/* When a server ends each Sync stream after one message (no push), reopen
+ * at this pace: the agent then polls as SPIRE agents do. */
+#define NODE_SYNC_POLL_MS 5000
 
 #define TOKEN_USED_MSG                                                                             \
     "agent SVID rejected and the join token was already used; generate a new token"
@@ -52,6 +57,12 @@ struct sg_node_client {
     bool has_svid;
     bool svid_rejected; /* the server refused the current SVID */
     grpc_channel *ch;   /* mTLS channel with the current SVID */
+    /* The open Sync stream; the pointer is guarded by sync_mu because
+     * sg_node_client_interrupt cancels it from another thread. */
+    sg_rpc_stream *sync_st;
+    pthread_mutex_t sync_mu;
+    int64_t sync_reopen_ms; /* monotonic ms before which Sync is not reopened */
+    atomic_bool interrupted;
 };
 
 /* ------------------------------------------------------------ value cleanup */
@@ -374,8 +385,19 @@ static int ensure_channel(sg_node_client *c, sg_err *err)
     return make_channel(c, true, &c->ch, err);
 }
 
+static void close_sync(sg_node_client *c)
+{
+    pthread_mutex_lock(&c->sync_mu);
+    sg_rpc_stream *st = c->sync_st;
+    c->sync_st = NULL;
+    pthread_mutex_unlock(&c->sync_mu);
+    sg_rpc_stream_free(st);
+}
+
 static void drop_channel(sg_node_client *c)
 {
+    /* The Sync stream rides on the channel. */
+    close_sync(c);
     if (c->ch != NULL) {
         grpc_channel_destroy(c->ch);
         c->ch = NULL;
@@ -493,6 +515,8 @@ int sg_node_client_new(sg_node_client **out, const sg_agent_config *cfg, sg_err 
         return sg_err_set(err, SG_ECONFIG, "agent config: server_port %d is out of range",
                           cfg->server_port);
     sg_node_client *c = calloc(1, sizeof(*c));
+    if (c != NULL)
+        pthread_mutex_init(&c->sync_mu, NULL);
     if (c == NULL)
         return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
     int rc;
@@ -587,7 +611,18 @@ void sg_node_client_free(sg_node_client *c)
         free(c->join_token);
     }
     free(c->target);
+    pthread_mutex_destroy(&c->sync_mu);
     free(c);
+}
+
+void sg_node_client_interrupt(sg_node_client *c)
+{
+    if (c == NULL)
+        return;
+    atomic_store(&c->interrupted, true);
+    pthread_mutex_lock(&c->sync_mu);
+    sg_rpc_stream_cancel(c->sync_st);
+    pthread_mutex_unlock(&c->sync_mu);
 }
 
 bool sg_node_client_has_svid(sg_node_client *c)
@@ -898,33 +933,85 @@ fail:
     return rc;
 }
 
-int sg_node_client_sync(sg_node_client *c, sg_sync_result *out, sg_err *err)
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps up to ms, in short steps so sg_node_client_interrupt ends it soon. */
+static void sleep_interruptible(sg_node_client *c, int64_t ms)
+{
+    int64_t end = mono_ms() + ms;
+    while (!atomic_load(&c->interrupted)) {
+        int64_t left = end - mono_ms();
+        if (left <= 0)
+            break;
+        if (left > 100)
+            left = 100;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)left * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out, sg_err *err)
 {
     if (c == NULL || out == NULL)
         return sg_err_set(err, SG_EINVAL, "node client: NULL argument");
+    if (atomic_load(&c->interrupted))
+        return sg_err_set(err, SG_ECANCELLED, "node client: stopping");
     if (!c->has_svid)
         return sg_err_set(err, SG_EUNAUTH, "the agent has not attested yet");
     int rc = ensure_channel(c, err);
     if (rc < 0)
         return rc;
-    Sigil__Node__V1__SyncRequest req = SIGIL__NODE__V1__SYNC_REQUEST__INIT;
-    sg_rpc_stream *st = NULL;
     ProtobufCMessage *msg = NULL;
     sg_rpc_status status = {0};
     sg_sync_result r;
     memset(&r, 0, sizeof(r));
-    rc = sg_rpc_stream_open(c->ch, NODE_PATH_SYNC, &req.base, false, NULL, 0, NODE_CALL_TIMEOUT_MS,
-                            &st, err);
-    if (rc < 0)
-        goto done;
-    rc = sg_rpc_stream_next(st, &sigil__node__v1__sync_response__descriptor, 0, &msg, &status, err);
+    bool first = false;
+    if (c->sync_st == NULL) {
+        int64_t now = mono_ms();
+        if (now < c->sync_reopen_ms) {
+            sleep_interruptible(c, wait_ms < c->sync_reopen_ms - now ? wait_ms
+                                                                     : c->sync_reopen_ms - now);
+            if (mono_ms() < c->sync_reopen_ms || atomic_load(&c->interrupted))
+                return 0;
+        }
+        Sigil__Node__V1__SyncRequest req = SIGIL__NODE__V1__SYNC_REQUEST__INIT;
+        sg_rpc_stream *st = NULL;
+        /* No deadline: the server keeps the stream open and pushes changes. */
+        rc = sg_rpc_stream_open(c->ch, NODE_PATH_SYNC, &req.base, false, NULL, 0, 0, &st, err);
+        if (rc < 0)
+            return rc;
+        pthread_mutex_lock(&c->sync_mu);
+        c->sync_st = st;
+        pthread_mutex_unlock(&c->sync_mu);
+        if (atomic_load(&c->interrupted))
+            sg_rpc_stream_cancel(st);
+        first = true;
+    }
+    /* The first message is the full state and must come promptly; later
+     * ones arrive when something changes. */
+    rc = sg_rpc_stream_next(c->sync_st, &sigil__node__v1__sync_response__descriptor,
+                            first ? NODE_CALL_TIMEOUT_MS : (wait_ms > 0 ? wait_ms : 1), &msg,
+                            &status, err);
+    if (rc == SG_ETIMEDOUT && !first)
+        return 0;
     if (rc < 0) {
         note_rejection(c, &status);
+        close_sync(c);
         goto done;
     }
     if (rc == 0) {
-        rc = sg_err_set(err, SG_EPROTO, "Sync ended without a message");
-        goto done;
+        close_sync(c);
+        if (first) {
+            rc = sg_err_set(err, SG_EPROTO, "Sync ended without a message");
+            goto done;
+        }
+        c->sync_reopen_ms = mono_ms() + NODE_SYNC_POLL_MS;
+        return 0;
     }
     const Sigil__Node__V1__SyncResponse *resp = (const Sigil__Node__V1__SyncResponse *)msg;
     r.entries = calloc(resp->n_entries + 1, sizeof(*r.entries));
@@ -974,12 +1061,11 @@ int sg_node_client_sync(sg_node_client *c, sg_sync_result *out, sg_err *err)
     }
     *out = r;
     memset(&r, 0, sizeof(r));
-    rc = 0;
+    rc = 1;
 done:
     sg_sync_result_cleanup(&r);
     if (msg != NULL)
         protobuf_c_message_free_unpacked(msg, NULL);
-    sg_rpc_stream_free(st);
     return rc;
 }
 

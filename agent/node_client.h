@@ -98,8 +98,22 @@ const char *sg_node_client_agent_id(sg_node_client *c);
 /* notAfter of the agent SVID (0 when none). */
 int64_t sg_node_client_svid_expiry(sg_node_client *c);
 
-/* Calls Sync: authorised entries and the bundle. */
-int sg_node_client_sync(sg_node_client *c, sg_sync_result *out, sg_err *err);
+/*
+ * Reads the next state from the server's Sync stream, opening it when
+ * needed (the first message of a new stream is the full state and is
+ * awaited up to the call timeout). Otherwise waits up to wait_ms for the
+ * server to push a change. Returns 1 with *out filled, 0 when nothing
+ * changed within wait_ms, or a negative SG_E*. A server that ends each
+ * stream after one message is polled every few seconds instead.
+ */
+int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out, sg_err *err);
+
+/*
+ * Makes a blocked or later call of this client return soon with
+ * SG_ECANCELLED (for a clean stop). The only function that may be called
+ * from another thread while a call is running.
+ */
+void sg_node_client_interrupt(sg_node_client *c);
 
 /*
  * Mints n SVIDs in batches (results[i] answers reqs[i]). Returns an error

@@ -470,8 +470,8 @@ static bool call_send_settle(sg_rpc_event *ev, bool ok)
     if (!ok)
         return false;
     pthread_mutex_lock(&c->mu);
-    bool idle = !c->closed && !c->failed &&
-                (c->status_started || (c->qhead == NULL && !c->finish_req));
+    bool idle =
+        !c->closed && !c->failed && (c->status_started || (c->qhead == NULL && !c->finish_req));
     if (!idle) {
         pthread_mutex_unlock(&c->mu);
         return false;
@@ -1456,6 +1456,12 @@ int sg_rpc_stream_next(sg_rpc_stream *s, const ProtobufCMessageDescriptor *desc,
         return 0;
     }
     return status_error(s->code, s->details, status, err);
+}
+
+void sg_rpc_stream_cancel(sg_rpc_stream *s)
+{
+    if (s != NULL && s->call != NULL)
+        grpc_call_cancel(s->call, NULL);
 }
 
 void sg_rpc_stream_free(sg_rpc_stream *s)

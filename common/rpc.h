@@ -210,6 +210,12 @@ int sg_rpc_stream_close_send(sg_rpc_stream *s, sg_err *err);
 int sg_rpc_stream_next(sg_rpc_stream *s, const ProtobufCMessageDescriptor *desc, int64_t wait_ms,
                        ProtobufCMessage **msg, sg_rpc_status *status, sg_err *err);
 
+/*
+ * Cancels the call from any thread, so a thread blocked in
+ * sg_rpc_stream_next returns (with SG_ECANCELLED). The owner still frees.
+ */
+void sg_rpc_stream_cancel(sg_rpc_stream *s);
+
 /* Cancels if still open and frees. NULL-safe. */
 void sg_rpc_stream_free(sg_rpc_stream *s);
 
