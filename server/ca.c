@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/spiffeid.h"
 
+#include <jansson.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -26,11 +27,13 @@
 #include <openssl/x509v3.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CA_DEFAULT_TTL_S  (24 * 3600)
 #define LEAF_BACKDATE_S   10
@@ -90,13 +93,44 @@ typedef struct ca_snapshot {
     int npool;
 } ca_snapshot;
 
+/* Upstream material loaded from the operator's files. */
+typedef struct upstream {
+    EVP_PKEY *key;
+    STACK_OF(X509) * certs;  /* certs[0] signs our CA; the rest is its chain */
+    STACK_OF(X509) * bundle; /* roots to publish */
+} upstream;
+
+#define SLOTS_MAX 16
+
+/* One authority: its snapshot owns the certificate and key. */
+typedef struct slot {
+    char id[SG_CA_AUTHORITY_ID_MAX + 1];
+    char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_state state;
+    int64_t not_before;
+    bool tainted;
+    int64_t tainted_at;
+    bool on_disk; /* key and certificate files written */
+    ca_snapshot *snap;
+} slot;
+
 struct sg_ca {
-    pthread_mutex_t mu; /* guards active (swapped on rotation) */
-    ca_snapshot *active;
+    pthread_mutex_t mu;     /* guards active, slots, bundle and bundle_seq */
+    pthread_mutex_t rot_mu; /* serialises rotation steps and the files in keys_dir */
+    ca_snapshot *active;    /* a reference of its own to the active slot's snapshot */
     char td[SG_TRUST_DOMAIN_MAX + 1];
-    sg_der *bundle; /* trust bundle roots; immutable until rotation exists */
+    sg_der *bundle; /* trust bundle roots */
     size_t nbundle;
     uint64_t bundle_seq;
+    slot slots[SLOTS_MAX]; /* oldest first */
+    size_t nslots;
+    /* Configuration (strings owned) and upstream material. */
+    sg_ca_options o;
+    bool have_upstream;
+    upstream u;
+    STACK_OF(X509) * extra; /* upstream certificates carried in SVID chains */
+    char legacy_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* authority last written as ca.key/ca.crt */
+    int64_t warned_at;                          /* last "cannot outlive" warning */
 };
 
 static void snap_free(ca_snapshot *s)
@@ -644,15 +678,15 @@ static int add_name(X509_NAME *n, const char *field, const char *value, sg_err *
  * Creates the CA certificate for key: self-signed when issuer is NULL,
  * otherwise signed by issuer_key with notAfter capped at the issuer's.
  */
-static int make_ca_cert(const sg_ca_options *o, const char *td, EVP_PKEY *key, X509 *issuer,
-                        EVP_PKEY *issuer_key, X509 **out, sg_err *err)
+static int make_ca_cert(const sg_ca_options *o, const char *td, int64_t now, EVP_PKEY *key,
+                        X509 *issuer, EVP_PKEY *issuer_key, X509 **out, sg_err *err)
 {
     X509 *x = X509_new();
     X509_NAME *name = X509_NAME_new();
     BIGNUM *bn = BN_new();
     X509V3_CTX ctx;
     char san[SG_TRUST_DOMAIN_MAX + 16];
-    int64_t now = (int64_t)time(NULL), ttl = o->ca_ttl_s > 0 ? o->ca_ttl_s : CA_DEFAULT_TTL_S;
+    int64_t ttl = o->ca_ttl_s > 0 ? o->ca_ttl_s : CA_DEFAULT_TTL_S;
     int64_t na = now + ttl;
     int rc;
 
@@ -730,13 +764,6 @@ static bool self_issued(X509 *x)
     return X509_check_issued(x, x) == X509_V_OK;
 }
 
-/* Upstream material loaded from the operator's files. */
-typedef struct upstream {
-    EVP_PKEY *key;
-    STACK_OF(X509) * certs;  /* certs[0] signs our CA; the rest is its chain */
-    STACK_OF(X509) * bundle; /* roots to publish */
-} upstream;
-
 static void upstream_cleanup(upstream *u)
 {
     EVP_PKEY_free(u->key);
@@ -808,64 +835,168 @@ fail:
     return rc;
 }
 
-/*
- * Tries to reuse keys_dir/ca.key + ca.crt. Returns 1 with *cert and *key set
- * when they are usable, 0 when a new CA must be made (reason logged), or
- * an error (unreadable files, unsafe key mode).
- */
-static int load_persisted(const sg_ca_options *o, const char *td, const upstream *u,
-                          const char *key_path, const char *cert_path, X509 **cert, EVP_PKEY **key,
-                          sg_err *err)
-{
-    STACK_OF(X509) *certs = NULL;
-    EVP_PKEY *k = NULL;
-    X509 *c;
-    sg_spiffeid id;
-    sg_err e2;
-    struct stat st;
-    const char *why = NULL;
-    int rc;
+/* ---- authorities ---- */
 
-    if (stat(key_path, &st) != 0 || stat(cert_path, &st) != 0) {
-        sg_log_info("no CA in %s yet: creating one", o->keys_dir);
-        return 0;
+#define STATE_FILE     "ca-slots.json"
+#define STATE_FILE_MAX (256 * 1024)
+#define PREPARE_MAX_S  (30 * 86400)
+#define ACTIVATE_MAX_S (7 * 86400)
+#define WARN_EVERY_S   3600
+
+const char *sg_ca_state_name(sg_ca_state st)
+{
+    switch (st) {
+    case SG_CA_PREPARED:
+        return "prepared";
+    case SG_CA_ACTIVE:
+        return "active";
+    case SG_CA_OLD:
+        return "old";
     }
-    rc = sg_key_read_file(key_path, &k, err);
+    return "unknown";
+}
+
+static void hex_of(const ASN1_OCTET_STRING *o, char *out, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *d = ASN1_STRING_get0_data(o);
+    size_t n = (size_t)ASN1_STRING_length(o), j = 0;
+
+    for (size_t i = 0; i < n && j + 2 < len; i++) {
+        out[j++] = hex[d[i] >> 4];
+        out[j++] = hex[d[i] & 15];
+    }
+    out[j] = '\0';
+}
+
+/* Authority ID: hex SKID, or the SHA-1 of the public key when the certificate has none. */
+static void authority_id(X509 *c, char *out, size_t len)
+{
+    const ASN1_OCTET_STRING *skid = X509_get0_subject_key_id(c);
+    uint8_t md[SHA_DIGEST_LENGTH];
+    unsigned int mdlen = 0;
+
+    if (skid != NULL && ASN1_STRING_length(skid) > 0) {
+        hex_of(skid, out, len);
+        return;
+    }
+    out[0] = '\0';
+    if (X509_pubkey_digest(c, EVP_sha1(), md, &mdlen) == 1) {
+        ASN1_OCTET_STRING *o = ASN1_OCTET_STRING_new();
+        if (o != NULL && ASN1_OCTET_STRING_set(o, md, (int)mdlen))
+            hex_of(o, out, len);
+        ASN1_OCTET_STRING_free(o);
+    }
+}
+
+/* An authority ID read from disk or a request: 2-80 lower-case hex digits. */
+static bool id_ok(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+
+    if (n < 2 || n > SG_CA_AUTHORITY_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static int64_t asn1_time_s(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    if (!ASN1_TIME_to_tm(t, &tm))
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/* Fills sl around cert+key (both taken). */
+static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_ca_state st, sg_err *err)
+{
+    const ASN1_OCTET_STRING *akid;
+
+    memset(sl, 0, sizeof *sl);
+    sl->state = st;
+    authority_id(cert, sl->id, sizeof sl->id);
+    akid = X509_get0_authority_key_id(cert);
+    if (ca->have_upstream && akid != NULL)
+        hex_of(akid, sl->upstream_id, sizeof sl->upstream_id);
+    sl->not_before = asn1_time_s(X509_get0_notBefore(cert));
+    if (!id_ok(sl->id)) {
+        X509_free(cert);
+        EVP_PKEY_free(key);
+        return sg_err_set(err, SG_ECRYPTO, "cannot derive an authority ID for a CA certificate");
+    }
+    return snap_new(cert, key, ca->have_upstream, ca->extra, &sl->snap, err);
+}
+
+static void slot_clear(slot *sl)
+{
+    snap_release(sl->snap);
+    memset(sl, 0, sizeof *sl);
+}
+
+static void slot_info(const slot *sl, sg_ca_authority *a)
+{
+    memset(a, 0, sizeof *a);
+    memcpy(a->id, sl->id, sizeof a->id);
+    memcpy(a->upstream_id, sl->upstream_id, sizeof a->upstream_id);
+    a->state = sl->state;
+    a->not_before = sl->not_before;
+    a->not_after = sl->snap->not_after;
+    a->tainted = sl->tainted;
+    a->tainted_at = sl->tainted_at;
+}
+
+static slot *find_state(sg_ca *ca, sg_ca_state st)
+{
+    for (size_t i = 0; i < ca->nslots; i++)
+        if (ca->slots[i].state == st)
+            return &ca->slots[i];
+    return NULL;
+}
+
+static slot *find_id(sg_ca *ca, const char *id)
+{
+    for (size_t i = 0; i < ca->nslots; i++)
+        if (strcmp(ca->slots[i].id, id) == 0)
+            return &ca->slots[i];
+    return NULL;
+}
+
+/* Creates a new authority valid from now (a root, or an intermediate under the upstream key). */
+static int new_authority(sg_ca *ca, int64_t now, sg_ca_state st, slot *out, sg_err *err)
+{
+    EVP_PKEY *key = NULL;
+    X509 *cert = NULL;
+    int rc = sg_key_generate(ca->o.key_type, &key, err);
+
     if (rc < 0)
         return rc;
-    rc = read_pem_certs(cert_path, &certs, &e2);
+    rc = make_ca_cert(&ca->o, ca->td, now, key,
+                      ca->have_upstream ? sk_X509_value(ca->u.certs, 0) : NULL, ca->u.key, &cert,
+                      err);
     if (rc < 0) {
-        sg_log_warn("CA certificate %s is unreadable (%s): creating a new CA", cert_path, e2.msg);
-        EVP_PKEY_free(k);
-        return 0;
+        EVP_PKEY_free(key);
+        return rc;
     }
-    c = sk_X509_value(certs, 0);
-    if (X509_check_private_key(c, k) != 1)
-        why = "the key does not match the certificate";
-    else if (!key_is_type(k, o->key_type))
-        why = "its key type differs from ca_key_type";
-    else if (sg_x509_not_after(c) <= (int64_t)time(NULL) + 60)
-        why = "it has expired";
-    else if (sg_x509_spiffeid(c, &id, &e2) < 0 || strcmp(id.td, td) != 0)
-        why = "it belongs to another trust domain";
-    else if (u->key == NULL && !self_issued(c))
-        why = "it is not self-signed and no UpstreamAuthority is configured";
-    else if (u->key == NULL && X509_verify(c, k) != 1)
-        why = "its self-signature does not verify";
-    else if (u->key != NULL && X509_verify(c, u->key) != 1)
-        why = "it was not signed by the configured upstream key";
-    ERR_clear_error();
-    if (why != NULL) {
-        sg_log_warn("not reusing CA in %s: %s; creating a new CA", o->keys_dir, why);
-        sk_X509_pop_free(certs, X509_free);
-        EVP_PKEY_free(k);
-        return 0;
-    }
-    X509_up_ref(c);
-    sk_X509_pop_free(certs, X509_free);
-    *cert = c;
-    *key = k;
-    return 1;
+    rc = slot_init(ca, out, cert, key, st, err);
+    if (rc == 0)
+        sg_log_info("created %s CA authority %s for %s (%s key, expires %lld)",
+                    ca->have_upstream ? "intermediate" : "root", out->id, ca->td,
+                    sg_key_type_name(ca->o.key_type), (long long)out->snap->not_after);
+    return rc;
+}
+
+/* ---- files in keys_dir: ca-<id>.key (0600), ca-<id>.crt, ca-slots.json; ca.key/ca.crt = active */
+
+static char *slot_path(const sg_ca *ca, const char *id, const char *ext)
+{
+    char name[SG_CA_AUTHORITY_ID_MAX + 16];
+
+    snprintf(name, sizeof name, "ca-%s.%s", id, ext);
+    return sg_fs_join(ca->o.keys_dir, name);
 }
 
 static int persist(const char *key_path, const char *cert_path, X509 *cert, EVP_PKEY *key,
@@ -884,16 +1015,301 @@ static int persist(const char *key_path, const char *cert_path, X509 *cert, EVP_
     return rc;
 }
 
-static int bundle_from(sg_ca *ca, STACK_OF(X509) * roots, X509 *self, sg_err *err)
+static int persist_pair(const sg_ca *ca, const char *kname, const char *cname, const slot *sl,
+                        sg_err *err)
 {
-    size_t n = roots ? (size_t)sk_X509_num(roots) : 1;
+    char *kp = sg_fs_join(ca->o.keys_dir, kname), *cp = sg_fs_join(ca->o.keys_dir, cname);
+    int rc = kp && cp ? persist(kp, cp, sl->snap->cert, sl->snap->key, err)
+                      : sg_err_set(err, SG_ENOMEM, "out of memory");
+    free(kp);
+    free(cp);
+    return rc;
+}
+
+static void remove_slot_files(const sg_ca *ca, const char *id)
+{
+    char *kp, *cp;
+
+    if (ca->o.keys_dir == NULL)
+        return;
+    kp = slot_path(ca, id, "key");
+    cp = slot_path(ca, id, "crt");
+    if (kp != NULL)
+        unlink(kp);
+    if (cp != NULL)
+        unlink(cp);
+    free(kp);
+    free(cp);
+}
+
+/* Writes new slot files, the state file and the legacy copy of the active authority. */
+static int save_state(sg_ca *ca, sg_err *err)
+{
+    json_t *root, *arr;
+    char *text = NULL, *path = NULL;
+    slot *act;
+    int rc = 0;
+
+    if (ca->o.keys_dir == NULL)
+        return 0;
+    for (size_t i = 0; i < ca->nslots; i++) {
+        slot *sl = &ca->slots[i];
+        char kn[SG_CA_AUTHORITY_ID_MAX + 16], cn[SG_CA_AUTHORITY_ID_MAX + 16];
+        if (sl->on_disk)
+            continue;
+        snprintf(kn, sizeof kn, "ca-%s.key", sl->id);
+        snprintf(cn, sizeof cn, "ca-%s.crt", sl->id);
+        rc = persist_pair(ca, kn, cn, sl, err);
+        if (rc < 0)
+            return rc;
+        sl->on_disk = true;
+    }
+    arr = json_array();
+    root = json_pack("{s:i,s:I,s:o}", "version", 1, "bundle_sequence", (json_int_t)ca->bundle_seq,
+                     "authorities", arr);
+    for (size_t i = 0; root != NULL && i < ca->nslots; i++) {
+        const slot *sl = &ca->slots[i];
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I}", "id", sl->id, "state",
+                                             sg_ca_state_name(sl->state), "tainted", sl->tainted,
+                                             "tainted_at", (json_int_t)sl->tainted_at));
+    }
+    text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
+    json_decref(root);
+    path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
+    if (text == NULL || path == NULL)
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory saving the CA state");
+    else
+        rc = sg_fs_write_atomic(path, text, strlen(text), 0600, err);
+    free(text);
+    free(path);
+    act = find_state(ca, SG_CA_ACTIVE);
+    if (rc == 0 && act != NULL && strcmp(ca->legacy_id, act->id) != 0) {
+        rc = persist_pair(ca, "ca.key", "ca.crt", act, err);
+        if (rc == 0)
+            memcpy(ca->legacy_id, act->id, sizeof ca->legacy_id);
+    }
+    return rc;
+}
+
+/* Why cert+key cannot serve as an authority of this CA, or NULL. */
+static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool check_type,
+                                int64_t now)
+{
+    sg_spiffeid id;
+    sg_err e2;
+    const char *why = NULL;
+    int64_t margin = ca->o.ca_ttl_s / 6 < 60 ? ca->o.ca_ttl_s / 6 : 60;
+
+    if (X509_check_private_key(c, k) != 1)
+        why = "the key does not match the certificate";
+    else if (check_type && !key_is_type(k, ca->o.key_type))
+        why = "its key type differs from ca_key_type";
+    else if (sg_x509_not_after(c) <= now + margin)
+        why = "it has expired";
+    else if (sg_x509_spiffeid(c, &id, &e2) < 0 || strcmp(id.td, ca->td) != 0)
+        why = "it belongs to another trust domain";
+    else if (!ca->have_upstream && !self_issued(c))
+        why = "it is not self-signed and no UpstreamAuthority is configured";
+    else if (!ca->have_upstream && X509_verify(c, k) != 1)
+        why = "its self-signature does not verify";
+    else if (ca->have_upstream && X509_verify(c, ca->u.key) != 1)
+        why = "it was not signed by the configured upstream key";
+    ERR_clear_error();
+    return why;
+}
+
+/*
+ * Reads key_path + cert_path. Returns 1 with *cert and *key set when usable,
+ * 0 when not (reason logged), or an error (unreadable key, unsafe key mode).
+ */
+static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_path,
+                     bool check_type, X509 **cert, EVP_PKEY **key, sg_err *err)
+{
+    STACK_OF(X509) *certs = NULL;
+    EVP_PKEY *k = NULL;
+    X509 *c;
+    sg_err e2;
+    const char *why;
+    int rc = sg_key_read_file(key_path, &k, err);
+
+    if (rc < 0)
+        return rc;
+    rc = read_pem_certs(cert_path, &certs, &e2);
+    if (rc < 0) {
+        sg_log_warn("CA certificate %s is unreadable (%s): not using it", cert_path, e2.msg);
+        EVP_PKEY_free(k);
+        return 0;
+    }
+    c = sk_X509_value(certs, 0);
+    why = why_unusable(ca, c, k, check_type, (int64_t)time(NULL));
+    if (why != NULL) {
+        sg_log_warn("not using CA %s: %s", cert_path, why);
+        sk_X509_pop_free(certs, X509_free);
+        EVP_PKEY_free(k);
+        return 0;
+    }
+    X509_up_ref(c);
+    sk_X509_pop_free(certs, X509_free);
+    *cert = c;
+    *key = k;
+    return 1;
+}
+
+static int state_from_name(const char *s, sg_ca_state *out)
+{
+    for (int i = SG_CA_PREPARED; i <= SG_CA_OLD; i++)
+        if (strcmp(s, sg_ca_state_name((sg_ca_state)i)) == 0) {
+            *out = (sg_ca_state)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* Loads the slots listed in the state file; unusable ones are dropped with a warning. */
+static int load_state(sg_ca *ca, const char *path, sg_err *err)
+{
+    uint8_t *data = NULL;
+    size_t len = 0, n;
+    json_t *root, *arr, *seq;
+    json_error_t je;
+    int rc = sg_fs_read_file(path, STATE_FILE_MAX, &data, &len, err);
+
+    if (rc < 0)
+        return rc;
+    root = json_loadb((const char *)data, len, 0, &je);
+    free(data);
+    if (root == NULL)
+        return sg_err_set(err, SG_ECONFIG,
+                          "CA state file %.150s is not valid JSON (line %d: %.60s); fix it or "
+                          "remove it to fall back to ca.key/ca.crt",
+                          path, je.line, je.text);
+    arr = json_object_get(root, "authorities");
+    seq = json_object_get(root, "bundle_sequence");
+    if (!json_is_array(arr) || (seq != NULL && !json_is_integer(seq))) {
+        json_decref(root);
+        return sg_err_set(err, SG_ECONFIG,
+                          "CA state file %.150s lacks an \"authorities\" array or has a "
+                          "non-integer \"bundle_sequence\"",
+                          path);
+    }
+    if (seq != NULL && json_integer_value(seq) > 0)
+        ca->bundle_seq = (uint64_t)json_integer_value(seq);
+    n = json_array_size(arr);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        json_t *a = json_array_get(arr, i);
+        const char *id = json_string_value(json_object_get(a, "id"));
+        const char *st = json_string_value(json_object_get(a, "state"));
+        json_t *ta = json_object_get(a, "tainted_at");
+        sg_ca_state state;
+        char *kp, *cp;
+        X509 *cert = NULL;
+        EVP_PKEY *key = NULL;
+        slot *sl;
+
+        if (!id_ok(id) || st == NULL || state_from_name(st, &state) < 0 ||
+            (ta != NULL && !json_is_integer(ta))) {
+            rc = sg_err_set(err, SG_ECONFIG,
+                            "CA state file %.150s: authority %zu has a bad id \"%.90s\", state "
+                            "\"%.20s\" or tainted_at",
+                            path, i, id ? id : "(none)", st ? st : "(none)");
+            break;
+        }
+        if (ca->nslots >= SLOTS_MAX || find_id(ca, id) != NULL) {
+            sg_log_warn("CA state file %s: ignoring extra or repeated authority %s", path, id);
+            continue;
+        }
+        kp = slot_path(ca, id, "key");
+        cp = slot_path(ca, id, "crt");
+        if (kp == NULL || cp == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+        } else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0) {
+            sg_log_warn("CA authority %s: %s or its certificate is missing; dropping it", id, kp);
+        } else {
+            rc = load_pair(ca, kp, cp, state != SG_CA_OLD, &cert, &key, err);
+            if (rc == 1) {
+                sl = &ca->slots[ca->nslots];
+                rc = slot_init(ca, sl, cert, key, state, err);
+                if (rc == 0 && strcmp(sl->id, id) != 0) {
+                    sg_log_warn("CA authority %s: its certificate has ID %s; dropping it", id,
+                                sl->id);
+                    slot_clear(sl);
+                } else if (rc == 0) {
+                    sl->tainted = json_is_true(json_object_get(a, "tainted"));
+                    sl->tainted_at = ta ? (int64_t)json_integer_value(ta) : 0;
+                    sl->on_disk = true;
+                    ca->nslots++;
+                }
+            }
+        }
+        free(kp);
+        free(cp);
+    }
+    json_decref(root);
+    /* At most one active and one prepared: keep the newest, demote the others. */
+    for (size_t i = 0; rc == 0 && i < ca->nslots; i++)
+        for (size_t j = i + 1; j < ca->nslots; j++)
+            if (ca->slots[i].state != SG_CA_OLD && ca->slots[i].state == ca->slots[j].state)
+                ca->slots[i].state = SG_CA_OLD;
+    return rc < 0 ? rc : 0;
+}
+
+/* Rebuilds the bundle from the slots (self-signed) and bumps the sequence when it changed. */
+static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
+{
+    sg_der *v;
+    size_t n = 0;
+    bool same;
     int rc;
 
-    ca->bundle = calloc(n, sizeof *ca->bundle);
+    *changed = false;
+    if (ca->have_upstream)
+        return 0;
+    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
+    if (v == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory building the bundle");
+    for (size_t i = 0; i < ca->nslots; i++) {
+        rc = sg_x509_to_der(ca->slots[i].snap->cert, &v[n], err);
+        if (rc < 0) {
+            for (size_t j = 0; j < n; j++)
+                sg_der_cleanup(&v[j]);
+            free(v);
+            return rc;
+        }
+        n++;
+    }
+    pthread_mutex_lock(&ca->mu);
+    same = n == ca->nbundle;
+    for (size_t i = 0; same && i < n; i++)
+        same = v[i].len == ca->bundle[i].len &&
+               memcmp(v[i].data, ca->bundle[i].data, v[i].len) == 0;
+    if (!same) {
+        sg_der *oldv = ca->bundle;
+        size_t oldn = ca->nbundle;
+        ca->bundle = v;
+        ca->nbundle = n;
+        if (oldv != NULL)
+            ca->bundle_seq++;
+        v = oldv;
+        n = oldn;
+        *changed = true;
+    }
+    pthread_mutex_unlock(&ca->mu);
+    for (size_t i = 0; i < n; i++)
+        sg_der_cleanup(&v[i]);
+    free(v);
+    return 0;
+}
+
+static int bundle_from_roots(sg_ca *ca, STACK_OF(X509) * roots, sg_err *err)
+{
+    size_t n = (size_t)sk_X509_num(roots);
+    int rc;
+
+    ca->bundle = calloc(n ? n : 1, sizeof *ca->bundle);
     if (ca->bundle == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory building the bundle");
     for (size_t i = 0; i < n; i++) {
-        rc = sg_x509_to_der(roots ? sk_X509_value(roots, (int)i) : self, &ca->bundle[i], err);
+        rc = sg_x509_to_der(sk_X509_value(roots, (int)i), &ca->bundle[i], err);
         if (rc < 0)
             return rc;
         ca->nbundle++;
@@ -901,15 +1317,37 @@ static int bundle_from(sg_ca *ca, STACK_OF(X509) * roots, X509 *self, sg_err *er
     return 0;
 }
 
+/* Points ca->active at the active slot's snapshot. */
+static void install_active(sg_ca *ca)
+{
+    slot *act = find_state(ca, SG_CA_ACTIVE);
+    ca_snapshot *old;
+
+    atomic_fetch_add(&act->snap->refs, 1);
+    pthread_mutex_lock(&ca->mu);
+    old = ca->active;
+    ca->active = act->snap;
+    pthread_mutex_unlock(&ca->mu);
+    snap_release(old);
+}
+
+static char *dup_opt(const char *s, bool *oom)
+{
+    char *d;
+
+    if (s == NULL)
+        return NULL;
+    d = strdup(s);
+    if (d == NULL)
+        *oom = true;
+    return d;
+}
+
 int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
 {
     sg_ca *ca = NULL;
-    upstream u = {0};
-    STACK_OF(X509) *extra = NULL;
-    X509 *cert = NULL;
-    EVP_PKEY *key = NULL;
-    char *key_path = NULL, *cert_path = NULL;
-    bool have_upstream;
+    char *state_path = NULL;
+    bool oom = false, changed;
     int rc;
 
     if (opts == NULL || opts->trust_domain == NULL)
@@ -918,88 +1356,107 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
     if (ca == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory creating CA");
     pthread_mutex_init(&ca->mu, NULL);
+    pthread_mutex_init(&ca->rot_mu, NULL);
     ca->bundle_seq = 1;
+    ca->o = *opts;
+    ca->o.trust_domain = NULL;
+    ca->o.subject_country = dup_opt(opts->subject_country, &oom);
+    ca->o.subject_org = dup_opt(opts->subject_org, &oom);
+    ca->o.subject_cn = dup_opt(opts->subject_cn, &oom);
+    ca->o.keys_dir = dup_opt(opts->keys_dir, &oom);
+    ca->o.upstream_key_file = NULL;
+    ca->o.upstream_cert_file = NULL;
+    ca->o.upstream_bundle_file = NULL;
+    if (ca->o.ca_ttl_s <= 0)
+        ca->o.ca_ttl_s = CA_DEFAULT_TTL_S;
+    if (oom) {
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory creating CA");
+        goto fail;
+    }
     rc = sg_trust_domain_parse(opts->trust_domain, ca->td, err);
     if (rc < 0)
         goto fail;
-    have_upstream = opts->upstream_key_file != NULL || opts->upstream_cert_file != NULL ||
-                    opts->upstream_bundle_file != NULL;
-    if (have_upstream) {
-        rc = upstream_load(opts, &u, err);
+    ca->have_upstream = opts->upstream_key_file != NULL || opts->upstream_cert_file != NULL ||
+                        opts->upstream_bundle_file != NULL;
+    if (ca->have_upstream) {
+        rc = upstream_load(opts, &ca->u, err);
         if (rc < 0)
             goto fail;
-    }
-    if (opts->keys_dir != NULL) {
-        key_path = sg_fs_join(opts->keys_dir, "ca.key");
-        cert_path = sg_fs_join(opts->keys_dir, "ca.crt");
-        if (key_path == NULL || cert_path == NULL) {
+        /* SVID chains carry our CA and any upstream certificate that is not a root. */
+        ca->extra = sk_X509_new_null();
+        if (ca->extra == NULL) {
             rc = sg_err_set(err, SG_ENOMEM, "out of memory");
             goto fail;
         }
-        rc = sg_fs_mkdir_p(opts->keys_dir, 0700, err);
+        for (int i = 0; i < sk_X509_num(ca->u.certs); i++) {
+            X509 *c = sk_X509_value(ca->u.certs, i);
+            if (!self_issued(c))
+                sk_X509_push(ca->extra, c);
+        }
+    }
+    if (ca->o.keys_dir != NULL) {
+        rc = sg_fs_mkdir_p(ca->o.keys_dir, 0700, err);
         if (rc < 0)
             goto fail;
-        rc = load_persisted(opts, ca->td, &u, key_path, cert_path, &cert, &key, err);
+        state_path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
+        if (state_path == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+            goto fail;
+        }
+        if (access(state_path, F_OK) == 0) {
+            rc = load_state(ca, state_path, err);
+        } else {
+            /* The single-CA layout: ca.key + ca.crt become the active authority. */
+            char *kp = sg_fs_join(ca->o.keys_dir, "ca.key");
+            char *cp = sg_fs_join(ca->o.keys_dir, "ca.crt");
+            X509 *cert = NULL;
+            EVP_PKEY *key = NULL;
+            if (kp == NULL || cp == NULL)
+                rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+            else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0)
+                sg_log_info("no CA in %s yet: creating one", ca->o.keys_dir);
+            else
+                rc = load_pair(ca, kp, cp, true, &cert, &key, err);
+            if (rc == 1) {
+                rc = slot_init(ca, &ca->slots[0], cert, key, SG_CA_ACTIVE, err);
+                if (rc == 0)
+                    ca->nslots = 1;
+            }
+            free(kp);
+            free(cp);
+        }
         if (rc < 0)
             goto fail;
     }
-    if (cert == NULL) {
-        rc = sg_key_generate(opts->key_type, &key, err);
-        if (rc < 0)
+    if (find_state(ca, SG_CA_ACTIVE) == NULL) {
+        slot *prep = find_state(ca, SG_CA_PREPARED);
+        if (prep != NULL) {
+            prep->state = SG_CA_ACTIVE;
+            sg_log_info("activating prepared CA authority %s", prep->id);
+        } else if (ca->nslots >= SLOTS_MAX) {
+            rc = sg_err_set(err, SG_ETOOBIG, "no room for a new CA authority");
             goto fail;
-        rc = make_ca_cert(opts, ca->td, key, have_upstream ? sk_X509_value(u.certs, 0) : NULL,
-                          u.key, &cert, err);
-        if (rc < 0)
-            goto fail;
-        if (opts->keys_dir != NULL) {
-            rc = persist(key_path, cert_path, cert, key, err);
+        } else {
+            rc = new_authority(ca, (int64_t)time(NULL), SG_CA_ACTIVE, &ca->slots[ca->nslots], err);
             if (rc < 0)
                 goto fail;
-        }
-        {
-            char sn[41];
-            sg_x509_serial_hex(cert, sn, sizeof sn);
-            sg_log_info("created %s CA for %s (%s key, serial %s)",
-                        have_upstream ? "intermediate" : "root", ca->td,
-                        sg_key_type_name(opts->key_type), sn);
+            ca->nslots++;
         }
     }
-    if (have_upstream) {
-        /* SVID chains carry our CA and any upstream certificate that is not a root. */
-        extra = sk_X509_new_null();
-        if (extra == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
-            goto fail;
-        }
-        for (int i = 0; i < sk_X509_num(u.certs); i++) {
-            X509 *c = sk_X509_value(u.certs, i);
-            if (!self_issued(c))
-                sk_X509_push(extra, c);
-        }
-        rc = bundle_from(ca, u.bundle, NULL, err);
-    } else {
-        rc = bundle_from(ca, NULL, cert, err);
-    }
+    if (ca->have_upstream)
+        rc = bundle_from_roots(ca, ca->u.bundle, err);
+    else
+        rc = rebuild_bundle(ca, &changed, err);
+    if (rc == 0)
+        rc = save_state(ca, err);
     if (rc < 0)
         goto fail;
-    rc = snap_new(cert, key, have_upstream, extra, &ca->active, err);
-    cert = NULL;
-    key = NULL;
-    if (rc < 0)
-        goto fail;
-    sk_X509_free(extra);
-    upstream_cleanup(&u);
-    free(key_path);
-    free(cert_path);
+    install_active(ca);
+    free(state_path);
     *out = ca;
     return 0;
 fail:
-    sk_X509_free(extra);
-    upstream_cleanup(&u);
-    X509_free(cert);
-    EVP_PKEY_free(key);
-    free(key_path);
-    free(cert_path);
+    free(state_path);
     sg_ca_free(ca);
     return rc;
 }
@@ -1009,10 +1466,19 @@ void sg_ca_free(sg_ca *ca)
     if (ca == NULL)
         return;
     snap_release(ca->active);
+    for (size_t i = 0; i < ca->nslots; i++)
+        slot_clear(&ca->slots[i]);
     for (size_t i = 0; i < ca->nbundle; i++)
         sg_der_cleanup(&ca->bundle[i]);
     free(ca->bundle);
+    sk_X509_free(ca->extra);
+    upstream_cleanup(&ca->u);
+    free((char *)(uintptr_t)ca->o.subject_country);
+    free((char *)(uintptr_t)ca->o.subject_org);
+    free((char *)(uintptr_t)ca->o.subject_cn);
+    free((char *)(uintptr_t)ca->o.keys_dir);
     pthread_mutex_destroy(&ca->mu);
+    pthread_mutex_destroy(&ca->rot_mu);
     free(ca);
 }
 
@@ -1070,4 +1536,321 @@ int64_t sg_ca_not_after(sg_ca *ca)
 
     snap_release(s);
     return v;
+}
+
+/* ---- rotation ---- */
+
+int sg_ca_authorities(sg_ca *ca, sg_ca_authority **out, size_t *n, sg_err *err)
+{
+    sg_ca_authority *v;
+
+    pthread_mutex_lock(&ca->mu);
+    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
+    if (v == NULL) {
+        pthread_mutex_unlock(&ca->mu);
+        return sg_err_set(err, SG_ENOMEM, "out of memory listing CA authorities");
+    }
+    for (size_t i = 0; i < ca->nslots; i++)
+        slot_info(&ca->slots[i], &v[i]);
+    *n = ca->nslots;
+    pthread_mutex_unlock(&ca->mu);
+    *out = v;
+    return 0;
+}
+
+/* Removes slot i (files too); mu is taken for the array change. */
+static void drop_slot(sg_ca *ca, size_t i)
+{
+    slot gone;
+
+    pthread_mutex_lock(&ca->mu);
+    gone = ca->slots[i];
+    memmove(&ca->slots[i], &ca->slots[i + 1], (ca->nslots - i - 1) * sizeof ca->slots[0]);
+    ca->nslots--;
+    memset(&ca->slots[ca->nslots], 0, sizeof ca->slots[0]);
+    pthread_mutex_unlock(&ca->mu);
+    remove_slot_files(ca, gone.id);
+    slot_clear(&gone);
+}
+
+/* Adds sl as the prepared authority, replacing one that exists. rot_mu held. */
+static int add_prepared(sg_ca *ca, slot *sl, sg_err *err)
+{
+    slot *prev = find_state(ca, SG_CA_PREPARED);
+
+    if (prev != NULL) {
+        sg_log_info("replacing prepared CA authority %s", prev->id);
+        drop_slot(ca, (size_t)(prev - ca->slots));
+    }
+    if (ca->nslots >= SLOTS_MAX) {
+        slot_clear(sl);
+        return sg_err_set(err, SG_ETOOBIG,
+                          "%d CA authorities are kept already; revoke or wait for old ones to "
+                          "expire",
+                          SLOTS_MAX);
+    }
+    pthread_mutex_lock(&ca->mu);
+    ca->slots[ca->nslots++] = *sl;
+    pthread_mutex_unlock(&ca->mu);
+    sg_log_info("prepared CA authority %s", sl->id);
+    return 0;
+}
+
+/* Makes prep active and the current active old. rot_mu held. */
+static void activate(sg_ca *ca, slot *prep)
+{
+    slot *act = find_state(ca, SG_CA_ACTIVE);
+
+    pthread_mutex_lock(&ca->mu);
+    if (act != NULL)
+        act->state = SG_CA_OLD;
+    prep->state = SG_CA_ACTIVE;
+    pthread_mutex_unlock(&ca->mu);
+    install_active(ca);
+    sg_log_info("activated CA authority %s (previous: %s)", prep->id, act ? act->id : "none");
+}
+
+/* Rebuilds the bundle and saves the state after a slot change. rot_mu held. */
+static int commit(sg_ca *ca, bool *changed, sg_err *err)
+{
+    bool ch = false;
+    int rc = rebuild_bundle(ca, &ch, err);
+
+    if (rc == 0)
+        rc = save_state(ca, err);
+    if (changed != NULL)
+        *changed = *changed || ch;
+    return rc;
+}
+
+static int rotate_locked(sg_ca *ca, int64_t now, bool *changed, sg_err *err)
+{
+    int64_t ttl = ca->o.ca_ttl_s, prep_at, act_at, remaining;
+    bool dirty = false;
+    slot *act, *prep;
+    int rc;
+
+    prep_at = ttl / 2 < PREPARE_MAX_S ? ttl / 2 : PREPARE_MAX_S;
+    act_at = ttl / 6 < ACTIVATE_MAX_S ? ttl / 6 : ACTIVATE_MAX_S;
+    for (size_t i = 0; i < ca->nslots;) {
+        slot *sl = &ca->slots[i];
+        if (sl->state != SG_CA_ACTIVE && sl->snap->not_after <= now) {
+            sg_log_info("CA authority %s (%s) expired: removing it", sl->id,
+                        sg_ca_state_name(sl->state));
+            drop_slot(ca, i);
+            dirty = true;
+        } else {
+            i++;
+        }
+    }
+    act = find_state(ca, SG_CA_ACTIVE);
+    remaining = act ? act->snap->not_after - now : 0;
+    prep = find_state(ca, SG_CA_PREPARED);
+    if (prep == NULL && remaining < prep_at) {
+        slot sl;
+        rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
+        if (rc < 0)
+            return rc;
+        if (act != NULL && sl.snap->not_after <= act->snap->not_after + act_at) {
+            /* Capped by the upstream certificate: the next CA would not outlive this one. */
+            if (now - ca->warned_at >= WARN_EVERY_S) {
+                sg_log_warn("cannot rotate the CA: a new authority would expire at %lld, no "
+                            "later than the active one (the upstream certificate expires "
+                            "first); renew the upstream certificate",
+                            (long long)sl.snap->not_after);
+                ca->warned_at = now;
+            }
+            slot_clear(&sl);
+        } else {
+            rc = add_prepared(ca, &sl, err);
+            if (rc < 0)
+                return rc;
+            dirty = true;
+        }
+        act = find_state(ca, SG_CA_ACTIVE);
+        prep = find_state(ca, SG_CA_PREPARED);
+    }
+    if (prep != NULL && (act == NULL || remaining < act_at)) {
+        activate(ca, prep);
+        dirty = true;
+    }
+    return dirty ? commit(ca, changed, err) : 0;
+}
+
+int sg_ca_rotate(sg_ca *ca, int64_t now, bool *bundle_changed, sg_err *err)
+{
+    bool ch = false;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = rotate_locked(ca, now, &ch, err);
+    pthread_mutex_unlock(&ca->rot_mu);
+    if (bundle_changed != NULL)
+        *bundle_changed = ch;
+    return rc;
+}
+
+int sg_ca_prepare(sg_ca *ca, int64_t now, sg_ca_authority *out, sg_err *err)
+{
+    slot sl;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
+    if (rc == 0) {
+        char id[SG_CA_AUTHORITY_ID_MAX + 1];
+        memcpy(id, sl.id, sizeof id);
+        rc = add_prepared(ca, &sl, err);
+        if (rc == 0)
+            rc = commit(ca, NULL, err);
+        if (rc == 0 && out != NULL)
+            slot_info(find_id(ca, id), out);
+    }
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
+}
+
+/* Finds id for an operator action; checks its syntax first. rot_mu held. */
+static int lookup(sg_ca *ca, const char *id, slot **out, sg_err *err)
+{
+    if (id == NULL || id[0] == '\0')
+        return sg_err_set(err, SG_EINVAL, "an authority ID is required (-authorityID)");
+    if (!id_ok(id))
+        return sg_err_set(err, SG_EINVAL,
+                          "authority ID \"%.90s\" is not valid: it is the lower-case hex Subject "
+                          "Key ID of the CA certificate",
+                          id);
+    *out = find_id(ca, id);
+    if (*out == NULL)
+        return sg_err_set(err, SG_ENOENT, "no CA authority with ID %s", id);
+    return 0;
+}
+
+int sg_ca_activate(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
+{
+    slot *sl = NULL;
+    int rc;
+
+    (void)now;
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = lookup(ca, id, &sl, err);
+    if (rc == 0 && sl->state != SG_CA_PREPARED)
+        rc = sg_err_set(err, SG_EINVAL,
+                        "authority %s is the %s authority: only the prepared authority can be "
+                        "activated",
+                        id, sg_ca_state_name(sl->state));
+    if (rc == 0) {
+        activate(ca, sl);
+        rc = commit(ca, NULL, err);
+        if (out != NULL)
+            slot_info(sl, out);
+    }
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
+}
+
+int sg_ca_taint(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
+{
+    slot *sl = NULL;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = lookup(ca, id, &sl, err);
+    if (rc == 0 && sl->state != SG_CA_OLD)
+        rc = sg_err_set(err, SG_EINVAL,
+                        "authority %s is the %s authority: only an old authority can be "
+                        "tainted; prepare and activate a new one first",
+                        id, sg_ca_state_name(sl->state));
+    else if (rc == 0 && sl->tainted)
+        rc = sg_err_set(err, SG_EEXIST, "authority %s is already tainted", id);
+    if (rc == 0) {
+        pthread_mutex_lock(&ca->mu);
+        sl->tainted = true;
+        sl->tainted_at = now;
+        ca->bundle_seq++; /* agents learn of the taint with the next bundle */
+        pthread_mutex_unlock(&ca->mu);
+        sg_log_warn("CA authority %s tainted: agents re-mint every SVID it signed", id);
+        rc = save_state(ca, err);
+        if (out != NULL)
+            slot_info(sl, out);
+    }
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
+}
+
+static void fmt_utc(int64_t t, char *out, size_t len)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (gmtime_r(&tt, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, len, "%lld", (long long)t);
+}
+
+int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
+{
+    slot *sl = NULL;
+    int64_t until;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = lookup(ca, id, &sl, err);
+    if (rc == 0 && !sl->tainted) {
+        rc = sg_err_set(err, SG_EINVAL,
+                        "authority %s is not tainted: only a tainted authority can be revoked",
+                        id);
+    } else if (rc == 0) {
+        until = sl->snap->not_after;
+        if (ca->o.max_svid_ttl_s > 0 && sl->tainted_at + ca->o.max_svid_ttl_s < until)
+            until = sl->tainted_at + ca->o.max_svid_ttl_s;
+        if (now < until) {
+            char when[32];
+            fmt_utc(until, when, sizeof when);
+            rc = sg_err_set(err, SG_EINVAL,
+                            "authority %s may still have live SVIDs until %s; revoke after that",
+                            id, when);
+        }
+    }
+    if (rc == 0) {
+        if (out != NULL)
+            slot_info(sl, out);
+        drop_slot(ca, (size_t)(sl - ca->slots));
+        sg_log_warn("CA authority %s revoked: removed from the bundle", id);
+        rc = commit(ca, NULL, err);
+    }
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
+}
+
+void sg_ca_ids_free(char **ids, size_t n)
+{
+    for (size_t i = 0; ids != NULL && i < n; i++)
+        free(ids[i]);
+    free(ids);
+}
+
+int sg_ca_tainted_ids(sg_ca *ca, char ***ids, size_t *n, sg_err *err)
+{
+    char **v;
+    size_t k = 0;
+
+    pthread_mutex_lock(&ca->mu);
+    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
+    for (size_t i = 0; v != NULL && i < ca->nslots; i++) {
+        if (!ca->slots[i].tainted)
+            continue;
+        v[k] = strdup(ca->slots[i].id);
+        if (v[k] == NULL) {
+            sg_ca_ids_free(v, k);
+            v = NULL;
+            break;
+        }
+        k++;
+    }
+    pthread_mutex_unlock(&ca->mu);
+    if (v == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory listing tainted authorities");
+    *ids = v;
+    *n = k;
+    return 0;
 }

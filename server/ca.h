@@ -28,6 +28,9 @@ typedef struct sg_ca_options {
     const char *upstream_key_file; /* UpstreamAuthority "disk": all NULL when absent */
     const char *upstream_cert_file;
     const char *upstream_bundle_file;
+    /* Longest TTL any SVID may get (max of default_x509_svid_ttl and agent_ttl):
+     * bounds how long SVIDs of a tainted authority can live. 0 = up to its notAfter. */
+    int64_t max_svid_ttl_s;
 } sg_ca_options;
 
 /*
@@ -84,5 +87,54 @@ uint64_t sg_ca_bundle_sequence(sg_ca *ca);
 
 /* notAfter of the active CA certificate (unix seconds): SVID TTLs are capped by it. */
 int64_t sg_ca_not_after(sg_ca *ca);
+
+/* ---- rotation: authority slots (prepared -> active -> old) ---- */
+
+/* Lower-case hex of the CA certificate's Subject Key Identifier. */
+#define SG_CA_AUTHORITY_ID_MAX 80
+
+typedef enum sg_ca_state { SG_CA_PREPARED, SG_CA_ACTIVE, SG_CA_OLD } sg_ca_state;
+
+typedef struct sg_ca_authority {
+    char id[SG_CA_AUTHORITY_ID_MAX + 1];
+    char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* AKID of an intermediate; "" for a root */
+    sg_ca_state state;
+    int64_t not_before, not_after; /* unix seconds */
+    bool tainted;
+    int64_t tainted_at; /* unix seconds, 0 unless tainted */
+} sg_ca_authority;
+
+/* "prepared", "active", "old". */
+const char *sg_ca_state_name(sg_ca_state s);
+
+/* Every authority (active, prepared, old), oldest first. *out: malloc'd, free() it. */
+int sg_ca_authorities(sg_ca *ca, sg_ca_authority **out, size_t *n, sg_err *err);
+
+/*
+ * The scheduled step at time now: prepares the next authority when the
+ * active one has less than min(ca_ttl/2, 30d) left, activates the prepared
+ * one below min(ca_ttl/6, 7d) (the active becomes old), and drops old
+ * authorities past their notAfter. *bundle_changed (may be NULL) tells
+ * whether the bundle, and so its sequence, changed. Persists the slots with
+ * KeyManager "disk". Safe to call from any thread; signing never waits on it.
+ */
+int sg_ca_rotate(sg_ca *ca, int64_t now, bool *bundle_changed, sg_err *err);
+
+/* Forced rotation: creates the prepared authority now (refused when one exists). */
+int sg_ca_prepare(sg_ca *ca, int64_t now, sg_ca_authority *out, sg_err *err);
+/* Makes the prepared authority id active; the active one becomes old. */
+int sg_ca_activate(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err);
+/* Taints the old authority id (the active or prepared one cannot be tainted). */
+int sg_ca_taint(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err);
+/*
+ * Revokes the tainted authority id: it leaves the bundle and is forgotten.
+ * Refused while SVIDs it signed may still be live (until tainted_at +
+ * max_svid_ttl_s, capped by its notAfter).
+ */
+int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err);
+
+/* IDs of tainted authorities (agents re-mint what these signed). Free with sg_ca_ids_free. */
+int sg_ca_tainted_ids(sg_ca *ca, char ***ids, size_t *n, sg_err *err);
+void sg_ca_ids_free(char **ids, size_t n);
 
 #endif
