@@ -315,7 +315,7 @@ static void after_sync(sg_agent *a, node_job *j)
         sg_log_error("attestation refused: %s", j->err.msg);
         a->fatal = true;
         a->fatal_err = j->err;
-        begin_stop(a, "attestation refusal");
+        begin_stop(a, "the server refused attestation");
         return;
     }
     if (j->rc < 0) {
@@ -617,7 +617,7 @@ static void begin_stop(sg_agent *a, const char *why)
         return;
     a->stopping = true;
     a->stop_started = uv_now(&a->loop);
-    sg_log_info("%s received, stopping", why);
+    sg_log_info("stopping (%s)", why);
     uv_timer_stop(&a->node_timer);
     uv_timer_stop(&a->sweep_timer);
     /* A node job may be blocked waiting for a pushed change. */
