@@ -686,6 +686,51 @@ int sg_authz_agent_auth(sg_authz *a, sg_datastore *ds, const char *agent_id, con
     return rc;
 }
 
+int sg_authz_agent_view(sg_authz *a, sg_datastore *ds, const char *agent_id, sg_authz_view **view,
+                        sg_err *err)
+{
+    *view = NULL;
+    sg_selector *sel = NULL;
+    size_t nsel = 0;
+    int rc = 0;
+    bool banned = false;
+    pthread_mutex_lock(&a->amu);
+    sg_agent_rec *r = hmap_get(&a->agents, agent_id);
+    uint64_t gen = a->agents_gen;
+    if (r) {
+        banned = r->banned;
+        if (!banned && sel_copy(&sel, &nsel, r->selectors, r->nselectors) < 0)
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+    }
+    pthread_mutex_unlock(&a->amu);
+    if (!r) {
+        if (!ds)
+            return sg_err_set(err, SG_ENOENT, "agent %s has no record", agent_id);
+        sg_agent_rec rec;
+        memset(&rec, 0, sizeof(rec));
+        sg_err e;
+        sg_err_clear(&e);
+        rc = sg_ds_agent_get(ds, agent_id, &rec, &e);
+        if (rc == SG_ENOENT)
+            return sg_err_set(err, SG_ENOENT, "agent %s has no record", agent_id);
+        if (rc < 0)
+            return sg_err_set(err, rc, "agent lookup failed: %s", e.msg);
+        agent_cache_fill(a, &rec, gen);
+        banned = rec.banned;
+        if (!banned && sel_copy(&sel, &nsel, rec.selectors, rec.nselectors) < 0)
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+        sg_agent_rec_cleanup(&rec);
+    }
+    if (rc == 0 && banned)
+        rc = sg_err_set(err, SG_EPERM, "agent %s is banned", agent_id);
+    if (rc == 0)
+        rc = sg_authz_view_get(a, agent_id, sel, nsel, view, err);
+    for (size_t i = 0; i < nsel; i++)
+        sg_selector_cleanup(&sel[i]);
+    free(sel);
+    return rc;
+}
+
 int sg_authz_agent_put(sg_authz *a, sg_datastore *ds, const sg_agent_rec *rec, sg_err *err)
 {
     if (ds) {

@@ -84,6 +84,15 @@ int sg_authz_agent_auth(sg_authz *a, sg_datastore *ds, const char *agent_id, con
                         sg_authz_view **view, sg_err *err);
 
 /*
+ * The entries agent_id is authorised for now, from its record (cache, else
+ * ds) without a certificate check: for pushing state to a stream that was
+ * authenticated when it opened. SG_ENOENT when the agent has no record
+ * (evicted), SG_EPERM when it is banned.
+ */
+int sg_authz_agent_view(sg_authz *a, sg_datastore *ds, const char *agent_id, sg_authz_view **view,
+                        sg_err *err);
+
+/*
  * Stores rec (in ds when ds is not NULL, then in the cache) and drops the
  * agent's cached view, since its node selectors may have changed.
  */

@@ -13,6 +13,7 @@
 #include "sigil/node/v1/node.pb-c.h"
 
 #include <openssl/pem.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +262,10 @@ static int do_attest(sg_rpc_call *call, sg_server *s,
         sg_ca_chain_cleanup(&chain);
         return rc;
     }
+    /* Re-attestation may bring new node selectors: open streams re-check. */
+    sg_sync_hub *hub = sg_server_sync_hub(s);
+    if (hub)
+        sg_sync_hub_changed(hub, id.str, false);
 
     bundle_msg b;
     rc = bundle_build(s, &b, err);
@@ -355,13 +360,386 @@ static void h_renew(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
     sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
 }
 
+/* ------------------------------------------------------------ Sync push hub */
+
+#define HUB_MAX_PER_AGENT 4
+#define HUB_MAX_TOTAL     4096
+#define HUB_COALESCE_MS   30
+#define HUB_RESYNC_MS     30000
+#define HUB_POLL_MS       1000
+
+typedef struct hub_stream {
+    void *stream;
+    char *agent_id;
+    uint64_t order;       /* opening order: smaller is older */
+    bool dirty;           /* something it may see changed */
+    bool busy;            /* the notifier is pushing on it */
+    bool ended;           /* end was called; waiting for remove */
+    int64_t due_ms;       /* earliest time for the pending push */
+    int64_t last_push_ms; /* last push attempt */
+    int64_t resync_ms;    /* next forced full resync */
+} hub_stream;
+
+struct sg_sync_hub {
+    sg_sync_hub_ops ops;
+    void *ctx;
+    sg_sync_hub_options o;
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* the notifier has work or must stop */
+    pthread_cond_t idle; /* a stream stopped being busy */
+    hub_stream **v;
+    size_t n, cap;
+    uint64_t next_order;
+    uint64_t gen;
+    int64_t next_poll_ms;
+    bool stopping;
+    bool started;
+    pthread_t th;
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int sg_sync_hub_new(sg_sync_hub **out, const sg_sync_hub_ops *ops, void *ctx,
+                    const sg_sync_hub_options *opts, sg_err *err)
+{
+    *out = NULL;
+    if (!ops || !ops->push || !ops->end)
+        return sg_err_set(err, SG_EINVAL, "sync hub: push and end operations are required");
+    sg_sync_hub *h = calloc(1, sizeof(*h));
+    if (!h)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    h->ops = *ops;
+    h->ctx = ctx;
+    if (opts)
+        h->o = *opts;
+    if (h->o.max_per_agent <= 0)
+        h->o.max_per_agent = HUB_MAX_PER_AGENT;
+    if (h->o.max_total <= 0)
+        h->o.max_total = HUB_MAX_TOTAL;
+    if (h->o.coalesce_ms == 0)
+        h->o.coalesce_ms = HUB_COALESCE_MS;
+    else if (h->o.coalesce_ms < 0)
+        h->o.coalesce_ms = 0; /* no coalescing */
+    if (h->o.resync_ms <= 0)
+        h->o.resync_ms = HUB_RESYNC_MS;
+    if (h->o.poll_ms <= 0)
+        h->o.poll_ms = HUB_POLL_MS;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&h->idle, NULL);
+    *out = h;
+    return 0;
+}
+
+/* Index of stream in h->v, or h->n. h->mu held. */
+static size_t hub_find(const sg_sync_hub *h, const void *stream)
+{
+    size_t i = 0;
+    while (i < h->n && h->v[i]->stream != stream)
+        i++;
+    return i;
+}
+
+/* Marks one stream for a push at or after now. h->mu held. */
+static void hub_mark(sg_sync_hub *h, hub_stream *hs, int64_t now, bool urgent)
+{
+    int64_t due = urgent ? now : hs->last_push_ms + h->o.coalesce_ms;
+    if (due < now)
+        due = now;
+    if (!hs->dirty || due < hs->due_ms)
+        hs->due_ms = due;
+    hs->dirty = true;
+}
+
+/* Ends hs with err unless it already ended. h->mu held: end never blocks. */
+static void hub_end(sg_sync_hub *h, hub_stream *hs, const sg_err *err)
+{
+    if (hs->ended)
+        return;
+    hs->ended = true;
+    hs->dirty = false;
+    h->ops.end(h->ctx, hs->stream, err);
+}
+
+static void *hub_main(void *arg)
+{
+    sg_sync_hub *h = arg;
+    pthread_mutex_lock(&h->mu);
+    while (!h->stopping) {
+        int64_t now = mono_ms();
+        if (h->ops.poll && now >= h->next_poll_ms) {
+            h->next_poll_ms = now + h->o.poll_ms;
+            pthread_mutex_unlock(&h->mu);
+            bool changed = h->ops.poll(h->ctx);
+            pthread_mutex_lock(&h->mu);
+            if (changed) {
+                h->gen++;
+                for (size_t i = 0; i < h->n; i++)
+                    hub_mark(h, h->v[i], now, false);
+            }
+            continue;
+        }
+        /* One pass over every stream; a stream skipped because the vector
+         * changed while unlocked stays marked for the next pass. */
+        bool did = false;
+        int64_t next = h->ops.poll ? h->next_poll_ms : now + h->o.resync_ms;
+        for (size_t i = 0; i < h->n && !h->stopping; i++) {
+            hub_stream *hs = h->v[i];
+            if (hs->ended || hs->busy)
+                continue;
+            now = mono_ms();
+            bool resync = now >= hs->resync_ms;
+            bool due = hs->dirty && now >= hs->due_ms;
+            if (!resync && !due) {
+                if (hs->dirty && hs->due_ms < next)
+                    next = hs->due_ms;
+                if (hs->resync_ms < next)
+                    next = hs->resync_ms;
+                continue;
+            }
+            hs->busy = true;
+            hs->dirty = false;
+            hs->last_push_ms = now;
+            hs->resync_ms = now + h->o.resync_ms;
+            void *stream = hs->stream;
+            pthread_mutex_unlock(&h->mu);
+            sg_err err;
+            sg_err_clear(&err);
+            int rc = h->ops.push(h->ctx, stream, resync, &err);
+            pthread_mutex_lock(&h->mu);
+            /* remove waits while busy, so hs is still registered. */
+            hs->busy = false;
+            if (rc < 0)
+                hub_end(h, hs, &err);
+            pthread_cond_broadcast(&h->idle);
+            did = true;
+        }
+        if (did || h->stopping)
+            continue;
+        now = mono_ms();
+        if (next <= now)
+            continue;
+        struct timespec ts = {.tv_sec = next / 1000, .tv_nsec = (next % 1000) * 1000000};
+        pthread_cond_timedwait(&h->wake, &h->mu, &ts);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+int sg_sync_hub_start(sg_sync_hub *h, sg_err *err)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->started) {
+        pthread_mutex_unlock(&h->mu);
+        return 0;
+    }
+    h->stopping = false;
+    h->next_poll_ms = mono_ms() + h->o.poll_ms;
+    int prc = pthread_create(&h->th, NULL, hub_main, h);
+    if (prc == 0)
+        h->started = true;
+    pthread_mutex_unlock(&h->mu);
+    if (prc != 0)
+        return sg_err_set(err, SG_ESYS, "cannot start the Sync notifier thread");
+    return 0;
+}
+
+void sg_sync_hub_stop(sg_sync_hub *h)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->mu);
+    bool started = h->started;
+    h->stopping = true;
+    h->started = false;
+    pthread_cond_broadcast(&h->wake);
+    pthread_mutex_unlock(&h->mu);
+    if (started)
+        pthread_join(h->th, NULL);
+}
+
+void sg_sync_hub_free(sg_sync_hub *h)
+{
+    if (!h)
+        return;
+    sg_sync_hub_stop(h);
+    if (h->n)
+        sg_log_warn("sync hub freed with %zu streams still registered", h->n);
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->v[i]->agent_id);
+        free(h->v[i]);
+    }
+    free(h->v);
+    if (h->ops.ctx_free)
+        h->ops.ctx_free(h->ctx);
+    pthread_cond_destroy(&h->wake);
+    pthread_cond_destroy(&h->idle);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}
+
+uint64_t sg_sync_hub_gen(sg_sync_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    uint64_t g = h->gen;
+    pthread_mutex_unlock(&h->mu);
+    return g;
+}
+
+int sg_sync_hub_add(sg_sync_hub *h, const char *agent_id, void *stream, uint64_t gen,
+                    sg_err *err)
+{
+    hub_stream *hs = calloc(1, sizeof(*hs));
+    char *id = strdup(agent_id);
+    if (!hs || !id) {
+        free(hs);
+        free(id);
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    }
+    int rc = 0;
+    pthread_mutex_lock(&h->mu);
+    size_t live = 0, mine = 0;
+    hub_stream *oldest = NULL;
+    for (size_t i = 0; i < h->n; i++) {
+        hub_stream *o = h->v[i];
+        if (o->ended)
+            continue;
+        live++;
+        if (strcmp(o->agent_id, agent_id) == 0) {
+            mine++;
+            if (!oldest || o->order < oldest->order)
+                oldest = o;
+        }
+    }
+    if (live >= (size_t)h->o.max_total && !(oldest && mine >= (size_t)h->o.max_per_agent)) {
+        rc = sg_err_set(err, SG_ETOOBIG, "too many open Sync streams on this server (%d)",
+                        h->o.max_total);
+    } else if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        hub_stream **v = realloc(h->v, cap * sizeof(*v));
+        if (!v)
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+        else {
+            h->v = v;
+            h->cap = cap;
+        }
+    }
+    if (rc == 0) {
+        if (oldest && mine >= (size_t)h->o.max_per_agent) {
+            sg_err e;
+            sg_err_clear(&e);
+            sg_err_set(&e, SG_ETOOBIG,
+                       "agent %s opened more than %d Sync streams; the oldest is closed", agent_id,
+                       h->o.max_per_agent);
+            hub_end(h, oldest, &e);
+        }
+        int64_t now = mono_ms();
+        hs->stream = stream;
+        hs->agent_id = id;
+        hs->order = h->next_order++;
+        hs->last_push_ms = now;
+        hs->resync_ms = now + h->o.resync_ms;
+        if (gen != h->gen)
+            hub_mark(h, hs, now, true);
+        h->v[h->n++] = hs;
+        hs = NULL;
+        id = NULL;
+        pthread_cond_broadcast(&h->wake);
+    }
+    pthread_mutex_unlock(&h->mu);
+    free(hs);
+    free(id);
+    return rc;
+}
+
+void sg_sync_hub_remove(sg_sync_hub *h, void *stream)
+{
+    pthread_mutex_lock(&h->mu);
+    size_t i = hub_find(h, stream);
+    while (i < h->n && h->v[i]->busy) {
+        pthread_cond_wait(&h->idle, &h->mu);
+        i = hub_find(h, stream);
+    }
+    if (i < h->n) {
+        hub_stream *hs = h->v[i];
+        h->v[i] = h->v[--h->n];
+        free(hs->agent_id);
+        free(hs);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+void sg_sync_hub_changed(sg_sync_hub *h, const char *agent_id, bool urgent)
+{
+    pthread_mutex_lock(&h->mu);
+    h->gen++;
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < h->n; i++)
+        if (!agent_id || strcmp(h->v[i]->agent_id, agent_id) == 0)
+            hub_mark(h, h->v[i], now, urgent);
+    pthread_cond_broadcast(&h->wake);
+    pthread_mutex_unlock(&h->mu);
+}
+
+size_t sg_sync_hub_count(sg_sync_hub *h, const char *agent_id)
+{
+    size_t c = 0;
+    pthread_mutex_lock(&h->mu);
+    for (size_t i = 0; i < h->n; i++)
+        if (!h->v[i]->ended && (!agent_id || strcmp(h->v[i]->agent_id, agent_id) == 0))
+            c++;
+    pthread_mutex_unlock(&h->mu);
+    return c;
+}
+
 /* ------------------------------------------------------------ Sync */
 
+/* The hub's context for the node API: the server and the last bundle sequence polled. */
+typedef struct sync_ctx {
+    sg_server *s;
+    uint64_t seq; /* notifier thread only */
+} sync_ctx;
+
+/* One open Sync stream; owned by its call, freed in its done callback. */
+typedef struct sync_stream {
+    sg_rpc_call *call;
+    sg_server *s;
+    char agent_id[SG_SPIFFEID_MAX + 1];
+    uint64_t fp;      /* fingerprint of the state last sent */
+    int64_t revision; /* revision last sent: never goes back on one stream */
+} sync_stream;
+
+/* What an agent's state message depends on: entry IDs and revisions, bundle sequence. */
+static uint64_t state_fp(const sg_authz_view *view, uint64_t bundle_seq)
+{
+    uint64_t h = 1469598103934665603ULL;
+    size_t n = sg_authz_view_count(view);
+    for (size_t i = 0; i < n; i++) {
+        const sg_entry *e = sg_authz_view_entry(view, i);
+        for (const char *p = e->id; p && *p; p++)
+            h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+        h = (h ^ (uint64_t)e->revision) * 1099511628211ULL;
+        h = (h ^ 0xff) * 1099511628211ULL;
+    }
+    h = (h ^ bundle_seq) * 1099511628211ULL;
+    return h ^ n;
+}
+
 /*
- * Sends the full state for the agent behind view. Kept separate from the
- * handler so a push stream can call it again whenever entries change.
+ * Sends the full state for the agent behind view with revision (at least
+ * the view's). Used for the first message and for every push.
  */
-static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view, sg_err *err)
+static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view, int64_t revision,
+                     sg_err *err)
 {
     size_t n = sg_authz_view_count(view);
     size_t nsel = 0;
@@ -413,7 +791,7 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     resp.entries = eptrs;
     resp.n_entries = n;
     resp.bundle = &b.msg;
-    resp.revision = sg_authz_view_revision(view);
+    resp.revision = revision;
     rc = sg_rpc_call_send(call, &resp.base);
     if (rc < 0)
         sg_err_set(err, rc, "sync response not sent: call is over");
@@ -426,6 +804,89 @@ out:
     return rc;
 }
 
+/* hub push: the agent's current state, unless the stream already has it. */
+static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
+{
+    sg_server *s = ((sync_ctx *)ctx)->s;
+    sync_stream *st = stream;
+    sg_authz_view *view = NULL;
+    sg_err e;
+    sg_err_clear(&e);
+    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    int rc = sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view,
+                                 &e);
+    if (rc == SG_ENOENT)
+        return sg_err_set(err, SG_EPERM, "agent was evicted");
+    if (rc == SG_EPERM)
+        return sg_err_set(err, SG_EPERM, "agent is banned");
+    if (rc < 0) {
+        /* A datastore hiccup must not cut the agent off: retry at the next resync. */
+        sg_log_warn("sync push skipped agent_id=%s: %s", st->agent_id, e.msg);
+        return 0;
+    }
+    uint64_t fp = state_fp(view, seq);
+    int64_t rev = sg_authz_view_revision(view);
+    if (rev < st->revision)
+        rev = st->revision;
+    if (force || fp != st->fp) {
+        rc = sync_send(st->call, s, view, rev, err);
+        if (rc == 0) {
+            st->fp = fp;
+            st->revision = rev;
+            sg_log_debug("sync push agent_id=%s entries=%zu revision=%lld%s", st->agent_id,
+                         sg_authz_view_count(view), (long long)rev, force ? " (resync)" : "");
+        }
+    }
+    sg_authz_view_release(view);
+    return rc;
+}
+
+/* hub end: finishes the call; its done callback removes the stream. */
+static void sync_end(void *ctx, void *stream, const sg_err *err)
+{
+    (void)ctx;
+    sync_stream *st = stream;
+    sg_log_info("sync stream ended agent_id=%s: %s", st->agent_id, err->msg);
+    sg_rpc_call_finish_err(st->call, err);
+}
+
+/* hub poll: a new bundle sequence (CA rotation, taint) marks every stream. */
+static bool sync_poll(void *ctx)
+{
+    sync_ctx *c = ctx;
+    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(c->s));
+    if (seq == c->seq)
+        return false;
+    c->seq = seq;
+    return true;
+}
+
+static void sync_done(sg_rpc_call *call, bool cancelled, void *user)
+{
+    (void)call;
+    (void)cancelled;
+    sync_stream *st = user;
+    sg_sync_hub *hub = sg_server_sync_hub(st->s);
+    if (hub)
+        sg_sync_hub_remove(hub, st);
+    free(st);
+}
+
+int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
+{
+    sync_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    c->s = s;
+    c->seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    sg_sync_hub_ops ops = {
+        .push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
+    int rc = sg_sync_hub_new(out, &ops, c, NULL, err);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
 static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
 {
     sg_server *s = user;
@@ -434,22 +895,43 @@ static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
     sg_authz_view *view = NULL;
     sg_err err;
     sg_err_clear(&err);
+    sg_sync_hub *hub = sg_server_sync_hub(s);
+    /* Read before the snapshot: a change after this point is pushed. */
+    uint64_t gen = hub ? sg_sync_hub_gen(hub) : 0;
+    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
     if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
         0) {
         refuse(call, "Sync", &err);
         return;
     }
-    int rc = sync_send(call, s, view, &err);
+    sync_stream *st = hub ? calloc(1, sizeof(*st)) : NULL;
+    int64_t rev = sg_authz_view_revision(view);
+    int rc = sync_send(call, s, view, rev, &err);
     sg_log_debug("sync agent_id=%s entries=%zu revision=%lld", agent_id, sg_authz_view_count(view),
-                 (long long)sg_authz_view_revision(view));
+                 (long long)rev);
+    if (st) {
+        st->call = call;
+        st->s = s;
+        snprintf(st->agent_id, sizeof(st->agent_id), "%s", agent_id);
+        st->fp = state_fp(view, seq);
+        st->revision = rev;
+    }
     sg_authz_view_release(view);
     if (rc < 0) {
+        free(st);
         sg_rpc_call_finish_err(call, &err);
         return;
     }
-    /* The agent re-syncs periodically for now; a push stream would stay
-     * open here and call sync_send again on every change. */
-    sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+    if (!st) {
+        /* No push hub (or no memory for the stream): one message, as before. */
+        sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+        return;
+    }
+    sg_rpc_call_on_done(call, sync_done, st);
+    if (sg_sync_hub_add(hub, agent_id, st, gen, &err) < 0) {
+        sg_log_warn("sync stream refused agent_id=%s: %s", agent_id, err.msg);
+        sg_rpc_call_finish_err(call, &err);
+    }
 }
 
 /* ------------------------------------------------------------ MintX509SVIDs */

@@ -53,6 +53,8 @@ struct sg_server {
     sg_rpc_server *node;
     sg_rpc_server *admin;
     bool admin_socket_created;
+    /* Open Sync streams and their notifier thread (node_api.h). */
+    sg_sync_hub *sync_hub;
 
     /* Configured node attestors (only join_token exists so far). */
     const sg_node_attestor_server *jt;
@@ -118,14 +120,25 @@ const sg_node_attestor_server *sg_server_node_attestor(sg_server *s, const char 
     return NULL;
 }
 
+sg_sync_hub *sg_server_sync_hub(sg_server *s)
+{
+    return s->sync_hub;
+}
+
 void sg_server_entries_changed(sg_server *s)
 {
+    /* Stale first: a push that sees the new generation must see new entries. */
     atomic_store(&s->entries_stale, true);
+    if (s->sync_hub)
+        sg_sync_hub_changed(s->sync_hub, NULL, false);
 }
 
 void sg_server_agents_changed(sg_server *s, const char *agent_id)
 {
     sg_authz_forget_agent(s->authz, agent_id);
+    /* Evicted or banned agents lose their open Sync streams at once. */
+    if (s->sync_hub)
+        sg_sync_hub_changed(s->sync_hub, agent_id, true);
 }
 
 /* ------------------------------------------------------------ identity */
@@ -290,6 +303,8 @@ int sg_server_new(sg_server **out, const sg_server_config *cfg, sg_err *err)
     }
 
     rc = server_identity_refresh(s, err);
+    if (rc == 0)
+        rc = sg_node_sync_hub_new(&s->sync_hub, s, err);
     if (rc < 0)
         goto fail;
     free(dbpath);
@@ -499,7 +514,9 @@ int sg_server_run(sg_server *s, sg_err *err)
     sg_log_info("Starting sigil-server trust_domain=%s data_dir=%s", s->cfg->trust_domain,
                 s->cfg->data_dir);
     log_ca(s);
-    int rc = start_node_api(s, err);
+    int rc = sg_sync_hub_start(s->sync_hub, err);
+    if (rc == 0)
+        rc = start_node_api(s, err);
     if (rc == 0)
         rc = start_admin_api(s, err);
     if (rc == 0) {
@@ -526,6 +543,8 @@ int sg_server_run(sg_server *s, sg_err *err)
     }
     if (s->admin)
         sg_rpc_server_shutdown(s->admin);
+    /* The notifier stops first; shutdown then cancels the open streams. */
+    sg_sync_hub_stop(s->sync_hub);
     if (s->node)
         sg_rpc_server_shutdown(s->node);
     if (s->admin_socket_created) {
@@ -552,10 +571,13 @@ void sg_server_free(sg_server *s)
         sg_rpc_server_shutdown(s->admin);
         sg_rpc_server_free(s->admin);
     }
+    sg_sync_hub_stop(s->sync_hub);
     if (s->node) {
         sg_rpc_server_shutdown(s->node);
         sg_rpc_server_free(s->node);
     }
+    sg_sync_hub_free(s->sync_hub);
+    s->sync_hub = NULL;
     if (s->admin_socket_created)
         unlink(s->cfg->socket_path);
     sg_tls_server_free(s->tls);
