@@ -92,7 +92,7 @@ tok=$("$BIN/sigil-server" token generate -socketPath "$ADMIN" -spiffeID spiffe:/
 cat >"$WORK/agent.conf" <<CONF
 agent {
     data_dir = "$WORK/agent/data"
-    log_level = "WARN"
+    log_level = "INFO"
     server_address = "127.0.0.1"
     server_port = "$PORT"
     socket_path = "$WL"
@@ -133,6 +133,22 @@ for n in 1 100 1000; do
     wait $bp || true
     cat "$WORK/fetch_$n.txt"
 done
+echo "bench: entry create -> SVID on an open stream, 100 entries"
+/usr/bin/python3 bench/propagation.py "$BUILD" "$ADMIN" "$WL" spiffe://example.org/bench-agent 100 | tee "$WORK/prop.txt"
+STORM_N=${BENCH_STORM_ENTRIES:-1000}
+STORM_TTL=${BENCH_STORM_TTL:-20}
+echo "bench: rotation storm, $STORM_N entries with ${STORM_TTL}s SVIDs"
+STORM_RSS_PEAK=$(rss_kib $AGENT)
+/usr/bin/python3 bench/propagation.py storm "$BUILD" "$ADMIN" "$WORK/agent.log" spiffe://example.org/bench-agent \
+    "$STORM_N" "$STORM_TTL" >"$WORK/storm.txt" &
+sp=$!
+while kill -0 $sp 2>/dev/null; do
+    r=$(rss_kib $AGENT)
+    [ "$r" -gt "$STORM_RSS_PEAK" ] && STORM_RSS_PEAK=$r
+    sleep 0.5
+done
+wait $sp || true
+cat "$WORK/storm.txt"
 if [ -n "${BENCH_HOLD:-}" ]; then
     echo "bench: holding; agent pid $AGENT, socket $WL (Ctrl-C to stop)"
     wait "$AGENT"
@@ -173,6 +189,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         f=$WORK/fetch_$n.txt
         echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") |"
     done
+    echo
+    echo "## Propagation and rotation"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| entry create → new SVID on an open FetchX509SVID stream, p50 / p99 / max over $(val propagation_entries "$WORK/prop.txt") entries | $(val propagation_p50_ms "$WORK/prop.txt") / $(val propagation_p99_ms "$WORK/prop.txt") / $(val propagation_max_ms "$WORK/prop.txt") ms |"
+    echo "| rotation storm: $(val storm_entries "$WORK/storm.txt") entries, $(val storm_ttl_s "$WORK/storm.txt") s SVIDs minted together; re-mints spread over | $(val storm_remint_spread_s "$WORK/storm.txt") s |"
+    echo "| storm: re-minted after (min / max) | $(val storm_remint_after_s_min "$WORK/storm.txt") / $(val storm_remint_after_s_max "$WORK/storm.txt") s |"
+    echo "| storm: peak agent RSS | $((STORM_RSS_PEAK / 1024)) MiB |"
     echo
     echo "## Memory (RSS)"
     echo
