@@ -279,6 +279,30 @@ TEST(authorized_banned_and_evicted_agents_refused)
     sg_authz_free(a);
 }
 
+TEST(authorized_agent_view_ignores_serial_and_tells_evicted_from_banned)
+{
+    sg_entry es[1];
+    mk(&es[0], "a", "spiffe://example.org/w1", AGENT, NULL, NULL);
+    sg_authz *a = load(es, 1);
+    sg_err err;
+    sg_authz_view *v = NULL;
+    ASSERT_EQ(sg_authz_agent_view(a, NULL, AGENT, &v, &err), SG_ENOENT);
+    ASSERT(v == NULL);
+    put_agent(a, "01", false);
+    ASSERT_OK(sg_authz_agent_renew(a, NULL, AGENT, "02", 100, &err));
+    ASSERT_OK(sg_authz_agent_auth(a, NULL, AGENT, "02", NULL, &err));
+    /* The old serial is refused for calls, but a stream's view does not care. */
+    ASSERT_OK(sg_authz_agent_view(a, NULL, AGENT, &v, &err));
+    ASSERT_EQ(sg_authz_view_count(v), 1);
+    sg_authz_view_release(v);
+    put_agent(a, "02", true);
+    ASSERT_EQ(sg_authz_agent_view(a, NULL, AGENT, &v, &err), SG_EPERM);
+    ASSERT(strstr(err.msg, "banned") != NULL);
+    sg_authz_forget_agent(a, AGENT);
+    ASSERT_EQ(sg_authz_agent_view(a, NULL, AGENT, &v, &err), SG_ENOENT);
+    sg_authz_free(a);
+}
+
 TEST(authorized_many_entries_wide_tree)
 {
     enum { N = 2000 };
