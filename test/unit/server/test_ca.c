@@ -637,7 +637,16 @@ TEST(ca_persisted_across_restarts)
     sg_ca_free(b);
 
     /* A group-readable key is refused, not silently replaced. */
-    snprintf(path, sizeof path, "%s/ca.key", dir);
+    b = new_ca(SG_KEY_EC_P384, 3600, dir);
+    {
+        sg_ca_authority *v = NULL;
+        size_t n = 0;
+        ASSERT_OK(sg_ca_authorities(b, &v, &n, NULL));
+        ASSERT_EQ(n, 1);
+        snprintf(path, sizeof path, "%s/ca-%s.key", dir, v[0].id);
+        free(v);
+    }
+    sg_ca_free(b);
     ASSERT_OK(chmod(path, 0640));
     {
         sg_ca_options o = {0};
@@ -647,7 +656,7 @@ TEST(ca_persisted_across_restarts)
         o.keys_dir = dir;
         b = NULL;
         ASSERT_EQ(sg_ca_new(&b, &o, &err), SG_EPERM);
-        ASSERT(strstr(err.msg, "ca.key") != NULL);
+        ASSERT(strstr(err.msg, ".key") != NULL);
     }
 }
 
@@ -721,4 +730,493 @@ TEST(ca_concurrent_signing)
     }
     EVP_PKEY_free(k);
     sg_ca_free(ca);
+}
+
+/* ---- rotation ---- */
+
+static sg_ca *new_ca_opts(int64_t ttl, int64_t max_svid_ttl, const char *keys_dir, bool upstream)
+{
+    sg_ca_options o = {0};
+    sg_ca *ca = NULL;
+    sg_err err = {0};
+
+    o.trust_domain = "example.org";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = ttl;
+    o.max_svid_ttl_s = max_svid_ttl;
+    o.keys_dir = keys_dir;
+    if (upstream) {
+        o.upstream_key_file = up_key();
+        o.upstream_cert_file = up_crt();
+    }
+    if (sg_ca_new(&ca, &o, &err) != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    return ca;
+}
+
+/* The authorities, in slot order, as "state:id" checks. */
+static size_t auths(sg_ca *ca, sg_ca_authority *out, size_t max)
+{
+    sg_ca_authority *v = NULL;
+    size_t n = 0;
+
+    ASSERT_OK(sg_ca_authorities(ca, &v, &n, NULL));
+    ASSERT(n <= max);
+    memcpy(out, v, n * sizeof *v);
+    free(v);
+    return n;
+}
+
+static const char *id_in(sg_ca *ca, sg_ca_state st)
+{
+    static char id[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority v[16];
+    size_t n = auths(ca, v, 16);
+
+    for (size_t i = 0; i < n; i++)
+        if (v[i].state == st) {
+            memcpy(id, v[i].id, sizeof id);
+            return id;
+        }
+    return NULL;
+}
+
+/* Hex SKID of a DER certificate. */
+static void skid_of(const sg_der *d, char *out)
+{
+    X509 *x = parse(d);
+    const ASN1_OCTET_STRING *k = X509_get0_subject_key_id(x);
+    ASSERT(k != NULL);
+    for (int i = 0; i < ASN1_STRING_length(k); i++)
+        snprintf(out + 2 * i, 3, "%02x", ASN1_STRING_get0_data(k)[i]);
+    X509_free(x);
+}
+
+static bool bundle_has(sg_ca *ca, const char *id)
+{
+    sg_der *certs = NULL;
+    size_t n = 0;
+    bool found = false;
+
+    ASSERT_OK(sg_ca_bundle_der(ca, &certs, &n, NULL));
+    for (size_t i = 0; i < n; i++) {
+        char k[SG_CA_AUTHORITY_ID_MAX + 1];
+        skid_of(&certs[i], k);
+        found = found || strcmp(k, id) == 0;
+        sg_der_cleanup(&certs[i]);
+    }
+    free(certs);
+    return found;
+}
+
+static size_t bundle_len(sg_ca *ca)
+{
+    sg_der *certs = NULL;
+    size_t n = 0;
+
+    ASSERT_OK(sg_ca_bundle_der(ca, &certs, &n, NULL));
+    for (size_t i = 0; i < n; i++)
+        sg_der_cleanup(&certs[i]);
+    free(certs);
+    return n;
+}
+
+/* Signs an SVID and verifies it against the bundle at time at; returns the issuer's SKID hex. */
+static void sign_and_verify(sg_ca *ca, int64_t at, char *issuer_id)
+{
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {.spiffe_id = "spiffe://example.org/w", .ttl_s = 60};
+    sg_ca_chain ch = {0};
+    STACK_OF(X509) *roots = bundle_stack(ca), *inter = sk_X509_new_null();
+    X509 *leaf;
+    sg_err err;
+    const ASN1_OCTET_STRING *akid;
+
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &ch, &err));
+    leaf = parse(&ch.certs[0]);
+    for (size_t i = 1; i < ch.n; i++)
+        sk_X509_push(inter, parse(&ch.certs[i]));
+    if (sg_x509_verify_svid(leaf, inter, roots, at, NULL, &err) != 0)
+        SG__FAIL("verify: %s", err.msg);
+    /* The issuing authority: the leaf's AKID (self-signed) or the intermediate's SKID. */
+    if (ch.n > 1) {
+        skid_of(&ch.certs[1], issuer_id);
+    } else {
+        akid = X509_get0_authority_key_id(leaf);
+        ASSERT(akid != NULL);
+        for (int i = 0; i < ASN1_STRING_length(akid); i++)
+            snprintf(issuer_id + 2 * i, 3, "%02x", ASN1_STRING_get0_data(akid)[i]);
+    }
+    X509_free(leaf);
+    sk_X509_pop_free(inter, X509_free);
+    sk_X509_pop_free(roots, X509_free);
+    sg_ca_chain_cleanup(&ch);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+}
+
+TEST(ca_rotation_schedule_self_signed)
+{
+    sg_ca *ca = new_ca_opts(60, 0, NULL, false);
+    int64_t t0 = (int64_t)time(NULL);
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], b[SG_CA_AUTHORITY_ID_MAX + 1],
+        got[SG_CA_AUTHORITY_ID_MAX + 1];
+    bool ch = true;
+    sg_ca_authority v[16];
+
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_EQ(strlen(a), 40);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 1);
+    ASSERT(bundle_has(ca, a));
+
+    /* More than half the life left: nothing to do. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 20, &ch, NULL));
+    ASSERT(!ch);
+    ASSERT_EQ(auths(ca, v, 16), 1);
+
+    /* Under 30 s left: the next authority is prepared and published at once. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 31, &ch, NULL));
+    ASSERT(ch);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 2);
+    ASSERT(id_in(ca, SG_CA_PREPARED) != NULL);
+    snprintf(b, sizeof b, "%s", id_in(ca, SG_CA_PREPARED));
+    ASSERT(strcmp(a, b) != 0);
+    ASSERT_EQ(bundle_len(ca), 2);
+    ASSERT(bundle_has(ca, a) && bundle_has(ca, b));
+    sign_and_verify(ca, t0 + 1, got);
+    ASSERT_STREQ(got, a); /* the prepared one signs nothing */
+
+    /* 15 s left: still above ca_ttl/6. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 45, &ch, NULL));
+    ASSERT(!ch);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), a);
+
+    /* Under 10 s left: the prepared one becomes active, the active one old. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 51, &ch, NULL));
+    ASSERT(!ch); /* both were in the bundle already */
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 2);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), b);
+    ASSERT_STREQ(id_in(ca, SG_CA_OLD), a);
+    ASSERT(id_in(ca, SG_CA_PREPARED) == NULL);
+    ASSERT(sg_ca_not_after(ca) > t0 + 85);
+    sign_and_verify(ca, t0 + 52, got);
+    ASSERT_STREQ(got, b);
+
+    /* The old authority leaves the bundle once expired. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 61, &ch, NULL));
+    ASSERT(ch);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 3);
+    ASSERT_EQ(auths(ca, v, 16), 1);
+    ASSERT_EQ(bundle_len(ca), 1);
+    ASSERT(!bundle_has(ca, a));
+
+    /* And the cycle goes on for the new one. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 63, &ch, NULL));
+    ASSERT(ch);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 4);
+    ASSERT_EQ(auths(ca, v, 16), 2);
+    sg_ca_free(ca);
+}
+
+TEST(ca_rotation_taint_and_revoke_rules)
+{
+    sg_ca *ca = new_ca_opts(3600, 10, NULL, false);
+    int64_t t0 = (int64_t)time(NULL);
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], b[SG_CA_AUTHORITY_ID_MAX + 1],
+        c[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority info;
+    char **ids = NULL;
+    size_t nids = 0;
+    uint64_t seq;
+    sg_err err;
+
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    /* The active authority cannot be tainted. */
+    ASSERT_EQ(sg_ca_taint(ca, a, t0, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "only an old authority") != NULL);
+
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT_EQ(info.state, SG_CA_PREPARED);
+    snprintf(b, sizeof b, "%s", info.id);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 2);
+    ASSERT_EQ(sg_ca_taint(ca, b, t0, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "prepared") != NULL);
+
+    /* Activation needs the prepared ID. */
+    ASSERT_EQ(sg_ca_activate(ca, "", t0, NULL, &err), SG_EINVAL);
+    ASSERT_EQ(sg_ca_activate(ca, "../../etc/passwd", t0, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "../../etc/passwd") != NULL);
+    ASSERT_EQ(sg_ca_activate(ca, "abcdef", t0, NULL, &err), SG_ENOENT);
+    ASSERT(strstr(err.msg, "abcdef") != NULL);
+    ASSERT_EQ(sg_ca_activate(ca, a, t0, NULL, &err), SG_EINVAL);
+    ASSERT_OK(sg_ca_activate(ca, b, t0, &info, &err));
+    ASSERT_EQ(info.state, SG_CA_ACTIVE);
+    ASSERT_STREQ(id_in(ca, SG_CA_OLD), a);
+
+    /* Revoke needs a taint first. */
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 100, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "not tainted") != NULL);
+
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_taint(ca, a, t0 + 1, &info, &err));
+    ASSERT(info.tainted);
+    ASSERT_EQ(info.tainted_at, t0 + 1);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), seq + 1);
+    ASSERT_EQ(sg_ca_taint(ca, a, t0 + 2, NULL, &err), SG_EEXIST);
+    ASSERT_OK(sg_ca_tainted_ids(ca, &ids, &nids, NULL));
+    ASSERT_EQ(nids, 1);
+    ASSERT_STREQ(ids[0], a);
+    sg_ca_ids_free(ids, nids);
+
+    /* SVIDs of the tainted authority may live max_svid_ttl_s past the taint. */
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 5, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live SVIDs until") != NULL);
+    ASSERT(strstr(err.msg, a) != NULL);
+    ASSERT(bundle_has(ca, a));
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 11, &info, &err));
+    ASSERT(!bundle_has(ca, a));
+    ASSERT(bundle_has(ca, b));
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), seq + 1);
+    ASSERT_OK(sg_ca_tainted_ids(ca, &ids, &nids, NULL));
+    ASSERT_EQ(nids, 0);
+    sg_ca_ids_free(ids, nids);
+    ASSERT_EQ(sg_ca_taint(ca, a, t0 + 12, NULL, &err), SG_ENOENT);
+
+    /* A forced prepare replaces an unused prepared authority. */
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    snprintf(c, sizeof c, "%s", info.id);
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT(strcmp(c, info.id) != 0);
+    ASSERT(!bundle_has(ca, c));
+    ASSERT(bundle_has(ca, info.id));
+    ASSERT_EQ(bundle_len(ca), 2);
+    sg_ca_free(ca);
+}
+
+TEST(ca_rotation_revoke_waits_for_not_after_without_max_ttl)
+{
+    sg_ca *ca = new_ca_opts(60, 0, NULL, false);
+    int64_t t0 = (int64_t)time(NULL);
+    char a[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority info;
+    sg_err err;
+
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT_OK(sg_ca_activate(ca, info.id, t0, NULL, &err));
+    ASSERT_OK(sg_ca_taint(ca, a, t0, NULL, &err));
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 40, NULL, &err), SG_EINVAL);
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 61, NULL, &err));
+    sg_ca_free(ca);
+}
+
+TEST(ca_rotation_persisted_across_restarts)
+{
+    char dir[300], path[500];
+    sg_ca *ca;
+    int64_t t0 = (int64_t)time(NULL);
+    sg_ca_authority v1[16], v2[16], info;
+    size_t n1, n2;
+    uint64_t seq;
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], b[SG_CA_AUTHORITY_ID_MAX + 1];
+    struct stat st;
+    sg_der *b1 = NULL, *b2 = NULL;
+    size_t nb1 = 0, nb2 = 0;
+    sg_err err;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    ca = new_ca_opts(3600, 60, dir, false);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    snprintf(b, sizeof b, "%s", info.id);
+    ASSERT_OK(sg_ca_activate(ca, b, t0, NULL, &err));
+    ASSERT_OK(sg_ca_taint(ca, a, t0, NULL, &err));
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    n1 = auths(ca, v1, 16);
+    ASSERT_EQ(n1, 3);
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_bundle_der(ca, &b1, &nb1, NULL));
+    sg_ca_free(ca);
+
+    snprintf(path, sizeof path, "%s/ca-%s.key", dir, b);
+    ASSERT_OK(stat(path, &st));
+    ASSERT_EQ(st.st_mode & 0777, 0600);
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    ASSERT_OK(stat(path, &st));
+
+    ca = new_ca_opts(3600, 60, dir, false);
+    n2 = auths(ca, v2, 16);
+    ASSERT_EQ(n2, n1);
+    for (size_t i = 0; i < n1; i++) {
+        ASSERT_STREQ(v1[i].id, v2[i].id);
+        ASSERT_EQ(v1[i].state, v2[i].state);
+        ASSERT_EQ(v1[i].tainted, v2[i].tainted);
+        ASSERT_EQ(v1[i].tainted_at, v2[i].tainted_at);
+        ASSERT_EQ(v1[i].not_after, v2[i].not_after);
+    }
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), seq);
+    ASSERT_OK(sg_ca_bundle_der(ca, &b2, &nb2, NULL));
+    ASSERT_EQ(nb1, nb2);
+    for (size_t i = 0; i < nb1; i++) {
+        ASSERT(b1[i].len == b2[i].len && memcmp(b1[i].data, b2[i].data, b1[i].len) == 0);
+        sg_der_cleanup(&b1[i]);
+        sg_der_cleanup(&b2[i]);
+    }
+    free(b1);
+    free(b2);
+    {
+        char got[SG_CA_AUTHORITY_ID_MAX + 1];
+        sign_and_verify(ca, 0, got);
+        ASSERT_STREQ(got, b);
+    }
+    /* A revoked authority stays gone, files included. */
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 61, NULL, &err));
+    sg_ca_free(ca);
+    snprintf(path, sizeof path, "%s/ca-%s.key", dir, a);
+    ASSERT(stat(path, &st) != 0);
+    ca = new_ca_opts(3600, 60, dir, false);
+    ASSERT_EQ(auths(ca, v2, 16), 2);
+    ASSERT(!bundle_has(ca, a));
+    sg_ca_free(ca);
+}
+
+TEST(ca_rotation_legacy_layout_and_bad_state_file)
+{
+    char dir[300], path[500];
+    sg_ca *ca;
+    char a[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_options o = {0};
+    sg_err err;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    ca = new_ca_opts(3600, 0, dir, false);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    sg_ca_free(ca);
+    /* Only ca.key + ca.crt (the single-CA layout): they become the active authority. */
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    ASSERT_OK(unlink(path));
+    snprintf(path, sizeof path, "%s/ca-%s.key", dir, a);
+    ASSERT_OK(unlink(path));
+    snprintf(path, sizeof path, "%s/ca-%s.crt", dir, a);
+    ASSERT_OK(unlink(path));
+    ca = new_ca_opts(3600, 0, dir, false);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), a);
+    sg_ca_free(ca);
+    snprintf(path, sizeof path, "%s/ca-%s.key", dir, a);
+    ASSERT(access(path, F_OK) == 0);
+
+    o.trust_domain = "example.org";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = 3600;
+    o.keys_dir = dir;
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    write_file(path, "{\"authorities\": [");
+    ca = NULL;
+    ASSERT_EQ(sg_ca_new(&ca, &o, &err), SG_ECONFIG);
+    ASSERT(strstr(err.msg, "ca-slots.json") != NULL);
+    write_file(path, "{\"authorities\": [{\"id\": \"../../x\", \"state\": \"active\"}]}");
+    ASSERT_EQ(sg_ca_new(&ca, &o, &err), SG_ECONFIG);
+    ASSERT(strstr(err.msg, "../../x") != NULL);
+    write_file(path, "{\"authorities\": [{\"id\": \"abcd\", \"state\": \"dormant\"}]}");
+    ASSERT_EQ(sg_ca_new(&ca, &o, &err), SG_ECONFIG);
+    ASSERT(strstr(err.msg, "dormant") != NULL);
+    write_file(path, "{\"authorities\": 7}");
+    ASSERT_EQ(sg_ca_new(&ca, &o, &err), SG_ECONFIG);
+    /* A listed authority whose files are gone is dropped; a new one is made. */
+    write_file(path, "{\"authorities\": [{\"id\": \"abcd\", \"state\": \"active\"}]}");
+    ASSERT_OK(sg_ca_new(&ca, &o, &err));
+    ASSERT(id_in(ca, SG_CA_ACTIVE) != NULL);
+    sg_ca_free(ca);
+}
+
+TEST(ca_rotation_upstream_keeps_bundle)
+{
+    sg_ca *ca = new_ca_opts(60, 10, NULL, true);
+    int64_t t0 = (int64_t)time(NULL);
+    sg_der *b1 = NULL, *b2 = NULL;
+    size_t nb1 = 0, nb2 = 0;
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], b[SG_CA_AUTHORITY_ID_MAX + 1],
+        got[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority info;
+    bool ch = true;
+    sg_err err;
+
+    ASSERT_OK(sg_ca_bundle_der(ca, &b1, &nb1, NULL));
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    sign_and_verify(ca, t0 + 1, got);
+    ASSERT_STREQ(got, a);
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 31, &ch, NULL));
+    ASSERT(!ch);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 1);
+    snprintf(b, sizeof b, "%s", id_in(ca, SG_CA_PREPARED));
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 51, &ch, NULL));
+    ASSERT(!ch);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), b);
+    sign_and_verify(ca, t0 + 52, got);
+    ASSERT_STREQ(got, b);
+    ASSERT_OK(sg_ca_taint(ca, a, t0 + 52, &info, &err));
+    ASSERT(info.upstream_id[0] != '\0');
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 62, NULL, &err));
+    ASSERT_EQ(auths(ca, &info, 1), 1);
+    ASSERT_OK(sg_ca_bundle_der(ca, &b2, &nb2, NULL));
+    ASSERT_EQ(nb1, nb2);
+    for (size_t i = 0; i < nb1; i++) {
+        ASSERT(b1[i].len == b2[i].len && memcmp(b1[i].data, b2[i].data, b1[i].len) == 0);
+        sg_der_cleanup(&b1[i]);
+        sg_der_cleanup(&b2[i]);
+    }
+    free(b1);
+    free(b2);
+    sg_ca_free(ca);
+}
+
+typedef struct rot_signer {
+    sg_ca *ca;
+    _Atomic int stop;
+    int failures, signed_n;
+} rot_signer;
+
+static void *rot_sign_loop(void *arg)
+{
+    rot_signer *r = arg;
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {.spiffe_id = "spiffe://example.org/w", .ttl_s = 30};
+
+    while (!r->stop) {
+        sg_ca_chain ch = {0};
+        if (sg_ca_sign_svid(r->ca, &p, spki.data, spki.len, &ch, NULL) != 0)
+            r->failures++;
+        else
+            r->signed_n++;
+        sg_ca_chain_cleanup(&ch);
+    }
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+    return NULL;
+}
+
+TEST(ca_rotation_while_signing)
+{
+    rot_signer r = {.ca = new_ca_opts(3600, 0, NULL, false)};
+    pthread_t th;
+    int64_t t0 = (int64_t)time(NULL);
+
+    ASSERT_OK(pthread_create(&th, NULL, rot_sign_loop, &r));
+    for (int i = 0; i < 20; i++) {
+        sg_ca_authority info;
+        char old[SG_CA_AUTHORITY_ID_MAX + 1];
+        snprintf(old, sizeof old, "%s", id_in(r.ca, SG_CA_ACTIVE));
+        ASSERT_OK(sg_ca_prepare(r.ca, t0, &info, NULL));
+        ASSERT_OK(sg_ca_activate(r.ca, info.id, t0, NULL, NULL));
+        ASSERT_OK(sg_ca_taint(r.ca, old, t0, NULL, NULL));
+        ASSERT_OK(sg_ca_revoke(r.ca, old, t0 + 4000, NULL, NULL));
+    }
+    r.stop = 1;
+    pthread_join(th, NULL);
+    ASSERT_EQ(r.failures, 0);
+    ASSERT(r.signed_n > 0);
+    sg_ca_free(r.ca);
 }
