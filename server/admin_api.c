@@ -748,6 +748,127 @@ static void h_health(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
     reply(call, &resp.base);
 }
 
+/* ------------------------------------------------------------ local authority */
+
+static void pb_authority(Sigil__Admin__V1__X509Authority *p, const sg_ca_authority *a)
+{
+    sigil__admin__v1__x509_authority__init(p);
+    p->authority_id = (char *)(uintptr_t)a->id;
+    p->state = (char *)(uintptr_t)sg_ca_state_name(a->state);
+    p->expires_at = a->not_after;
+    p->issued_at = a->not_before;
+    p->tainted = a->tainted;
+    p->tainted_at = a->tainted_at;
+    p->upstream_authority_subject_key_id = (char *)(uintptr_t)a->upstream_id;
+}
+
+static sg_ca *ready_ca(sg_rpc_call *call, sg_server *s)
+{
+    sg_ca *ca = sg_server_ca(s);
+    sg_err err;
+
+    if (ca == NULL) {
+        sg_err_set(&err, SG_EUNAVAIL, "the CA is not ready");
+        sg_rpc_call_finish_err(call, &err);
+    }
+    return ca;
+}
+
+static void h_get_x509_authorities(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    Sigil__Admin__V1__X509Authorities resp = SIGIL__ADMIN__V1__X509_AUTHORITIES__INIT;
+    Sigil__Admin__V1__X509Authority *items = NULL, **ptrs = NULL;
+    sg_ca_authority *v = NULL;
+    sg_ca *ca = ready_ca(call, user);
+    size_t n = 0;
+    sg_err err;
+    int rc;
+
+    (void)req;
+    if (ca == NULL)
+        return;
+    sg_err_clear(&err);
+    rc = sg_ca_authorities(ca, &v, &n, &err);
+    if (rc < 0) {
+        fail(call, &err, rc);
+        return;
+    }
+    items = calloc(n ? n : 1, sizeof *items);
+    ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    if (items == NULL || ptrs == NULL) {
+        sg_err_set(&err, SG_ENOMEM, "out of memory");
+        sg_rpc_call_finish_err(call, &err);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            pb_authority(&items[i], &v[i]);
+            ptrs[i] = &items[i];
+        }
+        resp.n_authorities = n;
+        resp.authorities = ptrs;
+        reply(call, &resp.base);
+    }
+    free(items);
+    free(ptrs);
+    free(v);
+}
+
+typedef int (*authority_op)(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out,
+                            sg_err *err);
+
+static int prepare_op(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
+{
+    (void)id;
+    return sg_ca_prepare(ca, now, out, err);
+}
+
+static void authority_action(sg_rpc_call *call, const char *id, void *user, authority_op op)
+{
+    Sigil__Admin__V1__X509AuthorityResponse resp = SIGIL__ADMIN__V1__X509_AUTHORITY_RESPONSE__INIT;
+    Sigil__Admin__V1__X509Authority pa;
+    sg_ca_authority a;
+    sg_ca *ca = ready_ca(call, user);
+    sg_err err;
+    int rc;
+
+    if (ca == NULL)
+        return;
+    sg_err_clear(&err);
+    rc = op(ca, id, (int64_t)time(NULL), &a, &err);
+    if (rc < 0) {
+        fail(call, &err, rc);
+        return;
+    }
+    pb_authority(&pa, &a);
+    resp.authority = &pa;
+    reply(call, &resp.base);
+}
+
+static void h_prepare_x509_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    (void)req;
+    authority_action(call, NULL, user, prepare_op);
+}
+
+static const char *authority_id_of(const ProtobufCMessage *req)
+{
+    return ((const Sigil__Admin__V1__X509AuthorityRequest *)req)->authority_id;
+}
+
+static void h_activate_x509_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    authority_action(call, authority_id_of(req), user, sg_ca_activate);
+}
+
+static void h_taint_x509_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    authority_action(call, authority_id_of(req), user, sg_ca_taint);
+}
+
+static void h_revoke_x509_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    authority_action(call, authority_id_of(req), user, sg_ca_revoke);
+}
+
 /* ------------------------------------------------------------ registration */
 
 static const struct {
@@ -759,6 +880,11 @@ static const struct {
     {"GenerateToken", h_generate_token}, {"ListAgents", h_list_agents},
     {"EvictAgent", h_evict_agent},       {"BanAgent", h_ban_agent},
     {"GetBundle", h_get_bundle},         {"Health", h_health},
+    {"GetX509Authorities", h_get_x509_authorities},
+    {"PrepareX509Authority", h_prepare_x509_authority},
+    {"ActivateX509Authority", h_activate_x509_authority},
+    {"TaintX509Authority", h_taint_x509_authority},
+    {"RevokeX509Authority", h_revoke_x509_authority},
 };
 
 int sg_admin_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
