@@ -57,6 +57,7 @@ typedef enum flag_id {
     FL_FORMAT,
     FL_SHALLOW,
     FL_VERBOSE,
+    FL_AUTHORITYID,
     FL__COUNT
 } flag_id;
 
@@ -95,6 +96,8 @@ static const struct flag_def {
     [FL_FORMAT] = {"format", K_STRING, "pem", "The format to show the bundle (pem or spiffe)"},
     [FL_SHALLOW] = {"shallow", K_BOOL, NULL, "Perform a less stringent health check"},
     [FL_VERBOSE] = {"verbose", K_BOOL, NULL, "Print verbose information"},
+    [FL_AUTHORITYID] = {"authorityID", K_STRING, NULL,
+                        "The authority ID of the X.509 authority (hex Subject Key ID)"},
 };
 
 #define F(x)         (1u << (x))
@@ -1122,6 +1125,139 @@ static int cmd_healthcheck(cli_ctx *c)
     return ready ? 0 : 1;
 }
 
+/* ------------------------------------------------------------ localauthority */
+
+static json_t *authority_json(const Sigil__Admin__V1__X509Authority *a)
+{
+    return json_pack("{s:s,s:o,s:s,s:b}", "authority_id", a->authority_id, "expires_at",
+                     i64_str(a->expires_at), "upstream_authority_subject_key_id",
+                     a->upstream_authority_subject_key_id, "tainted", a->tainted);
+}
+
+static void print_authority(const Sigil__Admin__V1__X509Authority *a)
+{
+    char when[64];
+
+    fmt_time(a->expires_at, when, sizeof when);
+    printf("  Authority ID: %s\n", a->authority_id);
+    printf("  Expires at: %s\n", when);
+    if (a->upstream_authority_subject_key_id[0] != '\0')
+        printf("  Upstream authority Subject Key ID: %s\n", a->upstream_authority_subject_key_id);
+    if (a->tainted) {
+        fmt_time(a->tainted_at, when, sizeof when);
+        printf("  Tainted: true (since %s)\n", when);
+    } else {
+        printf("  Tainted: false\n");
+    }
+}
+
+static int cmd_localauthority_x509_show(cli_ctx *c)
+{
+    static const char *const states[] = {"active", "prepared", "old"};
+    static const char *const titles[] = {"Active", "Prepared", "Old"};
+    Sigil__Admin__V1__GetX509AuthoritiesRequest req =
+        SIGIL__ADMIN__V1__GET_X509_AUTHORITIES_REQUEST__INIT;
+    Sigil__Admin__V1__X509Authorities *r;
+    ProtobufCMessage *resp = NULL;
+    sg_err err;
+    int rc = 0;
+
+    sg_err_clear(&err);
+    if (admin_call(c, "GetX509Authorities", &req.base,
+                   &sigil__admin__v1__x509_authorities__descriptor, CALL_TIMEOUT_MS, &resp,
+                   &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__X509Authorities *)resp;
+    if (c->json) {
+        /* SPIRE's shape (active, prepared, old: the newest old one), plus every authority. */
+        json_t *root = json_object(), *all = json_array();
+        for (size_t i = 0; root != NULL && all != NULL && i < r->n_authorities; i++) {
+            const Sigil__Admin__V1__X509Authority *a = r->authorities[i];
+            json_t *o = authority_json(a);
+            json_object_set_new(root, a->state, authority_json(a));
+            if (o != NULL)
+                json_object_set_new(o, "state", json_string(a->state));
+            json_array_append_new(all, o);
+        }
+        if (root != NULL)
+            json_object_set_new(root, "authorities", all);
+        else
+            json_decref(all);
+        rc = print_json(root);
+    } else {
+        for (size_t k = 0; k < 3; k++) {
+            bool any = false;
+            printf("%s%s X.509 authority:\n", k ? "\n" : "", titles[k]);
+            for (size_t i = r->n_authorities; i-- > 0;) {
+                if (strcmp(r->authorities[i]->state, states[k]) != 0)
+                    continue;
+                if (any)
+                    printf("\n");
+                print_authority(r->authorities[i]);
+                any = true;
+            }
+            if (!any)
+                printf("  No %s X.509 authority found\n", states[k]);
+        }
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+/* prepare, activate, taint, revoke: one call, then the authority it acted on. */
+static int authority_action(cli_ctx *c, const char *method, const char *title, const char *key,
+                            bool needs_id)
+{
+    Sigil__Admin__V1__X509AuthorityRequest idreq = SIGIL__ADMIN__V1__X509_AUTHORITY_REQUEST__INIT;
+    Sigil__Admin__V1__PrepareX509AuthorityRequest preq =
+        SIGIL__ADMIN__V1__PREPARE_X509_AUTHORITY_REQUEST__INIT;
+    Sigil__Admin__V1__X509AuthorityResponse *r;
+    ProtobufCMessage *resp = NULL;
+    const char *id = c->val[FL_AUTHORITYID];
+    sg_err err;
+    int rc = 0;
+
+    if (needs_id && (id == NULL || id[0] == '\0'))
+        return fail_msg("an authority ID is required (-authorityID)");
+    idreq.authority_id = (char *)(uintptr_t)(id ? id : "");
+    sg_err_clear(&err);
+    if (admin_call(c, method, needs_id ? &idreq.base : &preq.base,
+                   &sigil__admin__v1__x509_authority_response__descriptor, CALL_TIMEOUT_MS, &resp,
+                   &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__X509AuthorityResponse *)resp;
+    if (r->authority == NULL) {
+        rc = fail_msg("the server returned no authority");
+    } else if (c->json) {
+        rc = print_json(json_pack("{s:o}", key, authority_json(r->authority)));
+    } else {
+        printf("%s X.509 authority:\n", title);
+        print_authority(r->authority);
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+static int cmd_localauthority_x509_prepare(cli_ctx *c)
+{
+    return authority_action(c, "PrepareX509Authority", "Prepared", "prepared_authority", false);
+}
+
+static int cmd_localauthority_x509_activate(cli_ctx *c)
+{
+    return authority_action(c, "ActivateX509Authority", "Activated", "activated_authority", true);
+}
+
+static int cmd_localauthority_x509_taint(cli_ctx *c)
+{
+    return authority_action(c, "TaintX509Authority", "Tainted", "tainted_authority", true);
+}
+
+static int cmd_localauthority_x509_revoke(cli_ctx *c)
+{
+    return authority_action(c, "RevokeX509Authority", "Revoked", "revoked_authority", true);
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 static const cmd_def commands[] = {
@@ -1147,6 +1283,16 @@ static const cmd_def commands[] = {
      "Prints the server's trust bundle"},
     {"healthcheck", NULL, cmd_healthcheck, COMMON_FLAGS | F(FL_SHALLOW) | F(FL_VERBOSE),
      "Determines server health status"},
+    {"localauthority", "x509 show", cmd_localauthority_x509_show, COMMON_FLAGS,
+     "Shows the active, prepared and old X.509 authorities"},
+    {"localauthority", "x509 prepare", cmd_localauthority_x509_prepare, COMMON_FLAGS,
+     "Prepares the next X.509 authority"},
+    {"localauthority", "x509 activate", cmd_localauthority_x509_activate,
+     COMMON_FLAGS | F(FL_AUTHORITYID), "Activates the prepared X.509 authority"},
+    {"localauthority", "x509 taint", cmd_localauthority_x509_taint,
+     COMMON_FLAGS | F(FL_AUTHORITYID), "Taints an old X.509 authority"},
+    {"localauthority", "x509 revoke", cmd_localauthority_x509_revoke,
+     COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted X.509 authority"},
 };
 
 static void list_commands(const char *group)
@@ -1227,6 +1373,15 @@ int sg_server_cli_main(int argc, char **argv)
         if (d->name == NULL) {
             snprintf(cmdname, sizeof cmdname, "%s", d->group);
             return run_cmd(d, cmdname, argc - 2, argv + 2);
+        }
+        if (strchr(d->name, ' ') != NULL) { /* two words: "localauthority x509 show" */
+            size_t l = strcspn(d->name, " ");
+            if (sub != NULL && argc >= 4 && strlen(sub) == l && strncmp(d->name, sub, l) == 0 &&
+                strcmp(d->name + l + 1, argv[3]) == 0) {
+                snprintf(cmdname, sizeof cmdname, "%s %s", d->group, d->name);
+                return run_cmd(d, cmdname, argc - 4, argv + 4);
+            }
+            continue;
         }
         if (sub != NULL && strcmp(d->name, sub) == 0) {
             snprintf(cmdname, sizeof cmdname, "%s %s", d->group, d->name);
