@@ -193,6 +193,18 @@ static void *timer_main(void *arg)
         if (s->stopping)
             break;
         int64_t now = now_s();
+        pthread_mutex_unlock(&s->mu);
+        /* CA rotation tick: prepare, activate, drop expired authorities. A bundle
+         * change bumps its sequence, which renews the server SVID below. */
+        bool bundle_changed = false;
+        sg_err rerr;
+        sg_err_clear(&rerr);
+        if (sg_ca_rotate(s->ca, now, &bundle_changed, &rerr) < 0)
+            sg_log_error("CA rotation failed: %s", rerr.msg);
+        else if (bundle_changed)
+            sg_log_info("trust bundle changed sequence=%llu",
+                        (unsigned long long)sg_ca_bundle_sequence(s->ca));
+        pthread_mutex_lock(&s->mu);
         int64_t renew_at = s->svid_issued_at + (s->svid_not_after - s->svid_issued_at) / 2;
         bool renew = now >= renew_at || sg_ca_bundle_sequence(s->ca) != s->bundle_seq;
         pthread_mutex_unlock(&s->mu);
@@ -278,6 +290,9 @@ int sg_server_new(sg_server **out, const sg_server_config *cfg, sg_err *err)
         .upstream_key_file = cfg->has_upstream ? cfg->upstream_key_file : NULL,
         .upstream_cert_file = cfg->has_upstream ? cfg->upstream_cert_file : NULL,
         .upstream_bundle_file = cfg->has_upstream ? cfg->upstream_bundle_file : NULL,
+        .max_svid_ttl_s = cfg->agent_ttl_s > cfg->default_x509_svid_ttl_s
+                              ? cfg->agent_ttl_s
+                              : cfg->default_x509_svid_ttl_s,
     };
     rc = sg_ca_new(&s->ca, &co, err);
     if (rc < 0)
