@@ -706,7 +706,8 @@ size_t sg_sync_hub_count(sg_sync_hub *h, const char *agent_id)
 /* The hub's context for the node API: the server and the last bundle sequence polled. */
 typedef struct sync_ctx {
     sg_server *s;
-    uint64_t seq; /* notifier thread only */
+    uint64_t seq;     /* notifier thread only */
+    uint64_t tainted; /* notifier thread only */
 } sync_ctx;
 
 /* One open Sync stream; owned by its call, freed in its done callback. */
@@ -718,8 +719,30 @@ typedef struct sync_stream {
     int64_t revision; /* revision last sent: never goes back on one stream */
 } sync_stream;
 
-/* What an agent's state message depends on: entry IDs and revisions, bundle sequence. */
-static uint64_t state_fp(const sg_authz_view *view, uint64_t bundle_seq)
+/* A hash of the tainted authority IDs (0 when there are none or they cannot be read). */
+static uint64_t tainted_fp(sg_ca *ca)
+{
+    char **ids = NULL;
+    size_t n = 0;
+    sg_err e;
+    sg_err_clear(&e);
+    if (sg_ca_tainted_ids(ca, &ids, &n, &e) < 0)
+        return 0;
+    uint64_t h = n ? 1469598103934665603ULL : 0;
+    for (size_t i = 0; i < n; i++) {
+        for (const char *p = ids[i]; *p; p++)
+            h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+        h = (h ^ 0xff) * 1099511628211ULL;
+    }
+    sg_ca_ids_free(ids, n);
+    return h;
+}
+
+/*
+ * What an agent's state message depends on: entry IDs and revisions, the
+ * bundle sequence and the tainted authorities.
+ */
+static uint64_t state_fp(const sg_authz_view *view, uint64_t bundle_seq, uint64_t tainted)
 {
     uint64_t h = 1469598103934665603ULL;
     size_t n = sg_authz_view_count(view);
@@ -731,6 +754,7 @@ static uint64_t state_fp(const sg_authz_view *view, uint64_t bundle_seq)
         h = (h ^ 0xff) * 1099511628211ULL;
     }
     h = (h ^ bundle_seq) * 1099511628211ULL;
+    h = (h ^ tainted) * 1099511628211ULL;
     return h ^ n;
 }
 
@@ -751,6 +775,8 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     Sigil__Node__V1__Selector **sptrs = calloc(nsel ? nsel : 1, sizeof(*sptrs));
     bundle_msg b;
     memset(&b, 0, sizeof(b));
+    char **tainted = NULL;
+    size_t ntainted = 0;
     int rc = 0;
     if (!ents || !eptrs || !sels || !sptrs) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory building the sync response");
@@ -787,7 +813,12 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     rc = bundle_build(s, &b, err);
     if (rc < 0)
         goto out;
+    rc = sg_ca_tainted_ids(sg_server_ca(s), &tainted, &ntainted, err);
+    if (rc < 0)
+        goto out;
     Sigil__Node__V1__SyncResponse resp = SIGIL__NODE__V1__SYNC_RESPONSE__INIT;
+    resp.tainted_authority_ids = tainted;
+    resp.n_tainted_authority_ids = ntainted;
     resp.entries = eptrs;
     resp.n_entries = n;
     resp.bundle = &b.msg;
@@ -796,6 +827,7 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     if (rc < 0)
         sg_err_set(err, rc, "sync response not sent: call is over");
 out:
+    sg_ca_ids_free(tainted, ntainted);
     bundle_cleanup(&b);
     free(ents);
     free(eptrs);
@@ -813,6 +845,7 @@ static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
     sg_err e;
     sg_err_clear(&e);
     uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    uint64_t tfp = tainted_fp(sg_server_ca(s));
     int rc = sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view,
                                  &e);
     if (rc == SG_ENOENT)
@@ -824,7 +857,7 @@ static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
         sg_log_warn("sync push skipped agent_id=%s: %s", st->agent_id, e.msg);
         return 0;
     }
-    uint64_t fp = state_fp(view, seq);
+    uint64_t fp = state_fp(view, seq, tfp);
     int64_t rev = sg_authz_view_revision(view);
     if (rev < st->revision)
         rev = st->revision;
@@ -850,14 +883,16 @@ static void sync_end(void *ctx, void *stream, const sg_err *err)
     sg_rpc_call_finish_err(st->call, err);
 }
 
-/* hub poll: a new bundle sequence (CA rotation, taint) marks every stream. */
+/* hub poll: a new bundle sequence (CA rotation) or taint marks every stream. */
 static bool sync_poll(void *ctx)
 {
     sync_ctx *c = ctx;
     uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(c->s));
-    if (seq == c->seq)
+    uint64_t tfp = tainted_fp(sg_server_ca(c->s));
+    if (seq == c->seq && tfp == c->tainted)
         return false;
     c->seq = seq;
+    c->tainted = tfp;
     return true;
 }
 
@@ -879,6 +914,7 @@ int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
         return sg_err_set(err, SG_ENOMEM, "out of memory");
     c->s = s;
     c->seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    c->tainted = tainted_fp(sg_server_ca(s));
     sg_sync_hub_ops ops = {
         .push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
     int rc = sg_sync_hub_new(out, &ops, c, NULL, err);
@@ -899,6 +935,7 @@ static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
     /* Read before the snapshot: a change after this point is pushed. */
     uint64_t gen = hub ? sg_sync_hub_gen(hub) : 0;
     uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    uint64_t tfp = tainted_fp(sg_server_ca(s));
     if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
         0) {
         refuse(call, "Sync", &err);
@@ -913,7 +950,7 @@ static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
         st->call = call;
         st->s = s;
         snprintf(st->agent_id, sizeof(st->agent_id), "%s", agent_id);
-        st->fp = state_fp(view, seq);
+        st->fp = state_fp(view, seq, tfp);
         st->revision = rev;
     }
     sg_authz_view_release(view);
