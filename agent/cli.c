@@ -1,5 +1,5 @@
 /*
- * sigil-agent's Workload API client subcommands (api fetch x509,
+ * sigil-agent's Workload API client subcommands (api fetch x509, api watch,
  * healthcheck), with spire-agent's flags and output so scripts written for
  * it keep working. Talks to the agent's socket with gRPC core, like any
  * other workload.
@@ -19,6 +19,8 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,11 @@
 #define CLI_DEFAULT_SOCKET  "/tmp/spire-agent/public/api.sock"
 #define CLI_DEFAULT_TIMEOUT 5000
 #define CLI_FETCH_X509_PATH "/SpiffeWorkloadAPI/FetchX509SVID"
+/* api watch: how often the stream wait checks for SIGINT/SIGTERM, and the
+ * reconnect backoff (doubling from the first to the cap, as spire-agent). */
+#define CLI_WATCH_POLL_MS        200
+#define CLI_WATCH_BACKOFF_MS     1000
+#define CLI_WATCH_BACKOFF_MAX_MS 10000
 
 typedef struct cli_opts {
     const char *socket_path;
@@ -56,6 +63,7 @@ enum {
 };
 
 static int cmd_fetch_x509(const cli_opts *o);
+static int cmd_watch(const cli_opts *o);
 static int cmd_healthcheck(const cli_opts *o);
 
 static const struct cli_command {
@@ -64,22 +72,32 @@ static const struct cli_command {
     cli_fn fn;
     unsigned flags;
     const char *usage;
+    bool waits_for_signals; /* SIGINT/SIGTERM blocked in every thread, taken with sigtimedwait */
 } commands[] = {
     {{"api", "fetch", "x509"},
      3,
      cmd_fetch_x509,
      F_SOCKET | F_WRITE | F_TIMEOUT | F_SILENT | F_OUTPUT,
-     "api fetch x509 [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]"},
+     "api fetch x509 [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]",
+     false},
     {{"api", "fetch", NULL},
      2,
      cmd_fetch_x509,
      F_SOCKET | F_WRITE | F_TIMEOUT | F_SILENT | F_OUTPUT,
-     "api fetch [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]"},
+     "api fetch [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]",
+     false},
+    {{"api", "watch", NULL},
+     2,
+     cmd_watch,
+     F_SOCKET | F_OUTPUT,
+     "api watch [-socketPath P] [-output json]",
+     true},
     {{"healthcheck", NULL, NULL},
      1,
      cmd_healthcheck,
      F_SOCKET | F_SHALLOW | F_VERBOSE,
-     "healthcheck [-socketPath P] [-shallow] [-verbose]"},
+     "healthcheck [-socketPath P] [-shallow] [-verbose]",
+     false},
 };
 
 static const struct cli_flag {
@@ -236,41 +254,83 @@ static void format_time(const ASN1_TIME *t, char *out, size_t len)
     strftime(out, len, "%Y-%m-%d %H:%M:%S +0000 UTC", &tm);
 }
 
+/*
+ * Opens FetchX509SVID with the security header on a new channel (a fresh
+ * channel per attempt, so gRPC's own reconnect backoff never delays a retry).
+ * On failure *status says why (UNAVAILABLE when no call could be started).
+ */
+static int x509_stream_open(const char *target, int64_t timeout_ms, grpc_channel **ch_out,
+                            sg_rpc_stream **st_out, sg_rpc_status *status, sg_err *err)
+{
+    static const sg_rpc_md md[] = {{"workload.spiffe.io", "true"}};
+    X509SVIDRequest req = X509_SVIDREQUEST__INIT;
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    int rc = ch != NULL ? sg_rpc_stream_open(ch, CLI_FETCH_X509_PATH, &req.base, false, md, 1,
+                                             timeout_ms, st_out, err)
+                        : sg_err_set(err, SG_EUNAVAIL, "cannot create a channel to %.200s", target);
+    if (rc < 0) {
+        status->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(status->details, sizeof(status->details), "%s", err ? err->msg : "");
+        if (ch != NULL)
+            grpc_channel_destroy(ch);
+        return rc;
+    }
+    *ch_out = ch;
+    return 0;
+}
+
+static void x509_stream_close(grpc_channel *ch, sg_rpc_stream *st)
+{
+    sg_rpc_stream_free(st);
+    if (ch != NULL)
+        grpc_channel_destroy(ch);
+}
+
+/*
+ * The next X509SVIDResponse (wait_ms > 0: SG_ETIMEDOUT with status->code
+ * still OK when none came in time, the stream stays usable). A stream that
+ * ends cleanly is reported as UNAVAILABLE: a Workload API stream never ends
+ * on its own while the agent serves.
+ */
+static int x509_stream_next(sg_rpc_stream *st, int64_t wait_ms, X509SVIDResponse **out,
+                            sg_rpc_status *status, sg_err *err)
+{
+    ProtobufCMessage *msg = NULL;
+    memset(status, 0, sizeof(*status));
+    int rc = sg_rpc_stream_next(st, &x509_svidresponse__descriptor, wait_ms, &msg, status, err);
+    if (rc > 0) {
+        *out = (X509SVIDResponse *)msg;
+        return 0;
+    }
+    if (rc == 0) {
+        status->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(status->details, sizeof(status->details),
+                 "the agent ended the stream without a response");
+        rc = sg_err_set(err, SG_EUNAVAIL, "%s", status->details);
+    }
+    return rc;
+}
+
 /* Opens FetchX509SVID and waits for the first response. */
 static int fetch_first(const char *target, int64_t timeout_ms, X509SVIDResponse **out,
                        sg_rpc_status *status, sg_err *err)
 {
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
-    grpc_channel_credentials_release(creds);
-    if (ch == NULL)
-        return sg_err_set(err, SG_EUNAVAIL, "cannot create a channel to %.200s", target);
-    static const sg_rpc_md md[] = {{"workload.spiffe.io", "true"}};
-    X509SVIDRequest req = X509_SVIDREQUEST__INIT;
+    grpc_channel *ch = NULL;
     sg_rpc_stream *st = NULL;
-    ProtobufCMessage *msg = NULL;
-    int rc =
-        sg_rpc_stream_open(ch, CLI_FETCH_X509_PATH, &req.base, false, md, 1, timeout_ms, &st, err);
-    if (rc == 0) {
-        rc = sg_rpc_stream_next(st, &x509_svidresponse__descriptor, 0, &msg, status, err);
-        if (rc == 0) {
-            status->code = GRPC_STATUS_UNAVAILABLE;
-            snprintf(status->details, sizeof(status->details),
-                     "the agent ended the stream without a response");
-            rc = sg_err_set(err, SG_EUNAVAIL, "%s", status->details);
-        } else if (rc > 0) {
-            rc = 0;
-        }
-    } else {
-        status->code = GRPC_STATUS_UNAVAILABLE;
-        snprintf(status->details, sizeof(status->details), "%s", err ? err->msg : "");
-    }
-    sg_rpc_stream_free(st);
-    grpc_channel_destroy(ch);
-    if (rc < 0)
-        return rc;
-    *out = (X509SVIDResponse *)msg;
-    return 0;
+    int rc = x509_stream_open(target, timeout_ms, &ch, &st, status, err);
+    if (rc == 0)
+        rc = x509_stream_next(st, 0, out, status, err);
+    x509_stream_close(ch, st);
+    return rc;
+}
+
+/* "rpc error: code = PermissionDenied desc = ..." as spire-agent prints it. */
+static void print_rpc_error(const sg_rpc_status *status, const sg_err *err)
+{
+    fprintf(stderr, "rpc error: code = %s desc = %s\n", go_code_name(status->code),
+            status->details[0] ? status->details : err->msg);
 }
 
 static int write_pem_file(const char *path, const char *pem, mode_t mode, sg_err *err)
@@ -401,8 +461,9 @@ static json_t *b64_json(const ProtobufCBinaryData *d)
     return s;
 }
 
-/* The response as protojson would show it (bytes in base64, empty fields left out). */
-static int print_json(const X509SVIDResponse *r)
+/* The response as protojson would show it (bytes in base64, empty fields left out);
+ * one_line: on a single line (api watch prints one object per update). */
+static int print_json(const X509SVIDResponse *r, bool one_line)
 {
     json_t *root = json_object();
     json_t *svids = json_array();
@@ -425,7 +486,7 @@ static int print_json(const X509SVIDResponse *r)
                                 b64_json(&r->federated_bundles[i]->value));
         json_object_set_new(root, "federated_bundles", fb);
     }
-    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(root, (one_line ? JSON_COMPACT : JSON_INDENT(2)) | JSON_PRESERVE_ORDER);
     json_decref(root);
     if (text == NULL)
         return -1;
@@ -463,54 +524,40 @@ static int write_svid_files(const char *dir, size_t i, const char *chain_pem, co
     return rc;
 }
 
-static int cmd_fetch_x509(const cli_opts *o)
+/* -output: json, or pretty (the default). */
+static int parse_output(const cli_opts *o, bool *json)
+{
+    *json = false;
+    if (o->output == NULL || strcmp(o->output, "pretty") == 0)
+        return 0;
+    if (strcmp(o->output, "json") == 0) {
+        *json = true;
+        return 0;
+    }
+    fprintf(stderr, "invalid value \"%s\" for -output: use json or pretty\n", o->output);
+    return -1;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/*
+ * Prints one response the way `api fetch x509` does ("Received N svid after
+ * X ms", then each SVID, or the JSON object) and, with -write, writes each
+ * SVID's files. Returns 0, or 1 after saying on stderr what was wrong.
+ */
+static int show_response(const cli_opts *o, const X509SVIDResponse *resp, double ms, bool json,
+                         bool one_line_json)
 {
     sg_err err;
     sg_err_clear(&err);
-    char target[256];
-    int64_t timeout_ms = CLI_DEFAULT_TIMEOUT;
-    bool json = false;
-    if (o->output != NULL) {
-        if (strcmp(o->output, "json") == 0)
-            json = true;
-        else if (strcmp(o->output, "pretty") != 0) {
-            fprintf(stderr, "invalid value \"%s\" for -output: use json or pretty\n", o->output);
-            return 1;
-        }
-    }
-    if (o->timeout != NULL) {
-        if (sg_parse_duration_ms(o->timeout, &timeout_ms, &err) < 0 || timeout_ms <= 0) {
-            fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
-                    err.msg[0] ? err.msg : "must be positive");
-            return 1;
-        }
-    }
-    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return 1;
-    }
-
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    X509SVIDResponse *resp = NULL;
-    sg_rpc_status status;
-    memset(&status, 0, sizeof(status));
-    if (fetch_first(target, timeout_ms, &resp, &status, &err) < 0) {
-        fprintf(stderr, "rpc error: code = %s desc = %s\n", go_code_name(status.code),
-                status.details[0] ? status.details : err.msg);
-        return 1;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-
     int ret = 0;
-    if (o->write_dir != NULL && sg_fs_mkdir_p(o->write_dir, 0755, &err) < 0) {
-        fprintf(stderr, "cannot create directory %s: %s\n", o->write_dir, err.msg);
-        x509_svidresponse__free_unpacked(resp, NULL);
-        return 1;
-    }
     if (json) {
-        if (!o->silent && print_json(resp) < 0)
+        if (!o->silent && print_json(resp, one_line_json) < 0)
             ret = 1;
     } else if (!o->silent) {
         printf("Received %zu svid after %.3fms\n\n", resp->n_svids, ms);
@@ -542,8 +589,143 @@ static int cmd_fetch_x509(const cli_opts *o)
         if (bundle != NULL)
             sk_X509_pop_free(bundle, X509_free);
     }
+    return ret;
+}
+
+static int cmd_fetch_x509(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    int64_t timeout_ms = CLI_DEFAULT_TIMEOUT;
+    bool json;
+    if (parse_output(o, &json) < 0)
+        return 1;
+    if (o->timeout != NULL) {
+        if (sg_parse_duration_ms(o->timeout, &timeout_ms, &err) < 0 || timeout_ms <= 0) {
+            fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
+                    err.msg[0] ? err.msg : "must be positive");
+            return 1;
+        }
+    }
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    X509SVIDResponse *resp = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    if (fetch_first(target, timeout_ms, &resp, &status, &err) < 0) {
+        print_rpc_error(&status, &err);
+        return 1;
+    }
+    double ms = ms_since(&t0);
+    if (o->write_dir != NULL && sg_fs_mkdir_p(o->write_dir, 0755, &err) < 0) {
+        fprintf(stderr, "cannot create directory %s: %s\n", o->write_dir, err.msg);
+        x509_svidresponse__free_unpacked(resp, NULL);
+        return 1;
+    }
+    int ret = show_response(o, resp, ms, json, false);
     x509_svidresponse__free_unpacked(resp, NULL);
     return ret;
+}
+
+/*
+ * Waits up to ms for SIGINT/SIGTERM (blocked in every thread by
+ * sg_agent_cli_main); true when one came.
+ */
+static bool got_stop_signal(int64_t ms)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    int sig;
+    do
+        sig = sigtimedwait(&set, NULL, &ts);
+    while (sig < 0 && errno == EINTR);
+    return sig == SIGINT || sig == SIGTERM;
+}
+
+/*
+ * Reads one stream until it fails or a signal comes. Prints each update and
+ * flushes it. Returns 1 on a stop signal, 0 when the stream failed (status
+ * and err say how), -1 when a response could not be shown.
+ */
+static int watch_stream(const cli_opts *o, sg_rpc_stream *st, bool json, int64_t *backoff_ms,
+                        sg_rpc_status *status, sg_err *err)
+{
+    struct timespec since;
+    clock_gettime(CLOCK_MONOTONIC, &since);
+    for (;;) {
+        X509SVIDResponse *resp = NULL;
+        int rc = x509_stream_next(st, CLI_WATCH_POLL_MS, &resp, status, err);
+        if (rc == SG_ETIMEDOUT && status->code == GRPC_STATUS_OK) {
+            if (got_stop_signal(0))
+                return 1;
+            continue;
+        }
+        if (rc < 0)
+            return 0;
+        *backoff_ms = CLI_WATCH_BACKOFF_MS;
+        int bad = show_response(o, resp, ms_since(&since), json, true);
+        x509_svidresponse__free_unpacked(resp, NULL);
+        fflush(stdout);
+        if (bad)
+            return -1;
+        clock_gettime(CLOCK_MONOTONIC, &since);
+        if (got_stop_signal(0))
+            return 1;
+    }
+}
+
+/*
+ * api watch: one FetchX509SVID stream, every update printed as it arrives.
+ * UNAVAILABLE (agent down or restarting) and PERMISSION_DENIED (not
+ * registered yet) are retried with backoff; other errors end the watch.
+ */
+static int cmd_watch(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    bool json;
+    if (parse_output(o, &json) < 0)
+        return 1;
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    int64_t backoff_ms = CLI_WATCH_BACKOFF_MS;
+    for (;;) {
+        grpc_channel *ch = NULL;
+        sg_rpc_stream *st = NULL;
+        sg_rpc_status status;
+        memset(&status, 0, sizeof(status));
+        int rc = x509_stream_open(target, 0, &ch, &st, &status, &err);
+        if (rc == 0)
+            rc = watch_stream(o, st, json, &backoff_ms, &status, &err);
+        x509_stream_close(ch, st);
+        if (rc != 0)
+            return rc > 0 ? 0 : 1;
+        if (status.code == GRPC_STATUS_OK) {
+            /* A local failure (a malformed message): no status to retry on. */
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        print_rpc_error(&status, &err);
+        fflush(stderr);
+        if (status.code != GRPC_STATUS_UNAVAILABLE && status.code != GRPC_STATUS_PERMISSION_DENIED)
+            return 1;
+        if (got_stop_signal(backoff_ms))
+            return 0;
+        backoff_ms =
+            backoff_ms * 2 > CLI_WATCH_BACKOFF_MAX_MS ? CLI_WATCH_BACKOFF_MAX_MS : backoff_ms * 2;
+    }
 }
 
 static int cmd_healthcheck(const cli_opts *o)
@@ -627,6 +809,14 @@ int sg_agent_cli_main(int argc, char **argv)
     if (parse_flags(argc - 1 - (int)cmd->nwords, argv + 1 + cmd->nwords, cmd->flags, &o) < 0) {
         fprintf(stderr, "Usage: sigil-agent %s\n", cmd->usage);
         return 1;
+    }
+    if (cmd->waits_for_signals) {
+        /* Before gRPC starts its threads, so they all inherit the mask. */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
     }
     grpc_init();
     int rc = cmd->fn(&o);
