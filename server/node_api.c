@@ -595,8 +595,7 @@ uint64_t sg_sync_hub_gen(sg_sync_hub *h)
     return g;
 }
 
-int sg_sync_hub_add(sg_sync_hub *h, const char *agent_id, void *stream, uint64_t gen,
-                    sg_err *err)
+int sg_sync_hub_add(sg_sync_hub *h, const char *agent_id, void *stream, uint64_t gen, sg_err *err)
 {
     hub_stream *hs = calloc(1, sizeof(*hs));
     char *id = strdup(agent_id);
@@ -846,8 +845,8 @@ static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
     sg_err_clear(&e);
     uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
     uint64_t tfp = tainted_fp(sg_server_ca(s));
-    int rc = sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view,
-                                 &e);
+    int rc =
+        sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view, &e);
     if (rc == SG_ENOENT)
         return sg_err_set(err, SG_EPERM, "agent was evicted");
     if (rc == SG_EPERM)
@@ -915,8 +914,7 @@ int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
     c->s = s;
     c->seq = sg_ca_bundle_sequence(sg_server_ca(s));
     c->tainted = tainted_fp(sg_server_ca(s));
-    sg_sync_hub_ops ops = {
-        .push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
+    sg_sync_hub_ops ops = {.push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
     int rc = sg_sync_hub_new(out, &ops, c, NULL, err);
     if (rc < 0)
         free(c);

@@ -89,8 +89,7 @@ uint64_t sg_sync_hub_gen(sg_sync_hub *h);
  * When the agent already has max_per_agent streams, its oldest is ended
  * with SG_ETOOBIG. SG_ETOOBIG when the hub holds max_total streams.
  */
-int sg_sync_hub_add(sg_sync_hub *h, const char *agent_id, void *stream, uint64_t gen,
-                    sg_err *err);
+int sg_sync_hub_add(sg_sync_hub *h, const char *agent_id, void *stream, uint64_t gen, sg_err *err);
 
 /*
  * Forgets stream (from its done callback, exactly once); waits while the
