@@ -440,9 +440,12 @@ static void on_node_timer(uv_timer_t *t)
      * SYNC_INTERVAL_MS so the agent SVID's renewal is checked often. */
     int64_t due = sg_cache_next_due(a->cache);
     int64_t now = now_s();
-    j->wait_ms = due <= now ? 0 : (due - now) * 1000;
-    if (j->wait_ms > SYNC_INTERVAL_MS)
+    if (due <= now)
+        j->wait_ms = 0;
+    else if (due - now >= SYNC_INTERVAL_MS / 1000)
         j->wait_ms = SYNC_INTERVAL_MS;
+    else
+        j->wait_ms = (due - now) * 1000;
     if (start_job(a, j, sync_work) != 0) {
         j->rc = SG_ESYS;
         job_free(j);
