@@ -875,11 +875,16 @@ static const struct {
     const char *method;
     sg_rpc_handler handler;
 } methods[] = {
-    {"CreateEntry", h_create_entry},     {"UpdateEntry", h_update_entry},
-    {"DeleteEntry", h_delete_entry},     {"ListEntries", h_list_entries},
-    {"GenerateToken", h_generate_token}, {"ListAgents", h_list_agents},
-    {"EvictAgent", h_evict_agent},       {"BanAgent", h_ban_agent},
-    {"GetBundle", h_get_bundle},         {"Health", h_health},
+    {"CreateEntry", h_create_entry},
+    {"UpdateEntry", h_update_entry},
+    {"DeleteEntry", h_delete_entry},
+    {"ListEntries", h_list_entries},
+    {"GenerateToken", h_generate_token},
+    {"ListAgents", h_list_agents},
+    {"EvictAgent", h_evict_agent},
+    {"BanAgent", h_ban_agent},
+    {"GetBundle", h_get_bundle},
+    {"Health", h_health},
     {"GetX509Authorities", h_get_x509_authorities},
     {"PrepareX509Authority", h_prepare_x509_authority},
     {"ActivateX509Authority", h_activate_x509_authority},

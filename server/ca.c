@@ -128,7 +128,7 @@ struct sg_ca {
     sg_ca_options o;
     bool have_upstream;
     upstream u;
-    STACK_OF(X509) * extra; /* upstream certificates carried in SVID chains */
+    STACK_OF(X509) * extra;                     /* upstream certificates carried in SVID chains */
     char legacy_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* authority last written as ca.key/ca.crt */
     int64_t warned_at;                          /* last "cannot outlive" warning */
 };
@@ -1092,8 +1092,7 @@ static int save_state(sg_ca *ca, sg_err *err)
 }
 
 /* Why cert+key cannot serve as an authority of this CA, or NULL. */
-static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool check_type,
-                                int64_t now)
+static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool check_type, int64_t now)
 {
     sg_spiffeid id;
     sg_err e2;
@@ -1122,8 +1121,8 @@ static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool chec
  * Reads key_path + cert_path. Returns 1 with *cert and *key set when usable,
  * 0 when not (reason logged), or an error (unreadable key, unsafe key mode).
  */
-static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_path,
-                     bool check_type, X509 **cert, EVP_PKEY **key, sg_err *err)
+static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_path, bool check_type,
+                     X509 **cert, EVP_PKEY **key, sg_err *err)
 {
     STACK_OF(X509) *certs = NULL;
     EVP_PKEY *k = NULL;
@@ -1280,8 +1279,8 @@ static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
     pthread_mutex_lock(&ca->mu);
     same = n == ca->nbundle;
     for (size_t i = 0; same && i < n; i++)
-        same = v[i].len == ca->bundle[i].len &&
-               memcmp(v[i].data, ca->bundle[i].data, v[i].len) == 0;
+        same =
+            v[i].len == ca->bundle[i].len && memcmp(v[i].data, ca->bundle[i].data, v[i].len) == 0;
     if (!same) {
         sg_der *oldv = ca->bundle;
         size_t oldn = ca->nbundle;
@@ -1797,8 +1796,7 @@ int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, s
     rc = lookup(ca, id, &sl, err);
     if (rc == 0 && !sl->tainted) {
         rc = sg_err_set(err, SG_EINVAL,
-                        "authority %s is not tainted: only a tainted authority can be revoked",
-                        id);
+                        "authority %s is not tainted: only a tainted authority can be revoked", id);
     } else if (rc == 0) {
         until = sl->snap->not_after;
         if (ca->o.max_svid_ttl_s > 0 && sl->tainted_at + ca->o.max_svid_ttl_s < until)
