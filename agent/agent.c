@@ -360,6 +360,12 @@ static void after_sync(sg_agent *a, node_job *j)
                     nentries == 1 ? "y" : "ies", (unsigned long long)seq);
     a->synced_once = true;
     a->last_nentries = nentries;
+    if (j->sync.ntainted > 0) {
+        size_t hit = sg_cache_taint(a->cache, j->sync.tainted_ids, j->sync.ntainted);
+        if (hit > 0)
+            sg_log_warn("%zu workload SVID(s) were signed by a tainted authority; re-minting now",
+                        hit);
+    }
     sg_cache_flush(a->cache, now_s());
     rc = start_mint(a);
     if (rc == 1) /* nothing due: wait for the next pushed change */
@@ -393,9 +399,9 @@ static void after_mint(sg_agent *a, node_job *j)
         /* Re-mint at half-life +-5 %, in seconds. */
         int64_t renew_at = now + jitter(life * 1000, 0.45, 0.55) / 1000;
         sg_err e = {0};
-        int rc =
-            sg_cache_put_svid(a->cache, j->entry_ids[i], j->revisions[i], r->chain, r->nchain,
-                              j->keys[i], j->key_lens[i], r->not_after, renew_at, r->serial, &e);
+        int rc = sg_cache_put_svid(a->cache, j->entry_ids[i], j->revisions[i], r->chain, r->nchain,
+                                   j->keys[i], j->key_lens[i], r->not_after, renew_at, r->serial,
+                                   r->authority_id, &e);
         if (rc != 0) {
             sg_log_debug("dropping SVID for entry %s: %s", j->entry_ids[i], e.msg);
             continue;

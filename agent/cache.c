@@ -179,7 +179,7 @@ int sg_cache_set_bundle(sg_cache *c, sg_agent_bundle *b, sg_err *err)
 
 int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const sg_der *chain,
                       size_t nchain, const uint8_t *key, size_t key_len, int64_t not_after,
-                      int64_t renew_at, const char *serial, sg_err *err)
+                      int64_t renew_at, const char *serial, const char *authority_id, sg_err *err)
 {
     long i = find_entry(c->entries, c->n, entry_id);
     if (i < 0)
@@ -209,6 +209,7 @@ int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const
     s->renew_at = renew_at;
     s->revision = revision;
     snprintf(s->serial, sizeof(s->serial), "%s", serial ? serial : "");
+    snprintf(s->authority_id, sizeof(s->authority_id), "%s", authority_id ? authority_id : "");
     svid_free(c->svids[i]);
     c->svids[i] = s;
     c->retry_at[i] = 0;
@@ -235,6 +236,25 @@ int sg_cache_due(const sg_cache *c, int64_t now, const sg_agent_entry ***out, si
     *out = due;
     *n = k;
     return 0;
+}
+
+size_t sg_cache_taint(sg_cache *c, char *const *ids, size_t n)
+{
+    size_t hit = 0;
+
+    for (size_t i = 0; i < c->n; i++) {
+        sg_cache_svid *s = c->svids[i];
+        if (s == NULL || s->authority_id[0] == '\0' || s->renew_at == 0)
+            continue;
+        for (size_t k = 0; k < n; k++) {
+            if (strcmp(s->authority_id, ids[k]) == 0) {
+                s->renew_at = 0;
+                hit++;
+                break;
+            }
+        }
+    }
+    return hit;
 }
 
 void sg_cache_mint_refused(sg_cache *c, const char *entry_id, int64_t retry_at)

@@ -30,6 +30,7 @@ typedef struct sg_cache_svid {
     int64_t renew_at;  /* unix seconds: re-mint from then on */
     int64_t revision;  /* revision of the entry it was minted for */
     char serial[41];
+    char authority_id[81]; /* signing CA, "" when unknown */
 } sg_cache_svid;
 
 /* One identity of a workload: a matching entry and its SVID (borrowed from the cache). */
@@ -62,7 +63,13 @@ int sg_cache_set_bundle(sg_cache *c, sg_agent_bundle *b, sg_err *err);
  */
 int sg_cache_put_svid(sg_cache *c, const char *entry_id, int64_t revision, const sg_der *chain,
                       size_t nchain, const uint8_t *key, size_t key_len, int64_t not_after,
-                      int64_t renew_at, const char *serial, sg_err *err);
+                      int64_t renew_at, const char *serial, const char *authority_id, sg_err *err);
+
+/*
+ * Makes every SVID signed by one of the authorities ids[0..n) due now
+ * (compromise recovery: the server tainted those CA keys). Returns how many.
+ */
+size_t sg_cache_taint(sg_cache *c, char *const *ids, size_t n);
 
 /*
  * Entries that need an SVID at time now: none held, minted for an older

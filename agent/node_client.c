@@ -19,6 +19,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -56,6 +57,7 @@ struct sg_node_client {
     sg_keystore_svid svid;
     bool has_svid;
     bool svid_rejected; /* the server refused the current SVID */
+    bool renew_now;     /* its signing authority was tainted */
     grpc_channel *ch;   /* mTLS channel with the current SVID */
     /* The open Sync stream; the pointer is guarded by sync_mu because
      * sg_node_client_interrupt cancels it from another thread. */
@@ -107,6 +109,9 @@ void sg_sync_result_cleanup(sg_sync_result *r)
         sg_agent_entry_cleanup(&r->entries[i]);
     free(r->entries);
     sg_agent_bundle_cleanup(&r->bundle);
+    for (size_t i = 0; i < r->ntainted; i++)
+        free(r->tainted_ids[i]);
+    free(r->tainted_ids);
     memset(r, 0, sizeof(*r));
 }
 
@@ -861,9 +866,11 @@ int sg_node_client_ensure_svid(sg_node_client *c, const char *join_token, sg_err
     }
     if (c->has_svid && !c->svid_rejected) {
         int64_t life = c->svid.not_after - c->svid.not_before;
-        if (now - c->svid.not_before < life / 2)
+        if (!c->renew_now && now - c->svid.not_before < life / 2)
             return 0;
         int rc = renew(c, err);
+        if (rc == 0)
+            c->renew_now = false;
         if (rc == 0 || !c->svid_rejected)
             return rc;
         rejected = true;
@@ -931,6 +938,30 @@ static int convert_entry(const Sigil__Node__V1__Entry *pb, sg_agent_entry *out, 
 fail:
     sg_agent_entry_cleanup(&e);
     return rc;
+}
+
+/* Whether the agent SVID's issuer (its AKID, in hex) is one of ids. */
+static bool svid_signed_by_any(sg_node_client *c, char *const *ids, size_t n)
+{
+    X509 *leaf = NULL;
+    char hex[2 * 64 + 1] = "";
+    sg_err e;
+
+    if (!c->has_svid || c->svid.nchain == 0 ||
+        sg_x509_from_der(c->svid.chain[0].data, c->svid.chain[0].len, &leaf, &e) < 0)
+        return false;
+    const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(leaf);
+    if (akid != NULL) {
+        const unsigned char *d = ASN1_STRING_get0_data(akid);
+        int len = ASN1_STRING_length(akid);
+        for (int i = 0; i < len && i < 64; i++)
+            snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    }
+    X509_free(leaf);
+    for (size_t i = 0; hex[0] != '\0' && i < n; i++)
+        if (strcmp(ids[i], hex) == 0)
+            return true;
+    return false;
 }
 
 static int64_t mono_ms(void)
@@ -1035,6 +1066,25 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
         r.nentries++;
     }
     r.revision = resp->revision;
+    if (resp->n_tainted_authority_ids > 0) {
+        r.tainted_ids = calloc(resp->n_tainted_authority_ids, sizeof(*r.tainted_ids));
+        if (r.tainted_ids == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < resp->n_tainted_authority_ids; i++) {
+            r.tainted_ids[i] = strdup(resp->tainted_authority_ids[i]);
+            if (r.tainted_ids[i] == NULL) {
+                rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+                goto done;
+            }
+            r.ntainted++;
+        }
+        if (svid_signed_by_any(c, r.tainted_ids, r.ntainted)) {
+            sg_log_warn("the authority that signed the agent SVID was tainted; renewing it now");
+            c->renew_now = true;
+        }
+    }
     if (resp->bundle != NULL && resp->bundle->n_x509_authorities > 0) {
         rc = der_array_from_pb(resp->bundle->x509_authorities, resp->bundle->n_x509_authorities,
                                &r.bundle.certs, err);
@@ -1108,6 +1158,8 @@ static void fill_mint_result(const Sigil__Node__V1__MintX509SVIDResult *pb, sg_m
         strlen(pb->svid->serial) < sizeof(r->serial)) {
         r->not_after = pb->svid->expires_at;
         snprintf(r->serial, sizeof(r->serial), "%s", pb->svid->serial);
+        if (pb->svid->authority_id != NULL)
+            snprintf(r->authority_id, sizeof(r->authority_id), "%s", pb->svid->authority_id);
         return;
     }
     X509 *leaf = NULL;

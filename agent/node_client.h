@@ -49,6 +49,8 @@ typedef struct sg_sync_result {
     size_t nentries;
     sg_agent_bundle bundle;
     int64_t revision;
+    char **tainted_ids; /* authority IDs whose SVIDs must be re-minted now */
+    size_t ntainted;
 } sg_sync_result;
 
 void sg_sync_result_cleanup(sg_sync_result *r);
@@ -68,6 +70,7 @@ typedef struct sg_mint_result {
     size_t nchain;
     int64_t not_after; /* unix seconds */
     char serial[41];
+    char authority_id[81]; /* signing CA (hex SKID); "" from older servers */
 } sg_mint_result;
 
 void sg_mint_result_cleanup(sg_mint_result *r);

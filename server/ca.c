@@ -85,7 +85,8 @@ typedef struct ca_snapshot {
     size_t akid_len;
     const uint8_t *sigalg; /* DER AlgorithmIdentifier of leaf signatures */
     size_t sigalg_len;
-    int digest_nid; /* NID_sha256 / NID_sha384 */
+    int digest_nid;                                /* NID_sha256 / NID_sha384 */
+    char authority_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* of cert, for agents' taint checks */
     sg_der tail[3]; /* appended after the leaf: an intermediate CA, then upstream intermediates */
     size_t ntail;
     pthread_mutex_t pool_mu; /* guards pool only; everything else is read-only */
@@ -199,6 +200,8 @@ static void snap_ctx_put(ca_snapshot *s, EVP_PKEY_CTX *c)
 }
 
 /* Builds a snapshot around cert+key (both taken) and the chain tail. */
+static void authority_id(X509 *c, char *out, size_t len);
+
 static int snap_new(X509 *cert, EVP_PKEY *key, bool intermediate, STACK_OF(X509) * extra,
                     ca_snapshot **out, sg_err *err)
 {
@@ -212,6 +215,7 @@ static int snap_new(X509 *cert, EVP_PKEY *key, bool intermediate, STACK_OF(X509)
         return sg_err_set(err, SG_ENOMEM, "out of memory creating CA snapshot");
     }
     atomic_init(&s->refs, 1);
+    authority_id(cert, s->authority_id, sizeof s->authority_id);
     pthread_mutex_init(&s->pool_mu, NULL);
     s->cert = cert;
     s->key = key;
@@ -580,6 +584,8 @@ int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, 
     ca_snapshot *s = snap_acquire(ca);
     int rc = sign_leaf(s, ca->td, p, spki, spki_len, out, err);
 
+    if (rc == 0)
+        snprintf(out->authority_id, sizeof out->authority_id, "%s", s->authority_id);
     snap_release(s);
     return rc;
 }

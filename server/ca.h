@@ -45,8 +45,9 @@ void sg_ca_free(sg_ca *ca);
 typedef struct sg_ca_chain {
     sg_der certs[4];
     size_t n;
-    int64_t not_after; /* unix seconds */
-    char serial[41];   /* leaf serial, hex */
+    int64_t not_after;     /* unix seconds */
+    char serial[41];       /* leaf serial, hex */
+    char authority_id[81]; /* the signing CA's authority ID (hex SKID) */
 } sg_ca_chain;
 
 void sg_ca_chain_cleanup(sg_ca_chain *c);

@@ -97,6 +97,7 @@ static void svid_msg(Sigil__Node__V1__X509SVID *m, ProtobufCBinaryData *bins, co
     m->n_cert_chain = chain->n;
     m->expires_at = chain->not_after;
     m->serial = (char *)chain->serial;
+    m->authority_id = (char *)chain->authority_id;
 }
 
 /* ------------------------------------------------------------ authentication */

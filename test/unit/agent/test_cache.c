@@ -54,7 +54,7 @@ static void put_svid(sg_cache *c, const char *entry_id, int64_t rev, const char 
     static uint8_t key[] = {0x30, 0x01, 0x00};
     sg_der chain[2] = {{cert, sizeof(cert)}, {cert, sizeof(cert)}};
     ASSERT_OK(sg_cache_put_svid(c, entry_id, rev, chain, 2, key, sizeof(key), not_after, NOW + 100,
-                                serial, NULL));
+                                serial, "aa01", NULL));
 }
 
 static void set_bundle(sg_cache *c, uint8_t byte)
@@ -187,7 +187,7 @@ TEST(cache_sync_keeps_svids_of_unchanged_entries)
     sg_der d = {(uint8_t *)"x", 1};
     sg_err err = {0};
     ASSERT_EQ(sg_cache_put_svid(c, "gone", 1, &d, 1, (const uint8_t *)"k", 1, NOW + 5, NOW + 2,
-                                "03", &err),
+                                "03", "aa01", &err),
               SG_ENOENT);
     ASSERT(strstr(err.msg, "gone") != NULL);
     sg_cache_free(c);
@@ -351,5 +351,30 @@ TEST(cache_has_no_bundle_until_one_is_set)
     ASSERT_EQ(len, 0);
     set_bundle(c, 3);
     ASSERT(sg_cache_has_bundle(c));
+    sg_cache_free(c);
+}
+
+TEST(cache_taint_makes_svids_of_that_authority_due)
+{
+    sg_cache *c = NULL;
+    sg_err err = {0};
+    const sg_agent_entry **due = NULL;
+    size_t n = 0;
+    char *tainted[] = {(char *)"bb02", (char *)"aa01"};
+    char *other[] = {(char *)"cc03"};
+
+    ASSERT_OK(sg_cache_new(&c, "example.org", &err));
+    static const char *const sels[] = {"unix:uid:1", NULL};
+    set_entries1(c, make_entry("e0", "spiffe://example.org/w", 1, sels));
+    put_svid(c, "e0", 1, "01", NOW + 1000);
+    ASSERT_OK(sg_cache_due(c, NOW, &due, &n));
+    free(due);
+    ASSERT_EQ(n, 0);
+    ASSERT_EQ(sg_cache_taint(c, other, 1), 0);
+    ASSERT_EQ(sg_cache_taint(c, tainted, 2), 1);
+    ASSERT_OK(sg_cache_due(c, NOW, &due, &n));
+    free(due);
+    ASSERT_EQ(n, 1);
+    ASSERT(sg_cache_next_due(c) <= NOW);
     sg_cache_free(c);
 }
