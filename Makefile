@@ -113,7 +113,7 @@ check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
-bench: $(BINS) $(BENCH_BINS)
+bench: $(BINS) $(BENCH_BINS) $(PYGEN)/.stamp
 	./bench/run.sh $(abspath $(BUILD))
 
 demo: deps all
