@@ -10,6 +10,7 @@
  */
 #include "server/cli.h"
 
+#include "common/fsutil.h"
 #include "common/rpc.h"
 #include "common/selector.h"
 #include "common/spiffeid.h"
@@ -58,6 +59,7 @@ typedef enum flag_id {
     FL_SHALLOW,
     FL_VERBOSE,
     FL_AUTHORITYID,
+    FL_DATA,
     FL__COUNT
 } flag_id;
 
@@ -98,6 +100,9 @@ static const struct flag_def {
     [FL_VERBOSE] = {"verbose", K_BOOL, NULL, "Print verbose information"},
     [FL_AUTHORITYID] = {"authorityID", K_STRING, NULL,
                         "The authority ID of the X.509 authority (hex Subject Key ID)"},
+    [FL_DATA] = {"data", K_STRING, NULL,
+                 "Path to a file containing registration JSON (optional). If set to '-', read "
+                 "the JSON from stdin."},
 };
 
 #define F(x)         (1u << (x))
@@ -344,31 +349,38 @@ static json_t *entry_json(const Sigil__Admin__V1__Entry *e)
     return o;
 }
 
+static void print_entry_to(FILE *f, const Sigil__Admin__V1__Entry *e)
+{
+    fprintf(f, "Entry ID         : %s\n", e->id[0] != '\0' ? e->id : "(none)");
+    fprintf(f, "SPIFFE ID        : %s\n", e->spiffe_id);
+    fprintf(f, "Parent ID        : %s\n", e->parent_id);
+    fprintf(f, "Revision         : %lld\n", (long long)e->revision);
+    if (e->downstream)
+        fprintf(f, "Downstream       : true\n");
+    if (e->x509_svid_ttl == 0)
+        fprintf(f, "X509-SVID TTL    : default\n");
+    else
+        fprintf(f, "X509-SVID TTL    : %d\n", (int)e->x509_svid_ttl);
+    if (e->jwt_svid_ttl == 0)
+        fprintf(f, "JWT-SVID TTL     : default\n");
+    else
+        fprintf(f, "JWT-SVID TTL     : %d\n", (int)e->jwt_svid_ttl);
+    for (size_t i = 0; i < e->n_selectors; i++)
+        fprintf(f, "Selector         : %s:%s\n", e->selectors[i]->type, e->selectors[i]->value);
+    for (size_t i = 0; i < e->n_dns_names; i++)
+        fprintf(f, "DNS name         : %s\n", e->dns_names[i]);
+    for (size_t i = 0; i < e->n_federates_with; i++)
+        fprintf(f, "FederatesWith    : %s\n", e->federates_with[i]);
+    if (e->admin)
+        fprintf(f, "Admin            : true\n");
+    if (e->hint != NULL && e->hint[0] != '\0')
+        fprintf(f, "Hint             : %s\n", e->hint);
+    fprintf(f, "\n");
+}
+
 static void print_entry(const Sigil__Admin__V1__Entry *e)
 {
-    printf("Entry ID         : %s\n", e->id);
-    printf("SPIFFE ID        : %s\n", e->spiffe_id);
-    printf("Parent ID        : %s\n", e->parent_id);
-    printf("Revision         : %lld\n", (long long)e->revision);
-    if (e->downstream)
-        printf("Downstream       : true\n");
-    if (e->x509_svid_ttl == 0)
-        printf("X509-SVID TTL    : default\n");
-    else
-        printf("X509-SVID TTL    : %d\n", (int)e->x509_svid_ttl);
-    if (e->jwt_svid_ttl == 0)
-        printf("JWT-SVID TTL     : default\n");
-    else
-        printf("JWT-SVID TTL     : %d\n", (int)e->jwt_svid_ttl);
-    for (size_t i = 0; i < e->n_selectors; i++)
-        printf("Selector         : %s:%s\n", e->selectors[i]->type, e->selectors[i]->value);
-    for (size_t i = 0; i < e->n_dns_names; i++)
-        printf("DNS name         : %s\n", e->dns_names[i]);
-    if (e->admin)
-        printf("Admin            : true\n");
-    if (e->hint != NULL && e->hint[0] != '\0')
-        printf("Hint             : %s\n", e->hint);
-    printf("\n");
+    print_entry_to(stdout, e);
 }
 
 /* Formats t like Go's time.Time.String() in UTC. */
@@ -643,8 +655,552 @@ static int entry_write(cli_ctx *c, bool update)
     return rc;
 }
 
+/* ------------------------------------------------------------ entry create -data */
+
+#define DATA_MAX_BYTES   ((size_t)64 * 1024 * 1024)
+#define DATA_MAX_ENTRIES 100000
+
+/* One entry read from a -data file; strings point into the parsed JSON. */
+typedef struct data_entry {
+    Sigil__Admin__V1__Entry e;
+    Sigil__Admin__V1__Selector *sels;
+    Sigil__Admin__V1__Selector **selp;
+    char **dns;
+    char **fed;
+    char *spiffe_own; /* composed from {"trust_domain", "path"} */
+    char *parent_own;
+} data_entry;
+
+static void data_entry_release(data_entry *d)
+{
+    free(d->sels);
+    free(d->selp);
+    free(d->dns);
+    free(d->fed);
+    free(d->spiffe_own);
+    free(d->parent_own);
+}
+
+/* The flags that describe one entry on the command line, refused with -data. */
+static const flag_id data_exclusive[] = {FL_SPIFFE, FL_PARENT,     FL_SELECTOR, FL_X509TTL,
+                                         FL_JWTTTL, FL_DNS,        FL_ENTRYID,  FL_NODE,
+                                         FL_HINT,   FL_DOWNSTREAM, FL_ADMIN};
+
+/* Reads all of stdin, refusing more than max bytes; malloc'd, NUL-terminated. */
+static int read_stdin(size_t max, char **out, size_t *len, sg_err *err)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap + 1);
+
+    if (buf == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory reading stdin");
+    for (;;) {
+        size_t r;
+
+        if (n == cap) {
+            size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            char *nb;
+
+            if (ncap <= cap) {
+                free(buf);
+                return sg_err_set(err, SG_ETOOBIG, "stdin holds more than %zu bytes", max);
+            }
+            nb = realloc(buf, ncap + 1);
+            if (nb == NULL) {
+                free(buf);
+                return sg_err_set(err, SG_ENOMEM, "out of memory reading stdin");
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        r = fread(buf + n, 1, cap - n, stdin);
+        n += r;
+        if (r == 0) {
+            if (ferror(stdin)) {
+                free(buf);
+                return sg_err_sys(err, "cannot read stdin");
+            }
+            break;
+        }
+    }
+    if (n > max) {
+        free(buf);
+        return sg_err_set(err, SG_ETOOBIG, "stdin holds more than %zu bytes", max);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* A SPIFFE ID given as a string or as {"trust_domain": ..., "path": ...}. */
+static int data_id(json_t *v, const char *field, char **out, char **own, char *why, size_t wl)
+{
+    json_t *td, *path;
+    const char *p = "";
+    size_t n;
+
+    if (v == NULL || json_is_null(v)) {
+        snprintf(why, wl, "%s: is required", field);
+        return -1;
+    }
+    if (json_is_string(v)) {
+        *out = (char *)(uintptr_t)json_string_value(v);
+        return 0;
+    }
+    if (!json_is_object(v)) {
+        snprintf(why, wl, "%s: want a string or an object with trust_domain and path", field);
+        return -1;
+    }
+    td = json_object_get(v, "trust_domain");
+    path = json_object_get(v, "path");
+    if (!json_is_string(td) || json_string_length(td) == 0) {
+        snprintf(why, wl, "%s.trust_domain: want a non-empty string", field);
+        return -1;
+    }
+    if (path != NULL && !json_is_null(path)) {
+        if (!json_is_string(path)) {
+            snprintf(why, wl, "%s.path: want a string", field);
+            return -1;
+        }
+        p = json_string_value(path);
+    }
+    if (json_object_size(v) > (size_t)(path != NULL ? 2 : 1)) {
+        snprintf(why, wl, "%s: unknown field (want only trust_domain and path)", field);
+        return -1;
+    }
+    n = strlen("spiffe://") + json_string_length(td) + strlen(p) + 1;
+    *own = malloc(n);
+    if (*own == NULL) {
+        snprintf(why, wl, "out of memory");
+        return -1;
+    }
+    snprintf(*own, n, "spiffe://%s%s", json_string_value(td), p);
+    *out = *own;
+    return 0;
+}
+
+/* A list of strings; *out is a malloc'd array of pointers into the JSON. */
+static int data_strings(json_t *v, const char *field, char ***out, size_t *n, char *why, size_t wl)
+{
+    size_t cnt;
+
+    *out = NULL;
+    *n = 0;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_array(v)) {
+        snprintf(why, wl, "%s: want a list of strings", field);
+        return -1;
+    }
+    cnt = json_array_size(v);
+    if (cnt == 0)
+        return 0;
+    *out = calloc(cnt, sizeof **out);
+    if (*out == NULL) {
+        snprintf(why, wl, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        json_t *s = json_array_get(v, i);
+        if (!json_is_string(s)) {
+            snprintf(why, wl, "%s[%zu]: want a string", field, i);
+            return -1;
+        }
+        (*out)[i] = (char *)(uintptr_t)json_string_value(s);
+    }
+    *n = cnt;
+    return 0;
+}
+
+/* An integer TTL in seconds: a JSON integer or a decimal string (int64 in protojson). */
+static int data_ttl(json_t *v, const char *field, int32_t *out, char *why, size_t wl)
+{
+    int64_t x;
+
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_string(v)) {
+        sg_err err;
+        if (sg_parse_int64(json_string_value(v), INT64_MIN, INT64_MAX, &x, &err) < 0) {
+            snprintf(why, wl, "%s: want an integer number of seconds: %.160s", field, err.msg);
+            return -1;
+        }
+    } else {
+        snprintf(why, wl, "%s: want an integer number of seconds", field);
+        return -1;
+    }
+    if (x < INT32_MIN || x > INT32_MAX) {
+        snprintf(why, wl, "%s: %lld is out of range", field, (long long)x);
+        return -1;
+    }
+    *out = (int32_t)x;
+    return 0;
+}
+
+static int data_bool(json_t *v, const char *field, protobuf_c_boolean *out, char *why, size_t wl)
+{
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(why, wl, "%s: want true or false", field);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int data_string(json_t *v, const char *field, char **out, char *why, size_t wl)
+{
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_string(v)) {
+        snprintf(why, wl, "%s: want a string", field);
+        return -1;
+    }
+    *out = (char *)(uintptr_t)json_string_value(v);
+    return 0;
+}
+
+/* A zero/false field SPIRE writes that sigil has no use for; anything else is refused. */
+static int data_zero(json_t *v, const char *field, char *why, size_t wl)
+{
+    if (v == NULL || json_is_null(v) || json_is_false(v))
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) == 0)
+        return 0;
+    if (json_is_string(v) && (strcmp(json_string_value(v), "0") == 0 || json_string_length(v) == 0))
+        return 0;
+    snprintf(why, wl, "%s: not supported (leave it out or set it to %s)", field,
+             json_is_boolean(v) ? "false" : "0");
+    return -1;
+}
+
+static const char *const data_known_fields[] = {
+    "id",         "entry_id",        "spiffe_id",    "parent_id",
+    "selectors",  "x509_svid_ttl",   "jwt_svid_ttl", "ttl",
+    "dns_names",  "federates_with",  "hint",         "admin",
+    "downstream", "revision_number", "created_at",   "store_svid",
+    "expires_at", "entry_expiry",    "entryExpiry",
+};
+
+/* Fills d from one object of the "entries" list; why names the field at fault. */
+static int data_entry_parse(json_t *o, data_entry *d, char *why, size_t wl)
+{
+    static const Sigil__Admin__V1__Entry einit = SIGIL__ADMIN__V1__ENTRY__INIT;
+    static const Sigil__Admin__V1__Selector sinit = SIGIL__ADMIN__V1__SELECTOR__INIT;
+    json_t *sels;
+    size_t nsel;
+
+    memset(d, 0, sizeof *d);
+    d->e = einit;
+    d->e.id = (char *)(uintptr_t) "";
+    d->e.hint = (char *)(uintptr_t) "";
+    if (!json_is_object(o)) {
+        snprintf(why, wl, "want an object");
+        return -1;
+    }
+    for (void *it = json_object_iter(o); it != NULL; it = json_object_iter_next(o, it)) {
+        const char *key = json_object_iter_key(it);
+        bool known = false;
+        for (size_t i = 0; i < sizeof data_known_fields / sizeof data_known_fields[0]; i++)
+            known = known || strcmp(key, data_known_fields[i]) == 0;
+        if (!known) {
+            snprintf(why, wl, "unknown field \"%.64s\"", key);
+            return -1;
+        }
+    }
+    if (json_object_get(o, "id") != NULL && json_object_get(o, "entry_id") != NULL) {
+        snprintf(why, wl, "id and entry_id: give only one");
+        return -1;
+    }
+    if (data_string(json_object_get(o, "id"), "id", &d->e.id, why, wl) < 0 ||
+        data_string(json_object_get(o, "entry_id"), "entry_id", &d->e.id, why, wl) < 0 ||
+        data_id(json_object_get(o, "spiffe_id"), "spiffe_id", &d->e.spiffe_id, &d->spiffe_own, why,
+                wl) < 0 ||
+        data_id(json_object_get(o, "parent_id"), "parent_id", &d->e.parent_id, &d->parent_own, why,
+                wl) < 0)
+        return -1;
+    sels = json_object_get(o, "selectors");
+    if (sels == NULL || json_is_null(sels)) {
+        snprintf(why, wl, "selectors: is required");
+        return -1;
+    }
+    if (!json_is_array(sels)) {
+        snprintf(why, wl, "selectors: want a list");
+        return -1;
+    }
+    nsel = json_array_size(sels);
+    d->sels = calloc(nsel ? nsel : 1, sizeof *d->sels);
+    d->selp = calloc(nsel ? nsel : 1, sizeof *d->selp);
+    if (d->sels == NULL || d->selp == NULL) {
+        snprintf(why, wl, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < nsel; i++) {
+        json_t *s = json_array_get(sels, i), *t, *val;
+        if (!json_is_object(s)) {
+            snprintf(why, wl, "selectors[%zu]: want an object with type and value", i);
+            return -1;
+        }
+        t = json_object_get(s, "type");
+        val = json_object_get(s, "value");
+        if (!json_is_string(t) || json_string_length(t) == 0) {
+            snprintf(why, wl, "selectors[%zu].type: want a non-empty string", i);
+            return -1;
+        }
+        if (!json_is_string(val)) {
+            snprintf(why, wl, "selectors[%zu].value: want a string", i);
+            return -1;
+        }
+        if (json_object_size(s) != 2) {
+            snprintf(why, wl, "selectors[%zu]: unknown field (want only type and value)", i);
+            return -1;
+        }
+        d->sels[i] = sinit;
+        d->sels[i].type = (char *)(uintptr_t)json_string_value(t);
+        d->sels[i].value = (char *)(uintptr_t)json_string_value(val);
+        d->selp[i] = &d->sels[i];
+    }
+    d->e.selectors = d->selp;
+    d->e.n_selectors = nsel;
+    if (json_object_get(o, "x509_svid_ttl") != NULL && json_object_get(o, "ttl") != NULL) {
+        snprintf(why, wl, "x509_svid_ttl and ttl: give only one");
+        return -1;
+    }
+    if (data_ttl(json_object_get(o, "x509_svid_ttl"), "x509_svid_ttl", &d->e.x509_svid_ttl, why,
+                 wl) < 0 ||
+        data_ttl(json_object_get(o, "ttl"), "ttl", &d->e.x509_svid_ttl, why, wl) < 0 ||
+        data_ttl(json_object_get(o, "jwt_svid_ttl"), "jwt_svid_ttl", &d->e.jwt_svid_ttl, why, wl) <
+            0 ||
+        data_strings(json_object_get(o, "dns_names"), "dns_names", &d->dns, &d->e.n_dns_names, why,
+                     wl) < 0 ||
+        data_strings(json_object_get(o, "federates_with"), "federates_with", &d->fed,
+                     &d->e.n_federates_with, why, wl) < 0 ||
+        data_string(json_object_get(o, "hint"), "hint", &d->e.hint, why, wl) < 0 ||
+        data_bool(json_object_get(o, "admin"), "admin", &d->e.admin, why, wl) < 0 ||
+        data_bool(json_object_get(o, "downstream"), "downstream", &d->e.downstream, why, wl) < 0 ||
+        data_zero(json_object_get(o, "store_svid"), "store_svid", why, wl) < 0 ||
+        data_zero(json_object_get(o, "expires_at"), "expires_at", why, wl) < 0 ||
+        data_zero(json_object_get(o, "entry_expiry"), "entry_expiry", why, wl) < 0 ||
+        data_zero(json_object_get(o, "entryExpiry"), "entryExpiry", why, wl) < 0)
+        return -1;
+    d->e.dns_names = d->dns;
+    d->e.federates_with = d->fed;
+    return 0;
+}
+
+/* Go's codes.Code names, as SPIRE prints them. */
+static const char *status_go_name(grpc_status_code code)
+{
+    static const char *const names[] = {
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    };
+
+    if ((int)code < 0 || (size_t)code >= sizeof names / sizeof names[0])
+        return "Unknown";
+    return names[code];
+}
+
+/* Loads and checks the -data file; on success *root owns the JSON the entries point into. */
+static int data_load(const char *src, json_t **root, data_entry **out, size_t *count)
+{
+    char *buf = NULL;
+    uint8_t *fbuf = NULL;
+    size_t len = 0, n;
+    json_error_t jerr;
+    json_t *doc, *list;
+    data_entry *ents;
+    sg_err err;
+    int rc;
+
+    if (src[0] == '\0')
+        return fail_msg("-data is empty: give a file path or - for stdin");
+    if (strcmp(src, "-") == 0) {
+        rc = read_stdin(DATA_MAX_BYTES, &buf, &len, &err);
+    } else {
+        rc = sg_fs_read_file(src, DATA_MAX_BYTES, &fbuf, &len, &err);
+        buf = (char *)fbuf;
+    }
+    if (rc == SG_ETOOBIG) {
+        fprintf(stderr, "Error: %s: the entries file is larger than 64 MiB; split it\n",
+                strcmp(src, "-") == 0 ? "stdin" : src);
+        return 1;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "Error: cannot read -data: %s\n", err.msg);
+        return 1;
+    }
+    doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(buf);
+    if (doc == NULL) {
+        fprintf(stderr, "Error: %s: invalid JSON at line %d, column %d: %s\n",
+                strcmp(src, "-") == 0 ? "stdin" : src, jerr.line, jerr.column, jerr.text);
+        return 1;
+    }
+    list = json_is_object(doc) ? json_object_get(doc, "entries") : NULL;
+    if (list == NULL || !json_is_array(list)) {
+        json_decref(doc);
+        return fail_msg(list == NULL ? "want a JSON object with an \"entries\" list"
+                                     : "entries: want a list");
+    }
+    n = json_array_size(list);
+    if (n == 0) {
+        json_decref(doc);
+        return fail_msg("entries: the list is empty");
+    }
+    if (n > DATA_MAX_ENTRIES) {
+        fprintf(stderr,
+                "Error: entries: %zu entries is more than the %d allowed in one call; "
+                "split the file\n",
+                n, DATA_MAX_ENTRIES);
+        json_decref(doc);
+        return 1;
+    }
+    ents = calloc(n, sizeof *ents);
+    if (ents == NULL) {
+        json_decref(doc);
+        return fail_msg("out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        char why[256];
+        if (data_entry_parse(json_array_get(list, i), &ents[i], why, sizeof why) < 0) {
+            fprintf(stderr, "Error: entries[%zu]: %s\n", i, why);
+            for (size_t j = 0; j <= i; j++)
+                data_entry_release(&ents[j]);
+            free(ents);
+            json_decref(doc);
+            return 1;
+        }
+    }
+    *root = doc;
+    *out = ents;
+    *count = n;
+    return 0;
+}
+
+/* entry create -data: every entry of the file, one CreateEntry each on one channel. */
+static int entry_create_data(cli_ctx *c)
+{
+    json_t *doc = NULL, *results = NULL;
+    data_entry *ents = NULL;
+    size_t n = 0, failed = 0, done = 0;
+    char path[128];
+    sg_err err;
+    int rc;
+
+    for (size_t i = 0; i < sizeof data_exclusive / sizeof data_exclusive[0]; i++)
+        if (c->set[data_exclusive[i]]) {
+            fprintf(stderr,
+                    "Error: -data cannot be used together with -%s: the entries come from the "
+                    "file\n",
+                    flag_defs[data_exclusive[i]].name);
+            return 1;
+        }
+    rc = data_load(c->val[FL_DATA], &doc, &ents, &n);
+    if (rc != 0)
+        return rc;
+    sg_err_clear(&err);
+    if (cli_connect(c, &err) < 0) {
+        rc = fail_err(&err);
+        goto out;
+    }
+    if (c->json && (results = json_array()) == NULL) {
+        rc = fail_msg("out of memory building JSON output");
+        goto out;
+    }
+    snprintf(path, sizeof path, "/%s/CreateEntry", sigil__admin__v1__admin__descriptor.name);
+    for (done = 0; done < n; done++) {
+        Sigil__Admin__V1__CreateEntryRequest req = SIGIL__ADMIN__V1__CREATE_ENTRY_REQUEST__INIT;
+        ProtobufCMessage *resp = NULL;
+        sg_rpc_status st;
+        const char *msg;
+
+        req.entry = &ents[done].e;
+        memset(&st, 0, sizeof st);
+        sg_err_clear(&err);
+        rc = sg_rpc_unary(c->ch, path, &req.base, &sigil__admin__v1__entry__descriptor, NULL, 0,
+                          CALL_TIMEOUT_MS, &resp, &st, &err);
+        if (rc == 0) {
+            const Sigil__Admin__V1__Entry *got = (const void *)resp;
+            if (c->json)
+                json_array_append_new(results,
+                                      json_pack("{s:{s:i,s:s},s:o}", "status", "code", 0, "message",
+                                                "OK", "entry", entry_json(got)));
+            else
+                print_entry(got);
+            protobuf_c_message_free_unpacked(resp, NULL);
+            continue;
+        }
+        if (st.code == GRPC_STATUS_OK || st.code == GRPC_STATUS_UNAVAILABLE ||
+            st.code == GRPC_STATUS_DEADLINE_EXCEEDED) {
+            /* The transport failed (not the entry): stop, saying how far it got. */
+            fprintf(stderr,
+                    "Error: %s\nError: stopped at entries[%zu]: %zu of %zu entries were "
+                    "created, %zu refused\n",
+                    err.msg[0] ? err.msg : sg_strerror(rc), done, done - failed, n, failed);
+            rc = 1;
+            goto out;
+        }
+        failed++;
+        msg = st.details[0] ? st.details : err.msg;
+        if (c->json) {
+            json_array_append_new(results,
+                                  json_pack("{s:{s:i,s:s},s:o}", "status", "code", (int)st.code,
+                                            "message", msg, "entry", entry_json(&ents[done].e)));
+        } else {
+            json_t *q = json_string(msg);
+            char *quoted = q ? json_dumps(q, JSON_ENCODE_ANY) : NULL;
+            fprintf(stderr, "Failed to create the following entry (code: %s, msg: %s):\n",
+                    status_go_name(st.code), quoted ? quoted : msg);
+            free(quoted);
+            json_decref(q);
+            print_entry_to(stderr, &ents[done].e);
+        }
+    }
+    if (c->json) {
+        rc = print_json(json_pack("{s:o}", "results", results));
+        results = NULL;
+        if (rc != 0)
+            goto out;
+    }
+    if (failed > 0) {
+        fprintf(stderr, "Error: failed to create %zu of %zu entries\n", failed, n);
+        rc = 1;
+    } else {
+        rc = 0;
+    }
+out:
+    json_decref(results);
+    for (size_t i = 0; i < n; i++)
+        data_entry_release(&ents[i]);
+    free(ents);
+    json_decref(doc);
+    return rc;
+}
+
 static int cmd_entry_create(cli_ctx *c)
 {
+    if (c->set[FL_DATA])
+        return entry_create_data(c);
     return entry_write(c, false);
 }
 
@@ -1261,7 +1817,8 @@ static int cmd_localauthority_x509_revoke(cli_ctx *c)
 /* ------------------------------------------------------------ dispatch */
 
 static const cmd_def commands[] = {
-    {"entry", "create", cmd_entry_create, ENTRY_WRITE_FLAGS, "Creates a registration entry"},
+    {"entry", "create", cmd_entry_create, ENTRY_WRITE_FLAGS | F(FL_DATA),
+     "Creates registration entries"},
     {"entry", "show", cmd_entry_show,
      COMMON_FLAGS | F(FL_ENTRYID) | F(FL_SPIFFE) | F(FL_PARENT) | F(FL_SELECTOR),
      "Displays configured registration entries"},
