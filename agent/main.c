@@ -9,7 +9,6 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/spiffeid.h"
-#include "common/strparse.h"
 
 #include <grpc/grpc.h>
 #include <signal.h>
@@ -108,49 +107,29 @@ static int parse_flags(int argc, char **argv, run_flags *f, bool allow_run_flags
     return 0;
 }
 
-static int replace_str(char **field, const char *val)
-{
-    char *s = strdup(val);
-    if (s == NULL)
-        return -1;
-    free(*field);
-    *field = s;
-    return 0;
-}
-
 /* Flags override the config file, as in SPIRE. */
-static int apply_overrides(sg_agent_config *cfg, const run_flags *f)
+/* Loads the config with the command-line overrides applied before it is checked. */
+static int load_config(const run_flags *f, sg_agent_config *cfg, sg_err *err)
 {
-    sg_err err = {0};
-    if (f->trust_domain != NULL &&
-        sg_trust_domain_parse(f->trust_domain, cfg->trust_domain, &err) != 0) {
-        fprintf(stderr, "sigil-agent: -trustDomain: %s\n", err.msg);
-        return -1;
-    }
-    if (f->log_level != NULL && sg_log_level_parse(f->log_level, &cfg->log_level) != 0) {
-        fprintf(stderr, "sigil-agent: -logLevel: unknown log level \"%.64s\"\n", f->log_level);
-        return -1;
-    }
-    if (f->server_port != NULL) {
-        int64_t port;
-        if (sg_parse_int64(f->server_port, 1, 65535, &port, &err) != 0) {
-            fprintf(stderr, "sigil-agent: -serverPort: %s\n", err.msg);
-            return -1;
-        }
-        cfg->server_port = (int)port;
-    }
-    if ((f->socket_path && replace_str(&cfg->socket_path, f->socket_path) != 0) ||
-        (f->server_address && replace_str(&cfg->server_address, f->server_address) != 0) ||
-        (f->data_dir && replace_str(&cfg->data_dir, f->data_dir) != 0)) {
-        fprintf(stderr, "sigil-agent: out of memory\n");
-        return -1;
-    }
-    if (f->socket_path != NULL && f->socket_path[0] != '/') {
-        fprintf(stderr, "sigil-agent: -socketPath must be an absolute path, got \"%.200s\"\n",
-                f->socket_path);
-        return -1;
-    }
-    return 0;
+    sg_config_override ov[6];
+    size_t n = 0;
+
+    if (f->trust_domain != NULL)
+        ov[n++] = (sg_config_override){"trust_domain", f->trust_domain};
+    if (f->log_level != NULL)
+        ov[n++] = (sg_config_override){"log_level", f->log_level};
+    if (f->server_port != NULL)
+        ov[n++] = (sg_config_override){"server_port", f->server_port};
+    if (f->socket_path != NULL)
+        ov[n++] = (sg_config_override){"socket_path", f->socket_path};
+    if (f->server_address != NULL)
+        ov[n++] = (sg_config_override){"server_address", f->server_address};
+    if (f->data_dir != NULL)
+        ov[n++] = (sg_config_override){"data_dir", f->data_dir};
+    if (f->socket_path != NULL && f->socket_path[0] != '/')
+        return sg_err_set(err, SG_ECONFIG, "-socketPath must be an absolute path, got \"%.200s\"",
+                          f->socket_path);
+    return sg_agent_config_load_with(f->config, f->expand_env, ov, n, cfg, err);
 }
 
 /* A thousand Workload API clients need a thousand descriptors. */
@@ -197,12 +176,8 @@ static int cmd_run(int argc, char **argv)
     sg_log_set_component("agent");
     sg_agent_config cfg;
     sg_err err = {0};
-    if (sg_agent_config_load(f.config, f.expand_env, &cfg, &err) != 0) {
+    if (load_config(&f, &cfg, &err) != 0) {
         fprintf(stderr, "sigil-agent: %s\n", err.msg);
-        return 1;
-    }
-    if (apply_overrides(&cfg, &f) != 0) {
-        sg_agent_config_cleanup(&cfg);
         return 1;
     }
     sg_log_set_level(cfg.log_level);

@@ -13,6 +13,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -854,8 +855,61 @@ static int server_validate(cfgctx *c, sg_server_config *s, const sg_hcl_node *se
     return 0;
 }
 
+/*
+ * Replaces (or adds) each override's key in the main section with a string
+ * value, so flags pass through the same setters and checks as the file.
+ * The tree is ours: the const in split_top's result is only for readers.
+ */
+static int apply_overrides(cfgctx *c, const sg_hcl_node *sec_const, const sg_config_override *ov,
+                           size_t n)
+{
+    sg_hcl_node *sec = (sg_hcl_node *)(uintptr_t)sec_const;
+
+    for (size_t i = 0; i < n; i++) {
+        sg_hcl_node *m = NULL;
+        char *v = strdup(ov[i].value);
+
+        if (v == NULL)
+            return cerr(c, 0, "out of memory");
+        for (size_t j = 0; j < sec->n && m == NULL; j++)
+            if (sec->items[j]->key != NULL && strcmp(sec->items[j]->key, ov[i].key) == 0)
+                m = sec->items[j];
+        if (m == NULL) {
+            sg_hcl_node **items = realloc(sec->items, (sec->n + 1) * sizeof *items);
+            if (items != NULL)
+                sec->items = items;
+            m = items != NULL ? calloc(1, sizeof *m) : NULL;
+            if (m != NULL)
+                m->key = strdup(ov[i].key);
+            if (m == NULL || m->key == NULL) {
+                free(m);
+                free(v);
+                return cerr(c, 0, "out of memory");
+            }
+            sec->items[sec->n++] = m;
+        } else if (m->type == SG_HCL_LIST || m->type == SG_HCL_OBJECT) {
+            free(v);
+            return cerr(c, m->line, "%s cannot be overridden from the command line", m->key);
+        }
+        free(m->str);
+        m->type = SG_HCL_STRING;
+        m->str = v;
+        m->len = strlen(v);
+        m->is_int = false;
+        m->line = 0; /* errors then name the file only: the value came from a flag */
+    }
+    return 0;
+}
+
 int sg_server_config_load(const char *path, bool expand_env_vars, sg_server_config *out,
                           sg_err *err)
+{
+    return sg_server_config_load_with(path, expand_env_vars, NULL, 0, out, err);
+}
+
+int sg_server_config_load_with(const char *path, bool expand_env_vars,
+                               const sg_config_override *overrides, size_t noverrides,
+                               sg_server_config *out, sg_err *err)
 {
     cfgctx c = {path, err};
     sg_server_config s;
@@ -881,6 +935,8 @@ int sg_server_config_load(const char *path, bool expand_env_vars, sg_server_conf
         return rc;
     }
     rc = split_top(&c, root, "server", &sec, &plugins);
+    if (rc == 0)
+        rc = apply_overrides(&c, sec, overrides, noverrides);
     if (rc == 0)
         rc = apply_keys(&c, sec, "server {}", server_keys, NKEYS(server_keys), server_ignored, &s);
     if (rc == 0 && plugins != NULL)
@@ -935,6 +991,13 @@ static int agent_validate(cfgctx *c, sg_agent_config *a, const sg_hcl_node *sec)
 
 int sg_agent_config_load(const char *path, bool expand_env_vars, sg_agent_config *out, sg_err *err)
 {
+    return sg_agent_config_load_with(path, expand_env_vars, NULL, 0, out, err);
+}
+
+int sg_agent_config_load_with(const char *path, bool expand_env_vars,
+                              const sg_config_override *overrides, size_t noverrides,
+                              sg_agent_config *out, sg_err *err)
+{
     cfgctx c = {path, err};
     sg_agent_config a;
     sg_hcl_node *root = NULL;
@@ -950,6 +1013,8 @@ int sg_agent_config_load(const char *path, bool expand_env_vars, sg_agent_config
     if (rc < 0)
         return rc;
     rc = split_top(&c, root, "agent", &sec, &plugins);
+    if (rc == 0)
+        rc = apply_overrides(&c, sec, overrides, noverrides);
     if (rc == 0)
         rc = apply_keys(&c, sec, "agent {}", agent_keys, NKEYS(agent_keys), agent_ignored, &a);
     if (rc == 0 && plugins != NULL)

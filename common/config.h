@@ -72,15 +72,33 @@ typedef struct sg_agent_config {
 } sg_agent_config;
 
 /*
+ * A command-line value that replaces key in the main section (server { }
+ * or agent { }) before the config is checked, as SPIRE applies its flags:
+ * {"log_level", "WARN"} for -logLevel WARN. Borrowed for the load call.
+ */
+typedef struct sg_config_override {
+    const char *key;
+    const char *value;
+} sg_config_override;
+
+/*
  * Reads and validates the server config at path. With expand_env, $VAR and
  * ${VAR} are replaced from the environment before parsing. Errors name the
  * file, line and key ("server.conf:12: unknown key \"bind_prot\" in server").
  */
 int sg_server_config_load(const char *path, bool expand_env, sg_server_config *out, sg_err *err);
+/* Same, with overrides[0..n) applied to server { } before checking. */
+int sg_server_config_load_with(const char *path, bool expand_env,
+                               const sg_config_override *overrides, size_t n, sg_server_config *out,
+                               sg_err *err);
 void sg_server_config_cleanup(sg_server_config *c);
 
 /* Same for the agent config. */
 int sg_agent_config_load(const char *path, bool expand_env, sg_agent_config *out, sg_err *err);
+/* Same, with overrides[0..n) applied to agent { } before checking. */
+int sg_agent_config_load_with(const char *path, bool expand_env,
+                              const sg_config_override *overrides, size_t n, sg_agent_config *out,
+                              sg_err *err);
 void sg_agent_config_cleanup(sg_agent_config *c);
 
 #endif

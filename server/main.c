@@ -140,30 +140,20 @@ static int parse_flags(const char *cmd, int argc, char **argv, bool allow_run, r
     return 0;
 }
 
-/* Loads the config and applies the command-line overrides. */
+/* Loads the config with the command-line overrides applied before it is checked. */
 static int load_config(const run_flags *f, sg_server_config *cfg, sg_err *err)
 {
     const char *path = f->config ? f->config : DEFAULT_CONFIG;
-    int rc = sg_server_config_load(path, f->expand_env, cfg, err);
-    if (rc < 0)
-        return rc;
-    if (f->trust_domain) {
-        rc = sg_trust_domain_parse(f->trust_domain, cfg->trust_domain, err);
-        if (rc < 0)
-            return rc;
-    }
-    if (f->log_level && sg_log_level_parse(f->log_level, &cfg->log_level) < 0)
-        return sg_err_set(err, SG_EINVAL,
-                          "invalid -logLevel \"%s\": want DEBUG, INFO, WARN or ERROR",
-                          f->log_level);
-    if (f->data_dir) {
-        char *d = strdup(f->data_dir);
-        if (!d)
-            return sg_err_set(err, SG_ENOMEM, "out of memory");
-        free(cfg->data_dir);
-        cfg->data_dir = d;
-    }
-    return 0;
+    sg_config_override ov[3];
+    size_t n = 0;
+
+    if (f->trust_domain)
+        ov[n++] = (sg_config_override){"trust_domain", f->trust_domain};
+    if (f->log_level)
+        ov[n++] = (sg_config_override){"log_level", f->log_level};
+    if (f->data_dir)
+        ov[n++] = (sg_config_override){"data_dir", f->data_dir};
+    return sg_server_config_load_with(path, f->expand_env, ov, n, cfg, err);
 }
 
 static int cmd_validate(int argc, char **argv)

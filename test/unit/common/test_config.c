@@ -549,3 +549,28 @@ TEST(config_missing_file_and_syntax_error)
     server_bad("server {\n  bind_port 80\n}\n",
                "server.conf:2: expected '=' or '{' after key \"bind_port\"");
 }
+
+TEST(config_overrides_apply_before_checks)
+{
+    /* An empty log_level (e.g. an unset $VAR) is fine when a flag replaces it. */
+    char text[2048];
+    snprintf(text, sizeof text,
+             "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/d\"\n"
+             "  log_level = \"\"\n}\n%s",
+             SERVER_TAIL);
+    const char *path = write_conf("override.conf", text);
+    sg_server_config s;
+    sg_err err;
+    ASSERT_EQ(sg_server_config_load(path, false, &s, &err), SG_ECONFIG);
+    const sg_config_override ov[] = {
+        {"log_level", "warn"}, {"trust_domain", "other.org"}, {"bind_port", "9090"}};
+    ASSERT_OK(sg_server_config_load_with(path, false, ov, 3, &s, &err));
+    ASSERT_EQ(s.log_level, SG_LOG_WARN);
+    ASSERT_STREQ(s.trust_domain, "other.org");
+    ASSERT_EQ(s.bind_port, 9090);
+    sg_server_config_cleanup(&s);
+    /* A bad flag value is checked like a file value. */
+    const sg_config_override bad[] = {{"log_level", "warn"}, {"bind_port", "99999"}};
+    ASSERT_EQ(sg_server_config_load_with(path, false, bad, 2, &s, &err), SG_ECONFIG);
+    ASSERT(strstr(err.msg, "99999") != NULL || strstr(err.msg, "port") != NULL);
+}
