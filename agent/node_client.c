@@ -365,11 +365,19 @@ static int make_channel(sg_node_client *c, bool with_svid, grpc_channel **out, s
         rc = err != NULL && err->code < 0 ? err->code : SG_ECRYPTO;
         goto done;
     }
-    grpc_arg args[1];
+    /* Reconnect soon after a server restart: the agent's own backoff paces
+     * the calls, gRPC's default (up to 120 s) would outlast short SVIDs. */
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = NODE_MAX_RECV;
-    grpc_channel_args cargs = {.num_args = 1, .args = args};
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[1].value.integer = 500;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 1000;
+    grpc_channel_args cargs = {.num_args = 3, .args = args};
     grpc_channel *ch = grpc_channel_create(c->target, creds, &cargs);
     grpc_channel_credentials_release(creds);
     if (ch == NULL) {

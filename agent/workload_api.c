@@ -202,6 +202,35 @@ static void attest_work(uv_work_t *req)
     w->attest_rc = sg_peer_check(&w->peer, &w->attest_err);
 }
 
+/*
+ * Runs every attestor's non-blocking fast path on the loop thread. True
+ * when that settled the call (selectors or a failure are in w); false when
+ * some attestor would block, and then w is as before and the thread pool
+ * must run the full attestation.
+ */
+static bool attest_inline(wl_call *w)
+{
+    const sg_workload_api_deps *d = &w->api->d;
+    sg_workload_peer wp = {.pid = w->peer.pid, .uid = w->peer.uid, .gid = w->peer.gid};
+    for (size_t i = 0; i < d->nattestors; i++) {
+        int rc = d->attestors[i]->attest_cached != NULL
+                     ? d->attestors[i]->attest_cached(d->states[i], &wp, &w->sels, &w->attest_err)
+                     : SG_EUNAVAIL;
+        if (rc == SG_EUNAVAIL) {
+            sg_selector_set_cleanup(&w->sels);
+            memset(&w->sels, 0, sizeof(w->sels));
+            sg_err_clear(&w->attest_err);
+            return false;
+        }
+        if (rc != 0) {
+            w->attest_rc = rc;
+            return true;
+        }
+    }
+    w->attest_rc = sg_peer_check(&w->peer, &w->attest_err);
+    return true;
+}
+
 static void attest_done(uv_work_t *req, int status)
 {
     wl_call *w = req->data;
@@ -329,6 +358,11 @@ static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessag
     w->refs = 2;
     sg_rpc_call_on_done(call, on_call_done, w);
     w->work.data = w;
+    if (attest_inline(w)) {
+        api->pending++; /* attest_done balances it */
+        attest_done(&w->work, 0);
+        return;
+    }
     if (uv_queue_work(api->d.loop, &w->work, attest_work, attest_done) != 0) {
         finish(call, SG_EUNAVAIL, "workload attestation failed: cannot schedule");
         wl_unref(w);

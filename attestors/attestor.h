@@ -40,6 +40,15 @@ typedef struct sg_workload_attestor {
      */
     int (*attest)(void *state, const sg_workload_peer *peer, sg_selector_set *out, sg_err *err);
     void (*destroy)(void *state);
+    /*
+     * Optional fast path, run on the agent's loop thread: the same result as
+     * attest, but it must never block. It returns SG_EUNAVAIL, adding
+     * nothing, when it would have to (a name lookup or a binary hash that is
+     * not cached yet); the agent then runs attest on the thread pool. NULL:
+     * always use the pool.
+     */
+    int (*attest_cached)(void *state, const sg_workload_peer *peer, sg_selector_set *out,
+                         sg_err *err);
 } sg_workload_attestor;
 
 /* ------------------------------------------------------------ node */

@@ -26,6 +26,8 @@
 #define UNIX_STATUS_MAX    (64 * 1024) /* bytes of /proc/<pid>/status read */
 #define UNIX_MAX_GROUPS    1024        /* supplementary groups accepted from /proc */
 #define UNIX_NAME_BUF_INIT 1024
+#define UNIX_NAME_CACHE    256 /* uid/gid -> name results remembered */
+#define UNIX_NAME_TTL_S    30  /* how long a looked-up name is trusted */
 
 typedef struct hash_entry {
     dev_t dev;
@@ -36,12 +38,23 @@ typedef struct hash_entry {
     bool used;
 } hash_entry;
 
+typedef struct name_entry {
+    bool used;
+    bool is_user;
+    unsigned long id;
+    bool found; /* false: the id has no name (remembered too) */
+    char name[256];
+    int64_t expires; /* monotonic seconds */
+} name_entry;
+
 typedef struct unix_state {
     bool discover_workload_path;
     int64_t size_limit; /* > 0: limit; 0: none; < 0: never hash */
     pthread_mutex_t lock;
     hash_entry cache[UNIX_HASH_CACHE];
-    size_t next_slot;    /* round-robin eviction */
+    size_t next_slot;                  /* round-robin eviction */
+    name_entry names[UNIX_NAME_CACHE]; /* NSS lookups may block (LDAP, sssd): cache them */
+    size_t next_name;
     uint64_t hash_count; /* binaries hashed so far (tests read it) */
 } unix_state;
 
@@ -124,11 +137,59 @@ static int lookup_name(bool is_user, unsigned long id, char *name, size_t namele
     }
 }
 
-static int add_named(sg_selector_set *out, bool is_user, const char *kind, unsigned long id,
-                     sg_err *err)
+static int64_t mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+/* Cached name of an id: 1 found, 0 unknown, SG_EUNAVAIL not cached (or expired). */
+static int name_cached(unix_state *st, bool is_user, unsigned long id, char *name, size_t len)
+{
+    int rc = SG_EUNAVAIL;
+    int64_t now = mono_s();
+
+    pthread_mutex_lock(&st->lock);
+    for (size_t i = 0; i < UNIX_NAME_CACHE; i++) {
+        const name_entry *e = &st->names[i];
+        if (e->used && e->is_user == is_user && e->id == id && e->expires > now) {
+            rc = e->found ? 1 : 0;
+            if (e->found)
+                snprintf(name, len, "%s", e->name);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static void name_store(unix_state *st, bool is_user, unsigned long id, int found, const char *name)
+{
+    pthread_mutex_lock(&st->lock);
+    name_entry *e = &st->names[st->next_name];
+    st->next_name = (st->next_name + 1) % UNIX_NAME_CACHE;
+    e->used = true;
+    e->is_user = is_user;
+    e->id = id;
+    e->found = found == 1;
+    snprintf(e->name, sizeof e->name, "%s", found == 1 ? name : "");
+    e->expires = mono_s() + UNIX_NAME_TTL_S;
+    pthread_mutex_unlock(&st->lock);
+}
+
+static int add_named(unix_state *st, bool cached_only, sg_selector_set *out, bool is_user,
+                     const char *kind, unsigned long id, sg_err *err)
 {
     char name[256];
-    int found = lookup_name(is_user, id, name, sizeof(name));
+    int found = name_cached(st, is_user, id, name, sizeof(name));
+    if (found == SG_EUNAVAIL) {
+        if (cached_only)
+            return SG_EUNAVAIL;
+        found = lookup_name(is_user, id, name, sizeof(name));
+        if (found >= 0)
+            name_store(st, is_user, id, found, name);
+    }
     if (found < 0)
         return sg_err_set(err, found, "unix: out of memory looking up %s %lu", kind, id);
     if (found == 0)
@@ -216,7 +277,8 @@ static int parse_groups(const char *status, unsigned long *gids, size_t max, siz
     return 0;
 }
 
-static int add_supplementary(sg_selector_set *out, pid_t pid, sg_err *err)
+static int add_supplementary(unix_state *st, bool cached_only, sg_selector_set *out, pid_t pid,
+                             sg_err *err)
 {
     char *status = NULL;
     int rc = read_proc_file(pid, "status", &status, err);
@@ -232,7 +294,7 @@ static int add_supplementary(sg_selector_set *out, pid_t pid, sg_err *err)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = add_id_selector(out, "supplementary_gid", gids[i], err);
         if (rc == 0)
-            rc = add_named(out, false, "supplementary_group", gids[i], err);
+            rc = add_named(st, cached_only, out, false, "supplementary_group", gids[i], err);
     }
     free(gids);
     free(status);
@@ -316,7 +378,8 @@ static int hash_fd(int fd, char hex[65], sg_err *err)
     return rc;
 }
 
-static int add_path_and_hash(unix_state *st, sg_selector_set *out, pid_t pid, sg_err *err)
+static int add_path_and_hash(unix_state *st, bool cached_only, sg_selector_set *out, pid_t pid,
+                             sg_err *err)
 {
     char link[64];
     snprintf(link, sizeof(link), "/proc/%ld/exe", (long)pid);
@@ -351,6 +414,10 @@ static int add_path_and_hash(unix_state *st, sg_selector_set *out, pid_t pid, sg
     }
     char hex[65];
     if (!cache_lookup(st, &sb, hex)) {
+        if (cached_only) {
+            close(fd);
+            return SG_EUNAVAIL;
+        }
         rc = hash_fd(fd, hex, err);
         if (rc == 0)
             cache_store(st, &sb, hex);
@@ -362,9 +429,9 @@ static int add_path_and_hash(unix_state *st, sg_selector_set *out, pid_t pid, sg
     return add_selector(out, v, err);
 }
 
-static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_set *out, sg_err *err)
+static int attest_impl(unix_state *st, bool cached_only, const sg_workload_peer *peer,
+                       sg_selector_set *out, sg_err *err)
 {
-    unix_state *st = state;
     if (st == NULL || peer == NULL || out == NULL)
         return sg_err_set(err, SG_EINVAL, "unix: attest called without state or peer");
     if (peer->pid <= 0)
@@ -376,15 +443,15 @@ static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_se
     sg_selector_set tmp = {0};
     int rc = add_id_selector(&tmp, "uid", (unsigned long)peer->uid, err);
     if (rc == 0)
-        rc = add_named(&tmp, true, "user", (unsigned long)peer->uid, err);
+        rc = add_named(st, cached_only, &tmp, true, "user", (unsigned long)peer->uid, err);
     if (rc == 0)
         rc = add_id_selector(&tmp, "gid", (unsigned long)peer->gid, err);
     if (rc == 0)
-        rc = add_named(&tmp, false, "group", (unsigned long)peer->gid, err);
+        rc = add_named(st, cached_only, &tmp, false, "group", (unsigned long)peer->gid, err);
     if (rc == 0)
-        rc = add_supplementary(&tmp, peer->pid, err);
+        rc = add_supplementary(st, cached_only, &tmp, peer->pid, err);
     if (rc == 0 && st->discover_workload_path)
-        rc = add_path_and_hash(st, &tmp, peer->pid, err);
+        rc = add_path_and_hash(st, cached_only, &tmp, peer->pid, err);
     for (size_t i = 0; rc == 0 && i < tmp.n; i++) {
         rc = sg_selector_set_add(out, tmp.items[i].type, tmp.items[i].value);
         if (rc < 0)
@@ -394,9 +461,22 @@ static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_se
     return rc;
 }
 
+static int unix_attest(void *state, const sg_workload_peer *peer, sg_selector_set *out, sg_err *err)
+{
+    return attest_impl(state, false, peer, out, err);
+}
+
+/* Reads only /proc (fast, never blocking on I/O) and the caches. */
+static int unix_attest_cached(void *state, const sg_workload_peer *peer, sg_selector_set *out,
+                              sg_err *err)
+{
+    return attest_impl(state, true, peer, out, err);
+}
+
 const sg_workload_attestor sg_unix_workload_attestor = {
     .name = "unix",
     .configure = unix_configure,
     .attest = unix_attest,
     .destroy = unix_destroy,
+    .attest_cached = unix_attest_cached,
 };

@@ -345,3 +345,25 @@ TEST(unix_parse_groups_rejects_garbage)
     ASSERT_EQ(parse_groups("Groups:\t99999999999\n", gids, 4, &n, &err), SG_EPROTO);
     ASSERT_EQ(parse_groups("Groups:\t1 2 3 4 5\n", gids, 4, &n, &err), SG_ETOOBIG);
 }
+
+TEST(unix_cached_path_needs_a_full_attestation_first)
+{
+    void *st = configure(true, 0);
+    sg_workload_peer peer = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
+    sg_selector_set full = {0}, fast = {0};
+    sg_err err;
+    sg_err_clear(&err);
+
+    /* Nothing cached yet: the loop-thread path must decline, adding nothing. */
+    ASSERT_EQ(sg_unix_workload_attestor.attest_cached(st, &peer, &fast, &err), SG_EUNAVAIL);
+    ASSERT_EQ(fast.n, 0);
+    /* After a full attestation (names looked up, binary hashed) it answers the same. */
+    ASSERT_OK(sg_unix_workload_attestor.attest(st, &peer, &full, &err));
+    ASSERT_OK(sg_unix_workload_attestor.attest_cached(st, &peer, &fast, &err));
+    ASSERT_EQ(fast.n, full.n);
+    for (size_t i = 0; i < full.n; i++)
+        ASSERT(sg_selector_set_contains(&fast, full.items[i].type, full.items[i].value));
+    sg_selector_set_cleanup(&full);
+    sg_selector_set_cleanup(&fast);
+    sg_unix_workload_attestor.destroy(st);
+}
