@@ -19,7 +19,8 @@ else
 Q := @
 endif
 
-PROTOS    := proto/spiffe/workload.proto proto/sigil/node/v1/node.proto proto/sigil/admin/v1/admin.proto
+PROTOS    := proto/spiffe/workload.proto proto/sigil/node/v1/node.proto proto/sigil/admin/v1/admin.proto \
+             proto/grpc/health/v1/health.proto proto/sigil/agent/v1/status.proto
 STRUCT    := /usr/include/google/protobuf/struct.proto
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/google/protobuf/struct.pb-c.c
 GEN_H     := $(GEN_C:.c=.h)

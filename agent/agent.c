@@ -9,6 +9,7 @@
 #include "agent/cache.h"
 #include "agent/node_client.h"
 #include "agent/peer.h"
+#include "agent/status_api.h"
 #include "agent/workload_api.h"
 #include "attestors/attestor.h"
 #include "common/fsutil.h"
@@ -82,6 +83,10 @@ struct sg_agent {
     sg_err fatal_err;
     bool handles_closed;
     uint64_t stop_started;
+
+    /* served by Health/Check and AgentStatus/Get; updated after each node job */
+    sg_agent_status status;
+    sg_status_api_deps status_deps;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -96,6 +101,24 @@ static int64_t jitter(int64_t ms, double lo, double hi)
 {
     double u = (double)arc4random_uniform(1000001) / 1000000.0;
     return (int64_t)((double)ms * (lo + (hi - lo) * u));
+}
+
+/*
+ * Copies the agent SVID's state into the status. Only while no node job
+ * runs: the node client is not safe to read during one.
+ */
+static void status_refresh_svid(sg_agent *a)
+{
+    a->status.attested = sg_node_client_has_svid(a->nc);
+    a->status.agent_svid_expires_at = sg_node_client_svid_expiry(a->nc);
+}
+
+/* The join token in use, for masking it out of errors shown on the socket. */
+static const char *token_in_use(const sg_agent *a)
+{
+    if (a->join_token != NULL && a->join_token[0] != '\0')
+        return a->join_token;
+    return a->cfg->join_token;
 }
 
 /* ------------------------------------------------------------ rpc dispatch */
@@ -319,6 +342,7 @@ static void after_sync(sg_agent *a, node_job *j)
         return;
     }
     if (j->rc < 0) {
+        sg_agent_status_failure(&a->status, now_s(), j->err.msg, token_in_use(a));
         int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
         sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)",
                     sg_node_client_has_svid(a->nc) ? "sync" : "attestation", j->err.msg,
@@ -328,6 +352,7 @@ static void after_sync(sg_agent *a, node_job *j)
         return;
     }
     a->backoff_ms = BACKOFF_START_MS;
+    sg_agent_status_contact(&a->status, now_s());
     if (j->rc == 0) {
         /* Nothing pushed within the wait: SVIDs may have come due. */
         if (start_mint(a) != 0)
@@ -352,6 +377,8 @@ static void after_sync(sg_agent *a, node_job *j)
         rc = sg_cache_set_bundle(a->cache, &j->sync.bundle, &e);
         if (rc != 0)
             sg_log_error("cannot store the bundle: %s", e.msg);
+        else
+            a->status.bundle_sequence = seq;
     } else if (!sg_cache_has_bundle(a->cache)) {
         sg_log_warn("the server sent an empty trust bundle");
     }
@@ -377,12 +404,14 @@ static void after_sync(sg_agent *a, node_job *j)
 static void after_mint(sg_agent *a, node_job *j)
 {
     if (j->rc != 0) {
+        sg_agent_status_failure(&a->status, now_s(), j->err.msg, token_in_use(a));
         sg_log_warn("minting %zu SVID(s) failed: %s", j->n, j->err.msg);
         schedule_node(a, jitter(a->backoff_ms, 0.8, 1.2));
         a->backoff_ms = a->backoff_ms * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : a->backoff_ms * 2;
         return;
     }
     int64_t now = now_s();
+    sg_agent_status_contact(&a->status, now);
     size_t ok = 0;
     for (size_t i = 0; i < j->n; i++) {
         sg_mint_result *r = &j->results[i];
@@ -420,6 +449,7 @@ static void node_after(uv_work_t *req, int status)
     node_job *j = req->data;
     sg_agent *a = j->a;
     a->job = NULL;
+    status_refresh_svid(a);
     if (status != 0 && j->rc == 0)
         j->rc = sg_err_set(&j->err, SG_ECANCELLED, "node work cancelled");
     if (!a->stopping) {
@@ -738,6 +768,11 @@ static int setup(sg_agent *a, sg_err *err)
     rc = sg_rpc_server_new(&a->rpc, &opts, err);
     if (rc == 0)
         rc = sg_workload_api_register(a->api, a->rpc, err);
+    status_refresh_svid(a); /* an SVID kept on disk counts before the first sync */
+    a->status_deps.status = &a->status;
+    a->status_deps.cache = a->cache;
+    if (rc == 0)
+        rc = sg_status_api_register(a->rpc, &a->status_deps, err);
     if (rc == 0)
         rc = open_socket(a, err);
     if (rc == 0)

@@ -12,6 +12,8 @@
 #include "common/strparse.h"
 #include "common/x509.h"
 
+#include "grpc/health/v1/health.pb-c.h"
+#include "sigil/agent/v1/status.pb-c.h"
 #include "spiffe/workload.pb-c.h"
 
 #include <errno.h>
@@ -30,9 +32,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CLI_DEFAULT_SOCKET  "/tmp/spire-agent/public/api.sock"
-#define CLI_DEFAULT_TIMEOUT 5000
-#define CLI_FETCH_X509_PATH "/SpiffeWorkloadAPI/FetchX509SVID"
+#define CLI_DEFAULT_SOCKET    "/tmp/spire-agent/public/api.sock"
+#define CLI_DEFAULT_TIMEOUT   5000
+#define CLI_FETCH_X509_PATH   "/SpiffeWorkloadAPI/FetchX509SVID"
+#define CLI_HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
+#define CLI_STATUS_GET_PATH   "/sigil.agent.v1.AgentStatus/Get"
 /* api watch: how often the stream wait checks for SIGINT/SIGTERM, and the
  * reconnect backoff (doubling from the first to the cap, as spire-agent). */
 #define CLI_WATCH_POLL_MS        200
@@ -728,6 +732,67 @@ static int cmd_watch(const cli_opts *o)
     }
 }
 
+/*
+ * The probe agents without the health service answer: FetchX509SVID, where
+ * any answer but UNAVAILABLE or a timeout proves the agent serves.
+ */
+static int healthcheck_workload_api(const cli_opts *o, const char *target)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    X509SVIDResponse *resp = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    int rc = fetch_first(target, CLI_DEFAULT_TIMEOUT, &resp, &status, &err);
+    if (rc == 0) {
+        x509_svidresponse__free_unpacked(resp, NULL);
+    } else if (status.code == GRPC_STATUS_UNAVAILABLE ||
+               status.code == GRPC_STATUS_DEADLINE_EXCEEDED || status.code == GRPC_STATUS_OK) {
+        fprintf(stderr, "Agent is unhealthy: rpc error: code = %s desc = %s\n",
+                go_code_name(status.code), status.details[0] ? status.details : err.msg);
+        return 1;
+    } else if (o->verbose) {
+        printf("Workload API answered %s (%s): the agent is serving.\n", go_code_name(status.code),
+               status.details);
+    }
+    printf("Agent is healthy.\n");
+    return 0;
+}
+
+/* Unix seconds as "2006-01-02 15:04:05 +0000 UTC", or "never" for 0. */
+static void format_unix(int64_t t, char *out, size_t len)
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (t <= 0 || gmtime_r(&tt, &tm) == NULL) {
+        snprintf(out, len, "never");
+        return;
+    }
+    strftime(out, len, "%Y-%m-%d %H:%M:%S +0000 UTC", &tm);
+}
+
+static void print_status(const Sigil__Agent__V1__AgentStatusResponse *st)
+{
+    char t[64];
+    printf("attested: %s\n", st->attested ? "true" : "false");
+    format_unix(st->agent_svid_expires_at, t, sizeof(t));
+    printf("agent SVID expires at: %s\n", st->agent_svid_expires_at > 0 ? t : "(no SVID)");
+    printf("server reachable: %s\n", st->server_reachable ? "true" : "false");
+    format_unix(st->last_server_contact, t, sizeof(t));
+    printf("last server contact: %s\n", t);
+    format_unix(st->unreachable_since, t, sizeof(t));
+    printf("unreachable since: %s\n", st->unreachable_since > 0 ? t : "-");
+    printf("last error: %s\n", st->last_error && st->last_error[0] ? st->last_error : "-");
+    printf("entries: %u\n", (unsigned)st->entries);
+    printf("svids: %u\n", (unsigned)st->svids);
+    printf("bundle sequence: %llu\n", (unsigned long long)st->bundle_sequence);
+}
+
+/*
+ * Health/Check says whether the agent serves (an unexpired agent SVID and a
+ * bundle); AgentStatus/Get (skipped with -shallow) says why not, and
+ * whether it is riding out a server outage on cached SVIDs.
+ */
 static int cmd_healthcheck(const cli_opts *o)
 {
     sg_err err;
@@ -740,44 +805,79 @@ static int cmd_healthcheck(const cli_opts *o)
     const char *path = target + 5;
     if (o->verbose)
         printf("Checking agent health at %s...\n", path);
-    if (o->shallow) {
-        /* Liveness only: the socket accepts connections. */
-        struct sockaddr_un sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sun_family = AF_UNIX;
-        /* resolve_socket has checked that path fits. */
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-            int e = errno;
-            if (fd >= 0)
-                close(fd);
-            fprintf(stderr, "Agent is unhealthy: cannot connect to %s: %s\n", path, strerror(e));
-            return 1;
-        }
-        close(fd);
-        printf("Agent is healthy.\n");
-        return 0;
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    if (ch == NULL) {
+        fprintf(stderr, "Agent is unhealthy: cannot create a channel to %s\n", path);
+        return 1;
     }
-    X509SVIDResponse *resp = NULL;
+    Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    ProtobufCMessage *hmsg = NULL;
     sg_rpc_status status;
     memset(&status, 0, sizeof(status));
-    int rc = fetch_first(target, CLI_DEFAULT_TIMEOUT, &resp, &status, &err);
-    if (rc == 0) {
-        x509_svidresponse__free_unpacked(resp, NULL);
-    } else if (status.code == GRPC_STATUS_UNAVAILABLE ||
-               status.code == GRPC_STATUS_DEADLINE_EXCEEDED || status.code == GRPC_STATUS_OK) {
-        /* Connection failures and an agent that is not ready (or does not
-         * answer in time) are unhealthy; any other answer proves it serves. */
+    int rc = sg_rpc_unary(ch, CLI_HEALTH_CHECK_PATH, &hreq.base,
+                          &grpc__health__v1__health_check_response__descriptor, NULL, 0,
+                          CLI_DEFAULT_TIMEOUT, &hmsg, &status, &err);
+    if (rc != 0) {
+        grpc_channel_destroy(ch);
+        if (status.code == GRPC_STATUS_UNIMPLEMENTED)
+            return healthcheck_workload_api(o, target); /* an agent without the health service */
         fprintf(stderr, "Agent is unhealthy: rpc error: code = %s desc = %s\n",
                 go_code_name(status.code), status.details[0] ? status.details : err.msg);
         return 1;
-    } else if (o->verbose) {
-        printf("Workload API answered %s (%s): the agent is serving.\n", go_code_name(status.code),
-               status.details);
     }
-    printf("Agent is healthy.\n");
-    return 0;
+    bool serving = ((Grpc__Health__V1__HealthCheckResponse *)hmsg)->status ==
+                   GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    protobuf_c_message_free_unpacked(hmsg, NULL);
+
+    Sigil__Agent__V1__AgentStatusResponse *st = NULL;
+    if (!o->shallow) {
+        Sigil__Agent__V1__GetStatusRequest sreq = SIGIL__AGENT__V1__GET_STATUS_REQUEST__INIT;
+        ProtobufCMessage *smsg = NULL;
+        memset(&status, 0, sizeof(status));
+        sg_err_clear(&err);
+        rc = sg_rpc_unary(ch, CLI_STATUS_GET_PATH, &sreq.base,
+                          &sigil__agent__v1__agent_status_response__descriptor, NULL, 0,
+                          CLI_DEFAULT_TIMEOUT, &smsg, &status, &err);
+        if (rc == 0)
+            st = (Sigil__Agent__V1__AgentStatusResponse *)smsg;
+        else if (o->verbose)
+            printf("Agent status unavailable: %s\n", err.msg);
+    }
+    grpc_channel_destroy(ch);
+    if (o->verbose && st != NULL)
+        print_status(st);
+
+    int64_t now = (int64_t)time(NULL);
+    int ret = 0;
+    if (!serving) {
+        const char *why = "not serving";
+        if (st != NULL && !st->attested)
+            why = "not attested";
+        else if (st != NULL && st->agent_svid_expires_at <= now)
+            why = "agent SVID expired";
+        else if (st != NULL)
+            why = "no trust bundle yet";
+        fprintf(stderr, "Agent is unhealthy: %s\n", why);
+        ret = 1;
+    } else {
+        printf("Agent is healthy.\n");
+        if (st != NULL && !st->server_reachable) {
+            char until[64];
+            format_unix(st->agent_svid_expires_at, until, sizeof(until));
+            int64_t secs = st->unreachable_since > 0 ? now - st->unreachable_since : 0;
+            fflush(stdout);
+            fprintf(stderr,
+                    "warning: the server has been unreachable for %llds (last error: %s); "
+                    "serving cached SVIDs until %s\n",
+                    (long long)(secs < 0 ? 0 : secs),
+                    st->last_error && st->last_error[0] ? st->last_error : "none", until);
+        }
+    }
+    if (st != NULL)
+        protobuf_c_message_free_unpacked(&st->base, NULL);
+    return ret;
 }
 
 int sg_agent_cli_main(int argc, char **argv)
