@@ -344,6 +344,16 @@ static void after_sync(sg_agent *a, node_job *j)
     if (j->rc < 0) {
         sg_agent_status_failure(&a->status, now_s(), j->err.msg, token_in_use(a));
         int64_t delay = jitter(a->backoff_ms, 0.8, 1.2);
+        /* Never back off past the next renewal of an SVID workloads hold, or
+         * a short outage would let it expire before the next try. */
+        int64_t due = sg_cache_next_due(a->cache), now = now_s();
+        if (sg_node_client_has_svid(a->nc) && due != INT64_MAX && due != INT64_MIN) {
+            int64_t until_ms = due > now ? (due - now) * 1000 : 0;
+            if (until_ms < BACKOFF_START_MS)
+                until_ms = BACKOFF_START_MS;
+            if (delay > until_ms)
+                delay = until_ms;
+        }
         sg_log_warn("%s: %s; retrying in %lld ms (serving cached SVIDs meanwhile)",
                     sg_node_client_has_svid(a->nc) ? "sync" : "attestation", j->err.msg,
                     (long long)delay);
