@@ -79,7 +79,8 @@ struct sg_agent {
     bool synced_once;
     bool stopping;
     bool forced;
-    bool fatal; /* stopping because the agent cannot get an identity */
+    bool fatal;  /* stopping because the agent cannot get an identity */
+    bool served; /* an identity was held at some point in this run */
     sg_err fatal_err;
     bool handles_closed;
     uint64_t stop_started;
@@ -332,9 +333,13 @@ static void begin_stop(sg_agent *a, const char *why);
 
 static void after_sync(sg_agent *a, node_job *j)
 {
-    if (j->rc < 0 && !sg_node_client_has_svid(a->nc) && j->err.code == SG_EPERM) {
-        /* The server refused the attestation itself (e.g. a used or unknown
-         * join token): retrying cannot help, so stop like SPIRE's agent. */
+    if (sg_node_client_has_svid(a->nc))
+        a->served = true;
+    if (j->rc < 0 && !sg_node_client_has_svid(a->nc) && j->err.code == SG_EPERM && !a->served) {
+        /* The server refused the first attestation (e.g. a used or unknown
+         * join token): retrying cannot help, so stop like SPIRE's agent. An
+         * agent evicted later keeps running instead, so its workloads keep
+         * the SVIDs they hold until those expire. */
         sg_log_error("attestation refused: %s", j->err.msg);
         a->fatal = true;
         a->fatal_err = j->err;

@@ -276,6 +276,15 @@ def test_cli_agent_evict_refuses_agent(cluster, env):
     finally:
         bridge.close()
 
+    # Cut off from the server, the evicted agent keeps running and its
+    # workloads keep the SVIDs they hold until those expire.
+    def refused_logged():
+        return "attestation" in ev.daemon.log() and "join token" in ev.daemon.log()
+
+    sigil.wait_until(refused_logged, 20, what="the evicted agent noticing it was refused")
+    assert ev.daemon.alive(), "an evicted agent must keep serving what it holds"
+    assert sigil.wait_for_svid(env.wl, ev.sock, w1, timeout=5) is not None
+
     # A new entry for the evicted agent never reaches it, even after a
     # restart without a token (re-attestation needs a new token).
     w2 = sigil.TD_ID + "/cli/evictee-after"
