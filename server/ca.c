@@ -76,6 +76,9 @@ static const uint8_t OID_RSA_ENC[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 
 
 typedef struct ca_snapshot {
     atomic_int refs;
+    /* Latest notAfter of any SVID this authority signed since start, so
+     * revoke waits for long per-entry TTLs too (0: none signed). */
+    _Atomic int64_t signed_until;
     X509 *cert;
     EVP_PKEY *key;
     int64_t not_after;
@@ -584,8 +587,13 @@ int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, 
     ca_snapshot *s = snap_acquire(ca);
     int rc = sign_leaf(s, ca->td, p, spki, spki_len, out, err);
 
-    if (rc == 0)
+    if (rc == 0) {
         snprintf(out->authority_id, sizeof out->authority_id, "%s", s->authority_id);
+        int64_t seen = atomic_load(&s->signed_until);
+        while (out->not_after > seen &&
+               !atomic_compare_exchange_weak(&s->signed_until, &seen, out->not_after))
+            ;
+    }
     snap_release(s);
     return rc;
 }
@@ -1805,8 +1813,16 @@ int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, s
                         "authority %s is not tainted: only a tainted authority can be revoked", id);
     } else if (rc == 0) {
         until = sl->snap->not_after;
-        if (ca->o.max_svid_ttl_s > 0 && sl->tainted_at + ca->o.max_svid_ttl_s < until)
-            until = sl->tainted_at + ca->o.max_svid_ttl_s;
+        if (ca->o.max_svid_ttl_s > 0) {
+            /* The configured TTLs bound what it signed before this process
+             * started; what it signed since is known exactly. */
+            int64_t live = sl->tainted_at + ca->o.max_svid_ttl_s;
+            int64_t signed_until = atomic_load(&sl->snap->signed_until);
+            if (signed_until > live)
+                live = signed_until;
+            if (live < until)
+                until = live;
+        }
         if (now < until) {
             char when[32];
             fmt_utc(until, when, sizeof when);

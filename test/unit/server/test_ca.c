@@ -1220,3 +1220,32 @@ TEST(ca_rotation_while_signing)
     ASSERT(r.signed_n > 0);
     sg_ca_free(r.ca);
 }
+
+TEST(ca_rotation_revoke_waits_for_long_entry_ttls_signed)
+{
+    /* max_svid_ttl_s 10, but an entry asked for 30 minutes: revoke must wait for it. */
+    sg_ca *ca = new_ca_opts(3600, 10, NULL, false);
+    int64_t t0 = (int64_t)time(NULL);
+    char a[SG_CA_AUTHORITY_ID_MAX + 1];
+    EVP_PKEY *key = NULL;
+    sg_ca_svid_params p = {"spiffe://example.org/long", NULL, 0, 1800};
+    sg_ca_chain chain = {0};
+    sg_ca_authority info;
+    sg_err err;
+
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_OK(sg_key_generate(SG_KEY_EC_P256, &key, &err));
+    sg_der spki = spki_of(key);
+    ASSERT_OK(sg_ca_sign_svid(ca, &p, spki.data, spki.len, &chain, &err));
+    ASSERT_STREQ(chain.authority_id, a);
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT_OK(sg_ca_activate(ca, info.id, t0, NULL, &err));
+    ASSERT_OK(sg_ca_taint(ca, a, t0, NULL, &err));
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 60, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live SVIDs") != NULL);
+    ASSERT_OK(sg_ca_revoke(ca, a, chain.not_after, NULL, &err));
+    sg_ca_chain_cleanup(&chain);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(key);
+    sg_ca_free(ca);
+}
