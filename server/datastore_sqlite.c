@@ -700,6 +700,39 @@ unlock:
     return rc;
 }
 
+/* Reads one row of a list query into the element at out. */
+typedef int (*row_reader)(sqlite3_stmt *st, void *out, sg_err *err);
+
+/* Steps st to its end, reading each row with read_row into a growing array of elem-sized elements
+ * at *list with *n filled. On failure returns negative SG_E* and leaves the *n rows read so far
+ * in *list for the caller to free; what names the query in errors ("listing entries"). */
+static int read_rows(sqlite_ds *s, sqlite3_stmt *st, size_t elem, row_reader read_row,
+                     const char *what, void **list, size_t *n, sg_err *err)
+{
+    size_t cap = 0;
+    int rc = 0, r;
+
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            void *nv = realloc(*list, ncap * elem);
+            if (nv == NULL) {
+                rc = sg_err_set(err, SG_ENOMEM, "out of memory %s", what);
+                break;
+            }
+            *list = nv;
+            cap = ncap;
+        }
+        rc = read_row(st, (char *)*list + *n * elem, err);
+        if (rc < 0)
+            break;
+        (*n)++;
+    }
+    if (rc == 0 && r != SQLITE_DONE)
+        rc = db_fail(s, err, what);
+    return rc;
+}
+
 #define ENTRY_COLS                                                                                 \
     "id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, jwt_svid_ttl, hint, "          \
     "downstream, admin, revision, created_at"
@@ -741,6 +774,11 @@ static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
     return 0;
 }
 
+static int read_entry_row(sqlite3_stmt *st, void *out, sg_err *err)
+{
+    return read_entry(st, out, err);
+}
+
 static int ds_entry_get(void *state, const char *id, sg_entry *out, sg_err *err)
 {
     static const char q[] = "SELECT " ENTRY_COLS " FROM entries WHERE id = ?";
@@ -776,10 +814,10 @@ static int ds_entry_list(void *state, const sg_entry_filter *f, sg_entry **list,
                                      "s.entry_id = entries.id AND s.type = ? AND s.value = ?)";
     sqlite_ds *s = state;
     sqlite3_stmt *st = NULL;
-    sg_entry *v = NULL;
-    size_t cnt = 0, cap = 0;
+    void *v = NULL;
+    size_t cnt = 0;
     char *sql = NULL;
-    int rc = 0, r;
+    int rc = 0;
     bool filtered = f != NULL && (f->spiffe_id || f->parent_id || f->nselectors > 0);
 
     if (filtered) {
@@ -820,24 +858,7 @@ static int ds_entry_list(void *state, const sg_entry_filter *f, sg_entry **list,
             goto unlock;
         }
     }
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            sg_entry *nv = realloc(v, ncap * sizeof *nv);
-            if (nv == NULL) {
-                rc = sg_err_set(err, SG_ENOMEM, "out of memory listing entries");
-                break;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        rc = read_entry(st, &v[cnt], err);
-        if (rc < 0)
-            break;
-        cnt++;
-    }
-    if (rc == 0 && r != SQLITE_DONE)
-        rc = db_fail(s, err, "listing entries");
+    rc = read_rows(s, st, sizeof(sg_entry), read_entry_row, "listing entries", &v, &cnt, err);
 unlock:
     stmt_done(s, st);
     pthread_mutex_unlock(&s->mu);
@@ -1038,6 +1059,11 @@ static int read_agent(sqlite3_stmt *st, sg_agent_rec *out, sg_err *err)
     return 0;
 }
 
+static int read_agent_row(sqlite3_stmt *st, void *out, sg_err *err)
+{
+    return read_agent(st, out, err);
+}
+
 static int ds_agent_get(void *state, const char *id, sg_agent_rec *out, sg_err *err)
 {
     static const char q[] = "SELECT " AGENT_COLS " FROM agents WHERE spiffe_id = ?";
@@ -1069,9 +1095,9 @@ static int ds_agent_list(void *state, sg_agent_rec **list, size_t *n, sg_err *er
     static const char q[] = "SELECT " AGENT_COLS " FROM agents ORDER BY spiffe_id";
     sqlite_ds *s = state;
     sqlite3_stmt *st;
-    sg_agent_rec *v = NULL;
-    size_t cnt = 0, cap = 0;
-    int rc = 0, r = SQLITE_DONE;
+    void *v = NULL;
+    size_t cnt = 0;
+    int rc = 0;
 
     pthread_mutex_lock(&s->mu);
     st = stmt(s, q, err);
@@ -1079,24 +1105,7 @@ static int ds_agent_list(void *state, sg_agent_rec **list, size_t *n, sg_err *er
         rc = SG_EDB;
         goto unlock;
     }
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            sg_agent_rec *nv = realloc(v, ncap * sizeof *nv);
-            if (nv == NULL) {
-                rc = sg_err_set(err, SG_ENOMEM, "out of memory listing agents");
-                break;
-            }
-            v = nv;
-            cap = ncap;
-        }
-        rc = read_agent(st, &v[cnt], err);
-        if (rc < 0)
-            break;
-        cnt++;
-    }
-    if (rc == 0 && r != SQLITE_DONE)
-        rc = db_fail(s, err, "listing agents");
+    rc = read_rows(s, st, sizeof(sg_agent_rec), read_agent_row, "listing agents", &v, &cnt, err);
 unlock:
     stmt_done(s, st);
     pthread_mutex_unlock(&s->mu);
