@@ -337,21 +337,24 @@ static void reply_stored(sg_rpc_call *call, sg_server *s, const sg_entry *e)
     }
 }
 
-static void h_create_entry(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+/* Creates (update false) or updates the entry pb describes and answers with it as stored. */
+static void write_entry(sg_rpc_call *call, sg_server *s, const Sigil__Admin__V1__Entry *pb,
+                        bool update)
 {
-    const Sigil__Admin__V1__CreateEntryRequest *r = (const void *)req;
-    sg_server *s = user;
     sg_entry e;
     sg_err err;
     int rc;
 
     sg_err_clear(&err);
-    rc = entry_from_pb(r->entry, sg_server_config_get(s)->trust_domain, false, &e, &err);
+    rc = entry_from_pb(pb, sg_server_config_get(s)->trust_domain, update, &e, &err);
     if (rc < 0) {
         fail(call, &err, rc);
         return;
     }
-    rc = sg_ds_entry_create(sg_server_datastore(s), &e, &err);
+    if (update)
+        rc = sg_ds_entry_update(sg_server_datastore(s), &e, &err);
+    else
+        rc = sg_ds_entry_create(sg_server_datastore(s), &e, &err);
     if (rc < 0) {
         fail(call, &err, rc);
         sg_entry_cleanup(&e);
@@ -362,29 +365,18 @@ static void h_create_entry(sg_rpc_call *call, const ProtobufCMessage *req, void 
     sg_entry_cleanup(&e);
 }
 
+static void h_create_entry(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    const Sigil__Admin__V1__CreateEntryRequest *r = (const void *)req;
+
+    write_entry(call, user, r->entry, false);
+}
+
 static void h_update_entry(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
 {
     const Sigil__Admin__V1__UpdateEntryRequest *r = (const void *)req;
-    sg_server *s = user;
-    sg_entry e;
-    sg_err err;
-    int rc;
 
-    sg_err_clear(&err);
-    rc = entry_from_pb(r->entry, sg_server_config_get(s)->trust_domain, true, &e, &err);
-    if (rc < 0) {
-        fail(call, &err, rc);
-        return;
-    }
-    rc = sg_ds_entry_update(sg_server_datastore(s), &e, &err);
-    if (rc < 0) {
-        fail(call, &err, rc);
-        sg_entry_cleanup(&e);
-        return;
-    }
-    sg_server_entries_changed(s);
-    reply_stored(call, s, &e);
-    sg_entry_cleanup(&e);
+    write_entry(call, user, r->entry, true);
 }
 
 static void h_delete_entry(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
