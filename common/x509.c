@@ -79,6 +79,17 @@ int sg_x509_to_der(X509 *cert, sg_der *out, sg_err *err)
     return 0;
 }
 
+/* Appends x to sk, which takes it; past CHAIN_MAX_CERT certificates frees x and fails
+ * SG_ETOOBIG naming what was parsed ("PEM data"). */
+static int chain_push(STACK_OF(X509) * sk, X509 *x, const char *what, sg_err *err)
+{
+    if (sk_X509_num(sk) >= CHAIN_MAX_CERT || !sk_X509_push(sk, x)) {
+        X509_free(x);
+        return sg_err_set(err, SG_ETOOBIG, "more than %d certificates in %s", CHAIN_MAX_CERT, what);
+    }
+    return 0;
+}
+
 int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) * *certs, sg_err *err)
 {
     STACK_OF(X509) *sk = NULL;
@@ -118,12 +129,9 @@ int sg_x509_parse_pem_chain(const char *pem, size_t len, STACK_OF(X509) * *certs
                 err->code = rc;
             goto fail;
         }
-        if (sk_X509_num(sk) >= CHAIN_MAX_CERT || !sk_X509_push(sk, x)) {
-            X509_free(x);
-            rc = sg_err_set(err, SG_ETOOBIG, "more than %d certificates in PEM data",
-                            CHAIN_MAX_CERT);
+        rc = chain_push(sk, x, "PEM data", err);
+        if (rc < 0)
             goto fail;
-        }
     }
     BIO_free(b);
     *certs = sk;
@@ -158,12 +166,9 @@ int sg_x509_parse_der_chain(const uint8_t *der, size_t len, STACK_OF(X509) * *ce
                 err->code = rc;
             goto fail;
         }
-        if (sk_X509_num(sk) >= CHAIN_MAX_CERT || !sk_X509_push(sk, x)) {
-            X509_free(x);
-            rc = sg_err_set(err, SG_ETOOBIG, "more than %d certificates in DER data",
-                            CHAIN_MAX_CERT);
+        rc = chain_push(sk, x, "DER data", err);
+        if (rc < 0)
             goto fail;
-        }
     }
     *certs = sk;
     return 0;
