@@ -733,6 +733,33 @@ static int read_rows(sqlite_ds *s, sqlite3_stmt *st, size_t elem, row_reader rea
     return rc;
 }
 
+/* Runs q with key bound to its one parameter and reads the row it finds with read_row into out;
+ * SG_ENOENT naming noun and key when there is none, what names the query in database errors. */
+static int read_one(sqlite_ds *s, const char *q, const char *key, row_reader read_row, void *out,
+                    const char *noun, const char *what, sg_err *err)
+{
+    sqlite3_stmt *st;
+    int rc, r;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, key);
+        r = sqlite3_step(st);
+        if (r == SQLITE_ROW)
+            rc = read_row(st, out, err);
+        else if (r == SQLITE_DONE)
+            rc = sg_err_set(err, SG_ENOENT, "%s \"%.200s\" not found", noun, key);
+        else
+            rc = db_fail(s, err, what);
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 #define ENTRY_COLS                                                                                 \
     "id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, jwt_svid_ttl, hint, "          \
     "downstream, admin, revision, created_at"
@@ -782,28 +809,8 @@ static int read_entry_row(sqlite3_stmt *st, void *out, sg_err *err)
 static int ds_entry_get(void *state, const char *id, sg_entry *out, sg_err *err)
 {
     static const char q[] = "SELECT " ENTRY_COLS " FROM entries WHERE id = ?";
-    sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc, r;
 
-    pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto unlock;
-    }
-    bind_text(st, 1, id);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW)
-        rc = read_entry(st, out, err);
-    else if (r == SQLITE_DONE)
-        rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", id);
-    else
-        rc = db_fail(s, err, "reading an entry");
-    stmt_done(s, st);
-unlock:
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    return read_one(state, q, id, read_entry_row, out, "entry", "reading an entry", err);
 }
 
 static int ds_entry_list(void *state, const sg_entry_filter *f, sg_entry **list, size_t *n,
@@ -1067,27 +1074,8 @@ static int read_agent_row(sqlite3_stmt *st, void *out, sg_err *err)
 static int ds_agent_get(void *state, const char *id, sg_agent_rec *out, sg_err *err)
 {
     static const char q[] = "SELECT " AGENT_COLS " FROM agents WHERE spiffe_id = ?";
-    sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc, r;
 
-    pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, id);
-        r = sqlite3_step(st);
-        if (r == SQLITE_ROW)
-            rc = read_agent(st, out, err);
-        else if (r == SQLITE_DONE)
-            rc = sg_err_set(err, SG_ENOENT, "agent \"%.200s\" not found", id);
-        else
-            rc = db_fail(s, err, "reading an agent");
-        stmt_done(s, st);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    return read_one(state, q, id, read_agent_row, out, "agent", "reading an agent", err);
 }
 
 static int ds_agent_list(void *state, sg_agent_rec **list, size_t *n, sg_err *err)
