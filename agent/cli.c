@@ -220,33 +220,6 @@ static int resolve_socket(const cli_opts *o, char *target, size_t len, sg_err *e
     return 0;
 }
 
-/* gRPC's status names as Go spells them, for "rpc error: code = ..." messages. */
-static const char *go_code_name(grpc_status_code c)
-{
-    static const char *const names[] = {
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    };
-    if ((int)c >= 0 && (size_t)c < sizeof(names) / sizeof(names[0]))
-        return names[c];
-    return "Unknown";
-}
-
 /* Go's time.Time default format: "2006-01-02 15:04:05 +0000 UTC". */
 static void format_time(const ASN1_TIME *t, char *out, size_t len)
 {
@@ -333,7 +306,7 @@ static int fetch_first(const char *target, int64_t timeout_ms, X509SVIDResponse 
 /* "rpc error: code = PermissionDenied desc = ..." as spire-agent prints it. */
 static void print_rpc_error(const sg_rpc_status *status, const sg_err *err)
 {
-    fprintf(stderr, "rpc error: code = %s desc = %s\n", go_code_name(status->code),
+    fprintf(stderr, "rpc error: code = %s desc = %s\n", sg_rpc_status_go_name(status->code),
             status->details[0] ? status->details : err->msg);
 }
 
@@ -749,11 +722,11 @@ static int healthcheck_workload_api(const cli_opts *o, const char *target)
     } else if (status.code == GRPC_STATUS_UNAVAILABLE ||
                status.code == GRPC_STATUS_DEADLINE_EXCEEDED || status.code == GRPC_STATUS_OK) {
         fprintf(stderr, "Agent is unhealthy: rpc error: code = %s desc = %s\n",
-                go_code_name(status.code), status.details[0] ? status.details : err.msg);
+                sg_rpc_status_go_name(status.code), status.details[0] ? status.details : err.msg);
         return 1;
     } else if (o->verbose) {
-        printf("Workload API answered %s (%s): the agent is serving.\n", go_code_name(status.code),
-               status.details);
+        printf("Workload API answered %s (%s): the agent is serving.\n",
+               sg_rpc_status_go_name(status.code), status.details);
     }
     printf("Agent is healthy.\n");
     return 0;
@@ -824,7 +797,7 @@ static int cmd_healthcheck(const cli_opts *o)
         if (status.code == GRPC_STATUS_UNIMPLEMENTED)
             return healthcheck_workload_api(o, target); /* an agent without the health service */
         fprintf(stderr, "Agent is unhealthy: rpc error: code = %s desc = %s\n",
-                go_code_name(status.code), status.details[0] ? status.details : err.msg);
+                sg_rpc_status_go_name(status.code), status.details[0] ? status.details : err.msg);
         return 1;
     }
     bool serving = ((Grpc__Health__V1__HealthCheckResponse *)hmsg)->status ==

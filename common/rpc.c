@@ -1487,3 +1487,30 @@ void sg_rpc_stream_free(sg_rpc_stream *s)
     cq_destroy(s->cq, false);
     free(s);
 }
+
+const char *sg_rpc_status_go_name(grpc_status_code status)
+{
+    static const char *const names[] = {
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    };
+
+    if ((int)status < 0 || (size_t)status >= sizeof names / sizeof names[0])
+        return "Unknown";
+    return names[status];
+}

@@ -159,6 +159,10 @@ int sg_rpc_err_from_status(grpc_status_code status);
 /* Static name of a grpc status ("PERMISSION_DENIED"). */
 const char *sg_rpc_status_name(grpc_status_code status);
 
+/* The same as Go's codes.Code prints it ("PermissionDenied"), for SPIRE-style
+ * "rpc error: code = ... desc = ..." messages. */
+const char *sg_rpc_status_go_name(grpc_status_code status);
+
 /* ---------------------------------------------------------------- client */
 
 /* One metadata pair for client calls. */

@@ -992,34 +992,6 @@ static int data_entry_parse(json_t *o, data_entry *d, char *why, size_t wl)
     return 0;
 }
 
-/* Go's codes.Code names, as SPIRE prints them. */
-static const char *status_go_name(grpc_status_code code)
-{
-    static const char *const names[] = {
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    };
-
-    if ((int)code < 0 || (size_t)code >= sizeof names / sizeof names[0])
-        return "Unknown";
-    return names[code];
-}
-
 /* Loads and checks the -data file; on success *root owns the JSON the entries point into. */
 static int data_load(const char *src, json_t **root, data_entry **out, size_t *count)
 {
@@ -1170,7 +1142,7 @@ static int entry_create_data(cli_ctx *c)
             json_t *q = json_string(msg);
             char *quoted = q ? json_dumps(q, JSON_ENCODE_ANY) : NULL;
             fprintf(stderr, "Failed to create the following entry (code: %s, msg: %s):\n",
-                    status_go_name(st.code), quoted ? quoted : msg);
+                    sg_rpc_status_go_name(st.code), quoted ? quoted : msg);
             free(quoted);
             json_decref(q);
             print_entry_to(stderr, &ents[done].e);
