@@ -164,7 +164,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPU, $(. /etc/os-release && echo "$PRETTY_NAME"),"
     echo "$(openssl version), $(uname -r). Server, agent and load generators share the same cores."
-    echo "Regenerate with \`make bench\` (BENCH_SECONDS=$SECS per run)."
+    echo "Regenerate with \`make bench\` (BENCH_SECONDS=$SECS per run). This VM's speed varies by up to"
+    echo "2x between runs (the load generator's own cost per call moves with it), so compare figures"
+    echo "within one run, e.g. as the ratios below, rather than across runs."
     echo
     echo "## Signing baselines (one core, same run)"
     echo
