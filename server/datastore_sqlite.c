@@ -216,45 +216,60 @@ static char *strings_json(char *const *v, size_t n)
     return out;
 }
 
-static int parse_selectors(const char *text, sg_selector **out, size_t *n, sg_err *err)
+/*
+ * Loads a JSON array column (NULL reads as []) and allocates cnt zeroed
+ * elements of elem_size for it. On success the caller owns *arr and *mem.
+ */
+static int load_array(const char *text, const char *column, size_t elem_size, json_t **arr,
+                      void **mem, size_t *cnt, sg_err *err)
 {
     json_error_t je;
-    json_t *arr = json_loads(text ? text : "[]", 0, &je);
-    sg_selector *sel = NULL;
+    json_t *a = json_loads(text ? text : "[]", 0, &je);
+
+    if (a == NULL || !json_is_array(a)) {
+        json_decref(a);
+        return sg_err_set(err, SG_EDB, "datastore: corrupt %s column", column);
+    }
+    *cnt = json_array_size(a);
+    *mem = NULL;
+    if (*cnt > 0 && (*mem = calloc(*cnt, elem_size)) == NULL) {
+        json_decref(a);
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    }
+    *arr = a;
+    return 0;
+}
+
+static int parse_selectors(const char *text, sg_selector **out, size_t *n, sg_err *err)
+{
+    json_t *arr;
+    void *mem;
     size_t cnt;
+    int rc = load_array(text, "selector", sizeof(sg_selector), &arr, &mem, &cnt, err);
 
     *out = NULL;
     *n = 0;
-    if (arr == NULL || !json_is_array(arr)) {
-        json_decref(arr);
-        return sg_err_set(err, SG_EDB, "datastore: corrupt selector column");
-    }
-    cnt = json_array_size(arr);
-    if (cnt > 0) {
-        sel = calloc(cnt, sizeof *sel);
-        if (sel == NULL) {
-            json_decref(arr);
-            return sg_err_set(err, SG_ENOMEM, "out of memory");
-        }
-    }
-    for (size_t i = 0; i < cnt; i++) {
+    if (rc < 0)
+        return rc;
+    sg_selector *sel = mem;
+    for (size_t i = 0; rc == 0 && i < cnt; i++) {
         json_t *p = json_array_get(arr, i);
         const char *t = json_string_value(json_array_get(p, 0));
         const char *v = json_string_value(json_array_get(p, 1));
         if (t == NULL || v == NULL) {
-            sg__ds_selectors_free(sel, cnt);
-            json_decref(arr);
-            return sg_err_set(err, SG_EDB, "datastore: corrupt selector column");
+            rc = sg_err_set(err, SG_EDB, "datastore: corrupt selector column");
+            break;
         }
         sel[i].type = strdup(t);
         sel[i].value = strdup(v);
-        if (sel[i].type == NULL || sel[i].value == NULL) {
-            sg__ds_selectors_free(sel, cnt);
-            json_decref(arr);
-            return sg_err_set(err, SG_ENOMEM, "out of memory");
-        }
+        if (sel[i].type == NULL || sel[i].value == NULL)
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
     }
     json_decref(arr);
+    if (rc < 0) {
+        sg__ds_selectors_free(sel, cnt);
+        return rc;
+    }
     *out = sel;
     *n = cnt;
     return 0;
@@ -262,37 +277,29 @@ static int parse_selectors(const char *text, sg_selector **out, size_t *n, sg_er
 
 static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
 {
-    json_error_t je;
-    json_t *arr = json_loads(text ? text : "[]", 0, &je);
-    char **v = NULL;
+    json_t *arr;
+    void *mem;
     size_t cnt;
+    int rc = load_array(text, "DNS name", sizeof(char *), &arr, &mem, &cnt, err);
 
     *out = NULL;
     *n = 0;
-    if (arr == NULL || !json_is_array(arr)) {
-        json_decref(arr);
-        return sg_err_set(err, SG_EDB, "datastore: corrupt DNS name column");
-    }
-    cnt = json_array_size(arr);
-    if (cnt > 0) {
-        v = calloc(cnt, sizeof *v);
-        if (v == NULL) {
-            json_decref(arr);
-            return sg_err_set(err, SG_ENOMEM, "out of memory");
-        }
-    }
-    for (size_t i = 0; i < cnt; i++) {
+    if (rc < 0)
+        return rc;
+    char **v = mem;
+    for (size_t i = 0; rc == 0 && i < cnt; i++) {
         const char *s = json_string_value(json_array_get(arr, i));
         v[i] = s ? strdup(s) : NULL;
-        if (v[i] == NULL) {
-            for (size_t j = 0; j < i; j++)
-                free(v[j]);
-            free(v);
-            json_decref(arr);
-            return sg_err_set(err, s ? SG_ENOMEM : SG_EDB, "datastore: corrupt DNS name column");
-        }
+        if (v[i] == NULL)
+            rc = sg_err_set(err, s ? SG_ENOMEM : SG_EDB, "datastore: corrupt DNS name column");
     }
     json_decref(arr);
+    if (rc < 0) {
+        for (size_t j = 0; j < cnt; j++)
+            free(v[j]);
+        free(v);
+        return rc;
+    }
     *out = v;
     *n = cnt;
     return 0;
