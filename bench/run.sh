@@ -3,6 +3,7 @@
 # fetch latency against real sigil-server and sigil-agent processes on
 # loopback. Writes bench/RESULTS.md.
 set -euo pipefail
+. "$(dirname "$0")/../scripts/loopback.sh"
 
 BUILD=${1:-$(pwd)/build}
 BIN=$BUILD/bin
@@ -29,30 +30,7 @@ echo "bench: signing baselines (one core each)"
 "$BIN/bench_sign" 2>/dev/null | tee "$WORK/sign.txt"
 
 mkdir -p "$WORK/server" "$WORK/agent"
-cat >"$WORK/server.conf" <<CONF
-server {
-    bind_address = "127.0.0.1"
-    bind_port = "$PORT"
-    socket_path = "$ADMIN"
-    trust_domain = "example.org"
-    data_dir = "$WORK/server/data"
-    log_level = "WARN"
-}
-plugins {
-    DataStore "sql" {
-        plugin_data {
-            database_type = "sqlite3"
-            connection_string = "$WORK/server/data/datastore.sqlite3"
-        }
-    }
-    NodeAttestor "join_token" {
-        plugin_data {}
-    }
-    KeyManager "memory" {
-        plugin_data {}
-    }
-}
-CONF
+write_server_conf "$WORK/server.conf" "$PORT" "$ADMIN" "$WORK/server" WARN memory
 "$BIN/sigil-server" run -config "$WORK/server.conf" >"$WORK/server.log" 2>&1 &
 SERVER=$!
 pids+=($SERVER)
@@ -89,28 +67,7 @@ tok=$("$BIN/sigil-server" token generate -socketPath "$ADMIN" -spiffeID spiffe:/
     sed -n 's/^Token: //p')
 "$BIN/sigil-server" entry create -socketPath "$ADMIN" -parentID spiffe://example.org/bench-agent \
     -spiffeID spiffe://example.org/bench/fetcher -selector "unix:uid:$(id -u)" >/dev/null
-cat >"$WORK/agent.conf" <<CONF
-agent {
-    data_dir = "$WORK/agent/data"
-    log_level = "INFO"
-    server_address = "127.0.0.1"
-    server_port = "$PORT"
-    socket_path = "$WL"
-    trust_bundle_path = "$WORK/bundle.pem"
-    trust_domain = "example.org"
-}
-plugins {
-    NodeAttestor "join_token" {
-        plugin_data {}
-    }
-    KeyManager "memory" {
-        plugin_data {}
-    }
-    WorkloadAttestor "unix" {
-        plugin_data {}
-    }
-}
-CONF
+write_agent_conf "$WORK/agent.conf" "$PORT" "$WL" "$WORK/agent" "$WORK/bundle.pem" INFO memory
 "$BIN/sigil-agent" run -config "$WORK/agent.conf" -joinToken "$tok" >"$WORK/agent.log" 2>&1 &
 AGENT=$!
 pids+=($AGENT)

@@ -3,6 +3,7 @@
 # temp dir; a workload (this shell's uid) is registered and fetches its
 # X509-SVID through the Workload API; openssl verifies it; everything stops.
 set -euo pipefail
+. "$(dirname "$0")/loopback.sh"
 
 BUILD=${1:-$(pwd)/build}
 BIN=$BUILD/bin
@@ -21,33 +22,7 @@ trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
 
 mkdir -p "$WORK/server" "$WORK/agent"
-cat >"$WORK/server.conf" <<CONF
-server {
-    bind_address = "127.0.0.1"
-    bind_port = "$PORT"
-    socket_path = "$ADMIN"
-    trust_domain = "example.org"
-    data_dir = "$WORK/server/data"
-    log_level = "INFO"
-    default_x509_svid_ttl = "1h"
-}
-plugins {
-    DataStore "sql" {
-        plugin_data {
-            database_type = "sqlite3"
-            connection_string = "$WORK/server/data/datastore.sqlite3"
-        }
-    }
-    NodeAttestor "join_token" {
-        plugin_data {}
-    }
-    KeyManager "disk" {
-        plugin_data {
-            keys_path = "$WORK/server/data/keys.json"
-        }
-    }
-}
-CONF
+write_server_conf "$WORK/server.conf" "$PORT" "$ADMIN" "$WORK/server" INFO disk
 
 step "Starting sigil-server (trust domain example.org, 127.0.0.1:$PORT, SQLite in $WORK)"
 "$BIN/sigil-server" run -config "$WORK/server.conf" >"$WORK/server.log" 2>&1 &
@@ -64,30 +39,7 @@ TOKEN=$("$BIN/sigil-server" token generate -socketPath "$ADMIN" -spiffeID spiffe
     | sed -n 's/^Token: //p')
 echo "Token: (generated, not shown)"
 
-cat >"$WORK/agent.conf" <<CONF
-agent {
-    data_dir = "$WORK/agent/data"
-    log_level = "INFO"
-    server_address = "127.0.0.1"
-    server_port = "$PORT"
-    socket_path = "$WL"
-    trust_bundle_path = "$WORK/agent/bootstrap.pem"
-    trust_domain = "example.org"
-}
-plugins {
-    NodeAttestor "join_token" {
-        plugin_data {}
-    }
-    KeyManager "disk" {
-        plugin_data {
-            directory = "$WORK/agent/data"
-        }
-    }
-    WorkloadAttestor "unix" {
-        plugin_data {}
-    }
-}
-CONF
+write_agent_conf "$WORK/agent.conf" "$PORT" "$WL" "$WORK/agent" "$WORK/agent/bootstrap.pem" INFO disk
 
 step "Registering spiffe://example.org/demo-workload for uid $(id -u)"
 "$BIN/sigil-server" entry create -socketPath "$ADMIN" -parentID spiffe://example.org/demo-node \
