@@ -8,19 +8,26 @@
 
 #include "server/datastore_int.h"
 
+#include "common/spiffeid.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define DS_MAX_DNS   1024 /* DNS names in one entry */
+#define DS_MAX_DNS   1024          /* DNS names in one entry */
+#define DS_MAX_FED   256           /* federated trust domains of one entry */
+#define DS_MAX_JWKS  (1024 * 1024) /* bytes of one stored bundle */
+#define DS_MAX_URL   2048
 #define DS_MAX_TOKEN 1024 /* bytes of a join token */
 
 struct sg_datastore {
-    const sg__ds_backend *be; /* static const table */
-    void *st;                 /* backend state */
+    const sg__ds_backend *be;     /* static const table */
+    void *st;                     /* backend state */
+    atomic_uint_fast64_t fed_gen; /* federated bundle writes through this handle */
 };
 
 /* Supported database types; aliases point at the same backend. */
@@ -77,6 +84,9 @@ void sg_entry_cleanup(sg_entry *e)
     for (size_t i = 0; i < e->ndns; i++)
         free(e->dns_names[i]);
     free(e->dns_names);
+    for (size_t i = 0; i < e->nfederates_with; i++)
+        free(e->federates_with[i]);
+    free(e->federates_with);
     free(e->hint);
     memset(e, 0, sizeof *e);
 }
@@ -123,6 +133,17 @@ int sg_entry_copy(sg_entry *dst, const sg_entry *src)
             t.ndns = src->ndns;
             for (size_t i = 0; i < src->ndns && rc == 0; i++)
                 t.dns_names[i] = dup_or_null(src->dns_names[i] ? src->dns_names[i] : "", &rc);
+        }
+    }
+    if (rc == 0 && src->nfederates_with > 0) {
+        t.federates_with = calloc(src->nfederates_with, sizeof *t.federates_with);
+        if (t.federates_with == NULL) {
+            rc = SG_ENOMEM;
+        } else {
+            t.nfederates_with = src->nfederates_with;
+            for (size_t i = 0; i < src->nfederates_with && rc == 0; i++)
+                t.federates_with[i] =
+                    dup_or_null(src->federates_with[i] ? src->federates_with[i] : "", &rc);
         }
     }
     if (rc != 0) {
@@ -244,6 +265,44 @@ static void normalise_selectors(sg_entry *e)
     e->nselectors = w;
 }
 
+/* Checks a federates_with value: "spiffe://<td>" with a valid trust domain name and no path. */
+static int check_fed_td_id(const char *v, sg_err *err)
+{
+    char td[SG_TRUST_DOMAIN_MAX + 1];
+    sg_err perr;
+
+    if (v == NULL || strncmp(v, "spiffe://", 9) != 0)
+        return sg_err_set(err, SG_EINVAL,
+                          "federates_with \"%.128s\" is not a trust domain ID (spiffe://<name>)",
+                          v ? v : "");
+    if (sg_trust_domain_parse(v + 9, td, &perr) < 0)
+        return sg_err_set(err, SG_EINVAL, "federates_with \"%.128s\": %s", v, perr.msg);
+    return 0;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorts the federates_with list of e (its own copy) and drops duplicates. */
+static void normalise_federates(sg_entry *e)
+{
+    size_t w = 0;
+
+    if (e->nfederates_with == 0)
+        return;
+    qsort(e->federates_with, e->nfederates_with, sizeof *e->federates_with, str_cmp);
+    for (size_t r = 0; r < e->nfederates_with; r++) {
+        if (w > 0 && strcmp(e->federates_with[w - 1], e->federates_with[r]) == 0) {
+            free(e->federates_with[r]);
+            continue;
+        }
+        e->federates_with[w++] = e->federates_with[r];
+    }
+    e->nfederates_with = w;
+}
+
 /*
  * Checks e and makes a normalised deep copy in *out. Semantic rules (SPIFFE
  * ID syntax, trust domain) belong to the API layer; this keeps data that
@@ -293,10 +352,21 @@ static int prepare_entry(const sg_entry *e, sg_entry *out, bool need_id, sg_err 
         if (e->dns_names[i] == NULL || e->dns_names[i][0] == '\0')
             return sg_err_set(err, SG_EINVAL, "entry \"%.128s\" has an empty DNS name",
                               e->spiffe_id);
+    if (e->nfederates_with > DS_MAX_FED)
+        return sg_err_set(err, SG_EINVAL, "entry federates with %zu trust domains (at most %d)",
+                          e->nfederates_with, DS_MAX_FED);
+    if (e->nfederates_with > 0 && e->federates_with == NULL)
+        return sg_err_set(err, SG_EINVAL, "entry federates_with list is NULL");
+    for (size_t i = 0; i < e->nfederates_with; i++) {
+        rc = check_fed_td_id(e->federates_with[i], err);
+        if (rc < 0)
+            return rc;
+    }
     rc = sg_entry_copy(out, e);
     if (rc < 0)
         return sg_err_set(err, rc, "out of memory copying entry");
     normalise_selectors(out);
+    normalise_federates(out);
     return 0;
 }
 
@@ -536,4 +606,217 @@ int sg_ds_agent_set_banned(sg_datastore *ds, const char *spiffe_id, bool banned,
     int rc = check_agent_id(spiffe_id, err);
 
     return rc < 0 ? rc : ds->be->agent_set_banned(ds->st, spiffe_id, banned, err);
+}
+
+/* ------------------------------------------------------------ federation */
+
+void sg_fed_bundle_rec_cleanup(sg_fed_bundle_rec *b)
+{
+    if (b == NULL)
+        return;
+    free(b->trust_domain);
+    free(b->jwks);
+    memset(b, 0, sizeof *b);
+}
+
+void sg_fed_bundle_rec_list_free(sg_fed_bundle_rec *list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        sg_fed_bundle_rec_cleanup(&list[i]);
+    free(list);
+}
+
+void sg_fed_rel_cleanup(sg_fed_rel *r)
+{
+    if (r == NULL)
+        return;
+    free(r->trust_domain);
+    free(r->url);
+    free(r->profile);
+    free(r->endpoint_spiffe_id);
+    memset(r, 0, sizeof *r);
+}
+
+void sg_fed_rel_list_free(sg_fed_rel *list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        sg_fed_rel_cleanup(&list[i]);
+    free(list);
+}
+
+int sg_fed_rel_copy(sg_fed_rel *dst, const sg_fed_rel *src)
+{
+    sg_fed_rel t;
+    int rc = 0;
+
+    memset(&t, 0, sizeof t);
+    t.trust_domain = dup_or_null(src->trust_domain, &rc);
+    t.url = dup_or_null(src->url, &rc);
+    t.profile = dup_or_null(src->profile, &rc);
+    t.endpoint_spiffe_id = dup_or_null(src->endpoint_spiffe_id, &rc);
+    if (rc < 0) {
+        sg_fed_rel_cleanup(&t);
+        return rc;
+    }
+    *dst = t;
+    return 0;
+}
+
+/* A trust domain name as the federation tables key it: valid, lower case, no scheme. */
+static int check_td_name(const char *td, sg_err *err)
+{
+    char norm[SG_TRUST_DOMAIN_MAX + 1];
+    sg_err perr;
+
+    if (td == NULL || td[0] == '\0')
+        return sg_err_set(err, SG_EINVAL, "trust domain is empty");
+    if (strncmp(td, "spiffe://", 9) == 0)
+        return sg_err_set(err, SG_EINVAL, "trust domain \"%.128s\" must be a name, not an ID", td);
+    if (sg_trust_domain_parse(td, norm, &perr) < 0)
+        return sg_err_set(err, SG_EINVAL, "invalid trust domain \"%.128s\": %s", td, perr.msg);
+    if (strcmp(norm, td) != 0)
+        return sg_err_set(err, SG_EINVAL, "trust domain \"%.128s\" is not in canonical form", td);
+    return 0;
+}
+
+int sg_ds_fed_bundle_put(sg_datastore *ds, const char *trust_domain, const char *jwks,
+                         uint64_t sequence, bool *changed, sg_err *err)
+{
+    bool ch = false;
+    int rc = check_td_name(trust_domain, err);
+
+    if (rc < 0)
+        return rc;
+    if (jwks == NULL || jwks[0] == '\0')
+        return sg_err_set(err, SG_EINVAL, "bundle of \"%s\" is empty", trust_domain);
+    if (strnlen(jwks, DS_MAX_JWKS + 1) > DS_MAX_JWKS)
+        return sg_err_set(err, SG_ETOOBIG, "bundle of \"%s\" is larger than %d bytes", trust_domain,
+                          DS_MAX_JWKS);
+    if (sequence > INT64_MAX)
+        return sg_err_set(err, SG_EINVAL, "bundle sequence %llu of \"%s\" is out of range",
+                          (unsigned long long)sequence, trust_domain);
+    rc =
+        ds->be->fed_bundle_put(ds->st, trust_domain, jwks, sequence, (int64_t)time(NULL), &ch, err);
+    if (rc == 0 && ch)
+        atomic_fetch_add(&ds->fed_gen, 1);
+    if (changed != NULL)
+        *changed = rc == 0 && ch;
+    return rc;
+}
+
+int sg_ds_fed_bundle_get(sg_datastore *ds, const char *trust_domain, sg_fed_bundle_rec *out,
+                         sg_err *err)
+{
+    int rc = check_td_name(trust_domain, err);
+
+    return rc < 0 ? rc : ds->be->fed_bundle_get(ds->st, trust_domain, out, err);
+}
+
+int sg_ds_fed_bundle_list(sg_datastore *ds, sg_fed_bundle_rec **list, size_t *n, sg_err *err)
+{
+    return ds->be->fed_bundle_list(ds->st, list, n, err);
+}
+
+int sg_ds_fed_bundle_delete(sg_datastore *ds, const char *trust_domain, sg_fed_delete_mode mode,
+                            size_t *entries_changed, sg_err *err)
+{
+    size_t ch = 0;
+    int rc = check_td_name(trust_domain, err);
+
+    if (rc < 0)
+        return rc;
+    if (mode != SG_FED_DELETE_RESTRICT && mode != SG_FED_DELETE_DELETE &&
+        mode != SG_FED_DELETE_DISSOCIATE)
+        return sg_err_set(err, SG_EINVAL, "unknown bundle delete mode %d", (int)mode);
+    rc = ds->be->fed_bundle_delete(ds->st, trust_domain, mode, &ch, err);
+    if (rc == 0)
+        atomic_fetch_add(&ds->fed_gen, 1);
+    if (entries_changed != NULL)
+        *entries_changed = rc == 0 ? ch : 0;
+    return rc;
+}
+
+uint64_t sg_ds_fed_bundle_gen(sg_datastore *ds)
+{
+    return atomic_load(&ds->fed_gen);
+}
+
+/* https://host[:port][/path] with a non-empty host and no spaces or controls. */
+static int check_url(const char *url, sg_err *err)
+{
+    const char *host;
+    size_t hl;
+
+    if (url == NULL || url[0] == '\0')
+        return sg_err_set(err, SG_EINVAL, "bundle endpoint URL is required");
+    if (strnlen(url, DS_MAX_URL + 1) > DS_MAX_URL)
+        return sg_err_set(err, SG_EINVAL, "bundle endpoint URL is longer than %d bytes",
+                          DS_MAX_URL);
+    if (strncmp(url, "https://", 8) != 0)
+        return sg_err_set(err, SG_EINVAL, "bundle endpoint URL \"%.128s\" must use https", url);
+    if (!printable_token(url))
+        return sg_err_set(err, SG_EINVAL,
+                          "bundle endpoint URL \"%.128s\" has a space or control character", url);
+    host = url + 8;
+    hl = strcspn(host, "/?#");
+    if (hl == 0 || host[0] == ':' || memchr(host, '@', hl) != NULL)
+        return sg_err_set(err, SG_EINVAL, "bundle endpoint URL \"%.128s\" has no valid host", url);
+    return 0;
+}
+
+int sg_ds_fed_rel_put(sg_datastore *ds, const sg_fed_rel *r, bool update, sg_err *err)
+{
+    int rc;
+
+    if (r == NULL)
+        return sg_err_set(err, SG_EINVAL, "federation relationship is NULL");
+    rc = check_td_name(r->trust_domain, err);
+    if (rc < 0)
+        return rc;
+    rc = check_url(r->url, err);
+    if (rc < 0)
+        return rc;
+    if (r->profile == NULL ||
+        (strcmp(r->profile, "https_spiffe") != 0 && strcmp(r->profile, "https_web") != 0))
+        return sg_err_set(err, SG_EINVAL,
+                          "bundle endpoint profile \"%.64s\" is unknown (use https_spiffe or "
+                          "https_web)",
+                          r->profile ? r->profile : "");
+    if (strcmp(r->profile, "https_spiffe") == 0) {
+        sg_spiffeid sid;
+        sg_err perr;
+        if (r->endpoint_spiffe_id == NULL || r->endpoint_spiffe_id[0] == '\0')
+            return sg_err_set(err, SG_EINVAL,
+                              "profile https_spiffe needs the endpoint SPIFFE ID of \"%s\"",
+                              r->trust_domain);
+        if (sg_spiffeid_parse(r->endpoint_spiffe_id, &sid, &perr) < 0)
+            return sg_err_set(err, SG_EINVAL, "invalid endpoint SPIFFE ID \"%.128s\": %s",
+                              r->endpoint_spiffe_id, perr.msg);
+    } else if (r->endpoint_spiffe_id != NULL && r->endpoint_spiffe_id[0] != '\0') {
+        return sg_err_set(err, SG_EINVAL, "profile https_web takes no endpoint SPIFFE ID");
+    }
+    return ds->be->fed_rel_put(ds->st, r, update, err);
+}
+
+int sg_ds_fed_rel_get(sg_datastore *ds, const char *trust_domain, sg_fed_rel *out, sg_err *err)
+{
+    int rc = check_td_name(trust_domain, err);
+
+    return rc < 0 ? rc : ds->be->fed_rel_get(ds->st, trust_domain, out, err);
+}
+
+int sg_ds_fed_rel_list(sg_datastore *ds, sg_fed_rel **list, size_t *n, sg_err *err)
+{
+    return ds->be->fed_rel_list(ds->st, list, n, err);
+}
+
+int sg_ds_fed_rel_delete(sg_datastore *ds, const char *trust_domain, sg_err *err)
+{
+    int rc = check_td_name(trust_domain, err);
+
+    return rc < 0 ? rc : ds->be->fed_rel_delete(ds->st, trust_domain, err);
 }

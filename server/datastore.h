@@ -1,7 +1,7 @@
 /*
- * The server's storage interface: registration entries, join tokens and
- * attested agents. One narrow vtable so PostgreSQL can join SQLite without
- * touching callers. Every function is thread-safe on one handle.
+ * The server's storage interface: registration entries, join tokens,
+ * attested agents, federated bundles and federation relationships. One narrow vtable so PostgreSQL
+ * can join SQLite without touching callers. Every function is thread-safe on one handle.
  */
 #ifndef SG_SERVER_DATASTORE_H
 #define SG_SERVER_DATASTORE_H
@@ -26,7 +26,9 @@ typedef struct sg_entry {
     int32_t jwt_svid_ttl;  /* seconds; 0 = server default */
     char **dns_names;
     size_t ndns;
-    char *hint; /* may be NULL */
+    char *hint;            /* may be NULL */
+    char **federates_with; /* foreign trust domains as "spiffe://<td>" */
+    size_t nfederates_with;
     bool downstream;
     bool admin;
     int64_t revision;   /* bumped on every change; unique across all entries */
@@ -74,9 +76,10 @@ int sg_datastore_open(sg_datastore **out, const char *type, const char *conn, sg
 void sg_datastore_close(sg_datastore *ds);
 
 /*
- * Entries. create assigns a new UUID when e->id is empty, a new revision
- * and created_at (written back into e), and refuses (SG_EEXIST) an entry
- * with the same spiffe_id, parent_id and selector set, or an existing id.
+ * Entries. Every federates_with trust domain must have a federated bundle
+ * (SG_ENOENT naming it otherwise), as SPIRE requires. create assigns a new UUID when e->id is
+ * empty, a new revision and created_at (written back into e), and refuses (SG_EEXIST) an entry with
+ * the same spiffe_id, parent_id and selector set, or an existing id.
  */
 int sg_ds_entry_create(sg_datastore *ds, sg_entry *e, sg_err *err);
 /* Replaces the entry with e->id (SG_ENOENT if missing); new revision written back. */
@@ -106,5 +109,70 @@ int sg_ds_agent_list(sg_datastore *ds, sg_agent_rec **list, size_t *n, sg_err *e
 /* Evict: forget the agent (it must attest again). */
 int sg_ds_agent_delete(sg_datastore *ds, const char *spiffe_id, sg_err *err);
 int sg_ds_agent_set_banned(sg_datastore *ds, const char *spiffe_id, bool banned, sg_err *err);
+
+/* ------------------------------------------------------------ federation */
+
+/* A foreign trust domain's bundle as stored (SPIFFE bundle JSON). */
+typedef struct sg_fed_bundle_rec {
+    char *trust_domain; /* the name, without "spiffe://" */
+    char *jwks;         /* SPIFFE bundle JSON */
+    uint64_t sequence;  /* its spiffe_sequence (0 = absent) */
+    int64_t updated_at; /* unix seconds of the last write */
+} sg_fed_bundle_rec;
+
+void sg_fed_bundle_rec_cleanup(sg_fed_bundle_rec *b);
+void sg_fed_bundle_rec_list_free(sg_fed_bundle_rec *list, size_t n);
+
+/*
+ * Stores the bundle of trust_domain (a valid name, not "spiffe://...").
+ * A sequence lower than the stored one is refused with SG_EINVAL: a
+ * bundle's spiffe_sequence never goes backwards. *changed (may be NULL)
+ * tells whether the stored JSON or sequence changed.
+ */
+int sg_ds_fed_bundle_put(sg_datastore *ds, const char *trust_domain, const char *jwks,
+                         uint64_t sequence, bool *changed, sg_err *err);
+int sg_ds_fed_bundle_get(sg_datastore *ds, const char *trust_domain, sg_fed_bundle_rec *out,
+                         sg_err *err);
+/* Every federated bundle, ordered by trust domain. */
+int sg_ds_fed_bundle_list(sg_datastore *ds, sg_fed_bundle_rec **list, size_t *n, sg_err *err);
+
+/* What happens to entries that federate with a bundle being deleted (SPIRE's modes). */
+typedef enum sg_fed_delete_mode {
+    SG_FED_DELETE_RESTRICT,   /* refuse (SG_EPERM) while an entry federates with it */
+    SG_FED_DELETE_DELETE,     /* delete those entries too */
+    SG_FED_DELETE_DISSOCIATE, /* remove the trust domain from those entries */
+} sg_fed_delete_mode;
+
+/* Deletes the bundle; *entries_changed (may be NULL) counts entries deleted or updated. */
+int sg_ds_fed_bundle_delete(sg_datastore *ds, const char *trust_domain, sg_fed_delete_mode mode,
+                            size_t *entries_changed, sg_err *err);
+
+/*
+ * Generation of the federated bundles: bumped by every put that changed
+ * something and every delete through this handle. Thread-safe, lock-free.
+ */
+uint64_t sg_ds_fed_bundle_gen(sg_datastore *ds);
+
+/* A federation relationship (SPIRE's federates_with). */
+typedef struct sg_fed_rel {
+    char *trust_domain;       /* the name, without "spiffe://" */
+    char *url;                /* bundle endpoint URL, https://... */
+    char *profile;            /* "https_spiffe" or "https_web" */
+    char *endpoint_spiffe_id; /* https_spiffe: the endpoint's SPIFFE ID; else NULL */
+} sg_fed_rel;
+
+void sg_fed_rel_cleanup(sg_fed_rel *r);
+void sg_fed_rel_list_free(sg_fed_rel *list, size_t n);
+int sg_fed_rel_copy(sg_fed_rel *dst, const sg_fed_rel *src);
+
+/*
+ * Creates (update false; SG_EEXIST when one exists) or replaces (update
+ * true; SG_ENOENT when missing) the relationship of r->trust_domain.
+ * Checks the URL (https with a host), profile and endpoint ID.
+ */
+int sg_ds_fed_rel_put(sg_datastore *ds, const sg_fed_rel *r, bool update, sg_err *err);
+int sg_ds_fed_rel_get(sg_datastore *ds, const char *trust_domain, sg_fed_rel *out, sg_err *err);
+int sg_ds_fed_rel_list(sg_datastore *ds, sg_fed_rel **list, size_t *n, sg_err *err);
+int sg_ds_fed_rel_delete(sg_datastore *ds, const char *trust_domain, sg_err *err);
 
 #endif

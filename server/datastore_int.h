@@ -38,6 +38,19 @@ typedef struct sg__ds_backend {
     int (*agent_list)(void *st, sg_agent_rec **list, size_t *n, sg_err *err);
     int (*agent_delete)(void *st, const char *spiffe_id, sg_err *err);
     int (*agent_set_banned)(void *st, const char *spiffe_id, bool banned, sg_err *err);
+
+    int (*fed_bundle_put)(void *st, const char *td, const char *jwks, uint64_t seq, int64_t now,
+                          bool *changed, sg_err *err);
+    int (*fed_bundle_get)(void *st, const char *td, sg_fed_bundle_rec *out, sg_err *err);
+    int (*fed_bundle_list)(void *st, sg_fed_bundle_rec **list, size_t *n, sg_err *err);
+    int (*fed_bundle_delete)(void *st, const char *td, sg_fed_delete_mode mode, size_t *changed,
+                             sg_err *err);
+
+    /* update: replace an existing one (SG_ENOENT when missing); else insert (SG_EEXIST). */
+    int (*fed_rel_put)(void *st, const sg_fed_rel *r, bool update, sg_err *err);
+    int (*fed_rel_get)(void *st, const char *td, sg_fed_rel *out, sg_err *err);
+    int (*fed_rel_list)(void *st, sg_fed_rel **list, size_t *n, sg_err *err);
+    int (*fed_rel_delete)(void *st, const char *td, sg_err *err);
 } sg__ds_backend;
 
 extern const sg__ds_backend sg__ds_sqlite;

@@ -11,8 +11,12 @@
  * canonical selector JSON (sorted, duplicate-free) is part of a UNIQUE
  * index, so the duplicate rule holds even without the explicit check.
  * Every entry write bumps the single revision counter, deletes included.
+ * Federated trust domains of entries live in entry_federates as well, so
+ * the bundle delete modes find the entries of one trust domain by index.
  */
 #include "server/datastore_int.h"
+
+#include "common/spiffeid.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,7 +31,7 @@
 #include <unistd.h>
 
 #define BUSY_TIMEOUT_MS 5000
-#define STMT_CACHE      32
+#define STMT_CACHE      64
 
 typedef struct sqlite_ds {
     pthread_mutex_t mu; /* guards everything below */
@@ -78,6 +82,23 @@ static const char *const migrations[] = {
     "  attested_at INTEGER NOT NULL,"
     "  banned INTEGER NOT NULL DEFAULT 0,"
     "  selectors TEXT NOT NULL);",
+    /* 1 -> 2: federation. */
+    "ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';"
+    "CREATE TABLE entry_federates ("
+    "  entry_id TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE,"
+    "  trust_domain TEXT NOT NULL," /* the name, without spiffe:// */
+    "  PRIMARY KEY (entry_id, trust_domain));"
+    "CREATE INDEX entry_federates_td ON entry_federates (trust_domain);"
+    "CREATE TABLE federated_bundles ("
+    "  trust_domain TEXT PRIMARY KEY,"
+    "  jwks TEXT NOT NULL,"
+    "  sequence INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE TABLE federation_relationships ("
+    "  trust_domain TEXT PRIMARY KEY,"
+    "  url TEXT NOT NULL,"
+    "  profile TEXT NOT NULL,"
+    "  endpoint_spiffe_id TEXT);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -275,12 +296,13 @@ static int parse_selectors(const char *text, sg_selector **out, size_t *n, sg_er
     return 0;
 }
 
-static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
+static int parse_strings_col(const char *text, const char *column, char ***out, size_t *n,
+                             sg_err *err)
 {
     json_t *arr;
     void *mem;
     size_t cnt;
-    int rc = load_array(text, "DNS name", sizeof(char *), &arr, &mem, &cnt, err);
+    int rc = load_array(text, column, sizeof(char *), &arr, &mem, &cnt, err);
 
     *out = NULL;
     *n = 0;
@@ -291,7 +313,7 @@ static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
         const char *s = json_string_value(json_array_get(arr, i));
         v[i] = s ? strdup(s) : NULL;
         if (v[i] == NULL)
-            rc = sg_err_set(err, s ? SG_ENOMEM : SG_EDB, "datastore: corrupt DNS name column");
+            rc = sg_err_set(err, s ? SG_ENOMEM : SG_EDB, "datastore: corrupt %s column", column);
     }
     json_decref(arr);
     if (rc < 0) {
@@ -303,6 +325,11 @@ static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
     *out = v;
     *n = cnt;
     return 0;
+}
+
+static int parse_strings(const char *text, char ***out, size_t *n, sg_err *err)
+{
+    return parse_strings_col(text, "DNS name", out, n, err);
 }
 
 /* ------------------------------------------------------------ open/close */
@@ -536,6 +563,45 @@ static int insert_selectors(sqlite_ds *s, const sg_entry *e, sg_err *err)
     return 0;
 }
 
+/*
+ * Records e's federated trust domains, each of which must have a stored
+ * bundle (SPIRE refuses an entry that federates with an unknown one).
+ */
+static int insert_federates(sqlite_ds *s, const sg_entry *e, sg_err *err)
+{
+    static const char chk[] = "SELECT 1 FROM federated_bundles WHERE trust_domain = ?";
+    static const char q[] = "INSERT INTO entry_federates (entry_id, trust_domain) VALUES (?, ?)";
+
+    for (size_t i = 0; i < e->nfederates_with; i++) {
+        const char *td = e->federates_with[i] + strlen("spiffe://");
+        sqlite3_stmt *st = stmt(s, chk, err);
+        int r;
+
+        if (st == NULL)
+            return SG_EDB;
+        bind_text(st, 1, td);
+        r = sqlite3_step(st);
+        stmt_done(s, st);
+        if (r == SQLITE_DONE)
+            return sg_err_set(err, SG_ENOENT,
+                              "unable to find federated bundle \"%.200s\" (set it with bundle set "
+                              "or a federation relationship first)",
+                              e->federates_with[i]);
+        if (r != SQLITE_ROW)
+            return db_fail(s, err, "looking up a federated bundle");
+        st = stmt(s, q, err);
+        if (st == NULL)
+            return SG_EDB;
+        bind_text(st, 1, e->id);
+        bind_text(st, 2, td);
+        r = sqlite3_step(st);
+        stmt_done(s, st);
+        if (r != SQLITE_DONE)
+            return db_fail(s, err, "storing federated trust domains");
+    }
+    return 0;
+}
+
 static bool entry_exists(sqlite_ds *s, const char *id, int *rc, int64_t *created_at, sg_err *err)
 {
     static const char q[] = "SELECT created_at FROM entries WHERE id = ?";
@@ -565,21 +631,23 @@ static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
 {
     static const char ins[] =
         "INSERT INTO entries (id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, "
-        "jwt_svid_ttl, hint, downstream, admin, revision, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        "jwt_svid_ttl, hint, downstream, admin, revision, created_at, federates_with) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     static const char upd[] =
         "UPDATE entries SET spiffe_id = ?2, parent_id = ?3, selectors = ?4, dns_names = ?5, "
         "x509_svid_ttl = ?6, jwt_svid_ttl = ?7, hint = ?8, downstream = ?9, admin = ?10, "
-        "revision = ?11, created_at = ?12 WHERE id = ?1";
+        "revision = ?11, created_at = ?12, federates_with = ?13 WHERE id = ?1";
     static const char delsel[] = "DELETE FROM entry_selectors WHERE entry_id = ?";
+    static const char delfed[] = "DELETE FROM entry_federates WHERE entry_id = ?";
     char *sel_json = selectors_json(e->selectors, e->nselectors);
     char *dns_json = strings_json(e->dns_names, e->ndns);
+    char *fed_json = strings_json(e->federates_with, e->nfederates_with);
     sqlite3_stmt *st;
     int64_t rev = 0, created = (int64_t)time(NULL);
     int rc = 0;
     bool exists;
 
-    if (sel_json == NULL || dns_json == NULL) {
+    if (sel_json == NULL || dns_json == NULL || fed_json == NULL) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory encoding an entry");
         goto out;
     }
@@ -621,6 +689,7 @@ static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
     sqlite3_bind_int(st, 10, e->admin ? 1 : 0);
     sqlite3_bind_int64(st, 11, rev);
     sqlite3_bind_int64(st, 12, created);
+    bind_text(st, 13, fed_json);
     if (sqlite3_step(st) != SQLITE_DONE) {
         rc = db_fail(s, err, update ? "updating an entry" : "inserting an entry");
         stmt_done(s, st);
@@ -639,8 +708,21 @@ static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
         stmt_done(s, st);
         if (rc < 0)
             goto fail;
+        st = stmt(s, delfed, err);
+        if (st == NULL) {
+            rc = SG_EDB;
+            goto fail;
+        }
+        bind_text(st, 1, e->id);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "replacing federated trust domains");
+        stmt_done(s, st);
+        if (rc < 0)
+            goto fail;
     }
     rc = insert_selectors(s, e, err);
+    if (rc == 0)
+        rc = insert_federates(s, e, err);
     if (rc < 0)
         goto fail;
     rc = commit(s, err);
@@ -656,6 +738,7 @@ unlock:
 out:
     free(sel_json);
     free(dns_json);
+    free(fed_json);
     return rc;
 }
 
@@ -769,7 +852,7 @@ static int read_one(sqlite_ds *s, const char *q, const char *key, row_reader rea
 
 #define ENTRY_COLS                                                                                 \
     "id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, jwt_svid_ttl, hint, "          \
-    "downstream, admin, revision, created_at"
+    "downstream, admin, revision, created_at, federates_with"
 
 /* Reads one row of ENTRY_COLS into out. */
 static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
@@ -790,6 +873,9 @@ static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
                              err);
     if (rc == 0)
         rc = parse_strings((const char *)sqlite3_column_text(st, 4), &e.dns_names, &e.ndns, err);
+    if (rc == 0)
+        rc = parse_strings_col((const char *)sqlite3_column_text(st, 12), "federates_with",
+                               &e.federates_with, &e.nfederates_with, err);
     if (rc == SG_ENOMEM)
         sg_err_set(err, SG_ENOMEM, "out of memory");
     if (rc == 0 && (e.spiffe_id == NULL || e.parent_id == NULL))
@@ -1151,6 +1237,421 @@ static int ds_agent_set_banned(void *state, const char *id, bool banned, sg_err 
     return agent_write(state, q, id, banned ? 1 : 0, err);
 }
 
+/* ------------------------------------------------------------ federation */
+
+static int ds_fed_bundle_put(void *state, const char *td, const char *jwks, uint64_t seq,
+                             int64_t now, bool *changed, sg_err *err)
+{
+    static const char get[] = "SELECT jwks, sequence FROM federated_bundles WHERE trust_domain = ?";
+    static const char put[] = "INSERT OR REPLACE INTO federated_bundles (trust_domain, jwks, "
+                              "sequence, updated_at) VALUES (?, ?, ?, ?)";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc, r;
+    bool same = false;
+
+    *changed = false;
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        goto unlock;
+    st = stmt(s, get, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto fail;
+    }
+    bind_text(st, 1, td);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        const unsigned char *old = sqlite3_column_text(st, 0);
+        uint64_t oldseq = (uint64_t)sqlite3_column_int64(st, 1);
+        if (seq < oldseq)
+            rc = sg_err_set(err, SG_EINVAL,
+                            "bundle of \"%.200s\": sequence %llu is older than the stored %llu", td,
+                            (unsigned long long)seq, (unsigned long long)oldseq);
+        else if (seq == oldseq && old != NULL && strcmp((const char *)old, jwks) == 0)
+            same = true;
+    } else if (r != SQLITE_DONE) {
+        rc = db_fail(s, err, "reading a federated bundle");
+    }
+    stmt_done(s, st);
+    if (rc < 0)
+        goto fail;
+    if (!same) {
+        st = stmt(s, put, err);
+        if (st == NULL) {
+            rc = SG_EDB;
+            goto fail;
+        }
+        bind_text(st, 1, td);
+        bind_text(st, 2, jwks);
+        sqlite3_bind_int64(st, 3, (int64_t)seq);
+        sqlite3_bind_int64(st, 4, now);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, err, "storing a federated bundle");
+        stmt_done(s, st);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = commit(s, err);
+    if (rc < 0)
+        goto fail;
+    *changed = !same;
+    goto unlock;
+fail:
+    rollback(s);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+#define FED_BUNDLE_COLS "trust_domain, jwks, sequence, updated_at"
+
+static int read_fed_bundle_row(sqlite3_stmt *st, void *out, sg_err *err)
+{
+    sg_fed_bundle_rec b;
+    int rc = 0;
+
+    memset(&b, 0, sizeof b);
+    b.trust_domain = col_strdup(st, 0, &rc);
+    b.jwks = col_strdup(st, 1, &rc);
+    b.sequence = (uint64_t)sqlite3_column_int64(st, 2);
+    b.updated_at = sqlite3_column_int64(st, 3);
+    if (rc == 0 && (b.trust_domain == NULL || b.jwks == NULL))
+        rc = sg_err_set(err, SG_EDB, "datastore: corrupt federated bundle row");
+    else if (rc < 0)
+        sg_err_set(err, rc, "out of memory");
+    if (rc < 0) {
+        sg_fed_bundle_rec_cleanup(&b);
+        return rc;
+    }
+    *(sg_fed_bundle_rec *)out = b;
+    return 0;
+}
+
+static int ds_fed_bundle_get(void *state, const char *td, sg_fed_bundle_rec *out, sg_err *err)
+{
+    static const char q[] =
+        "SELECT " FED_BUNDLE_COLS " FROM federated_bundles WHERE trust_domain = ?";
+
+    return read_one(state, q, td, read_fed_bundle_row, out, "federated bundle",
+                    "reading a federated bundle", err);
+}
+
+/* Runs a parameterless list query q into *list with read_row. */
+static int list_all(sqlite_ds *s, const char *q, size_t elem, row_reader read_row, const char *what,
+                    void **list, size_t *n, sg_err *err)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    *list = NULL;
+    *n = 0;
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    rc = st == NULL ? SG_EDB : read_rows(s, st, elem, read_row, what, list, n, err);
+    stmt_done(s, st);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_fed_bundle_list(void *state, sg_fed_bundle_rec **list, size_t *n, sg_err *err)
+{
+    static const char q[] =
+        "SELECT " FED_BUNDLE_COLS " FROM federated_bundles ORDER BY trust_domain";
+    void *v = NULL;
+    size_t cnt = 0;
+    int rc = list_all(state, q, sizeof(sg_fed_bundle_rec), read_fed_bundle_row,
+                      "listing federated bundles", &v, &cnt, err);
+
+    if (rc < 0) {
+        sg_fed_bundle_rec_list_free(v, cnt);
+        return rc;
+    }
+    *list = v;
+    *n = cnt;
+    return 0;
+}
+
+/* Removes "spiffe://td" from every entry that federates with td, each with a new revision. */
+static int dissociate_entries(sqlite_ds *s, const char *td, size_t *changed, sg_err *err)
+{
+    static const char sel[] = "SELECT e.id, e.federates_with FROM entries e JOIN entry_federates f "
+                              "ON f.entry_id = e.id WHERE f.trust_domain = ? ORDER BY e.id";
+    static const char upd[] = "UPDATE entries SET federates_with = ?, revision = ? WHERE id = ?";
+    char want[SG_TRUST_DOMAIN_MAX + 16];
+    char **ids = NULL, **feds = NULL;
+    size_t n = 0, cap = 0;
+    sqlite3_stmt *st;
+    int rc = 0, r;
+
+    snprintf(want, sizeof want, "spiffe://%s", td);
+    st = stmt(s, sel, err);
+    if (st == NULL)
+        return SG_EDB;
+    bind_text(st, 1, td);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            char **a = realloc(ids, nc * sizeof *a), **b;
+            if (a != NULL)
+                ids = a;
+            b = a != NULL ? realloc(feds, nc * sizeof *b) : NULL;
+            if (b == NULL) {
+                rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+                break;
+            }
+            feds = b;
+            cap = nc;
+        }
+        ids[n] = col_strdup(st, 0, &rc);
+        feds[n] = col_strdup(st, 1, &rc);
+        n++;
+        if (rc < 0) {
+            sg_err_set(err, rc, "out of memory");
+            break;
+        }
+    }
+    if (rc == 0 && r != SQLITE_DONE)
+        rc = db_fail(s, err, "listing federated entries");
+    stmt_done(s, st);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        char **v = NULL, *json;
+        size_t nv = 0, w = 0;
+        int64_t rev;
+        rc = parse_strings_col(feds[i], "federates_with", &v, &nv, err);
+        if (rc < 0)
+            break;
+        for (size_t j = 0; j < nv; j++) {
+            if (strcmp(v[j], want) == 0)
+                free(v[j]);
+            else
+                v[w++] = v[j];
+        }
+        json = strings_json(v, w);
+        for (size_t j = 0; j < w; j++)
+            free(v[j]);
+        free(v);
+        if (json == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+            break;
+        }
+        rc = bump_revision(s, &rev, err);
+        if (rc == 0) {
+            st = stmt(s, upd, err);
+            if (st == NULL) {
+                rc = SG_EDB;
+            } else {
+                bind_text(st, 1, json);
+                sqlite3_bind_int64(st, 2, rev);
+                bind_text(st, 3, ids[i]);
+                if (sqlite3_step(st) != SQLITE_DONE)
+                    rc = db_fail(s, err, "dissociating an entry");
+                stmt_done(s, st);
+            }
+        }
+        free(json);
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(ids[i]);
+        free(feds[i]);
+    }
+    free(ids);
+    free(feds);
+    if (rc == 0)
+        *changed = n;
+    return rc;
+}
+
+/* Runs a one-text-parameter statement; *changes (may be NULL) gets the changed row count. */
+static int exec_td(sqlite_ds *s, const char *q, const char *td, int *changes, const char *what,
+                   sg_err *err)
+{
+    sqlite3_stmt *st = stmt(s, q, err);
+    int rc = 0;
+
+    if (st == NULL)
+        return SG_EDB;
+    bind_text(st, 1, td);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, err, what);
+    else if (changes != NULL)
+        *changes = sqlite3_changes(s->db);
+    stmt_done(s, st);
+    return rc;
+}
+
+static int ds_fed_bundle_delete(void *state, const char *td, sg_fed_delete_mode mode,
+                                size_t *changed, sg_err *err)
+{
+    static const char cnt[] = "SELECT COUNT(*) FROM entry_federates WHERE trust_domain = ?";
+    static const char delent[] = "DELETE FROM entries WHERE id IN (SELECT entry_id FROM "
+                                 "entry_federates WHERE trust_domain = ?)";
+    static const char delfed[] = "DELETE FROM entry_federates WHERE trust_domain = ?";
+    static const char del[] = "DELETE FROM federated_bundles WHERE trust_domain = ?";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int64_t used = 0, rev;
+    int rc, ch = 0;
+
+    *changed = 0;
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        goto unlock;
+    st = stmt(s, cnt, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+        goto fail;
+    }
+    bind_text(st, 1, td);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        used = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(s, err, "counting federated entries");
+    stmt_done(s, st);
+    if (rc < 0)
+        goto fail;
+    rc = exec_td(s, del, td, &ch, "deleting a federated bundle", err);
+    if (rc < 0)
+        goto fail;
+    if (ch == 0) {
+        rc = sg_err_set(err, SG_ENOENT, "federated bundle \"spiffe://%.200s\" not found", td);
+        goto fail;
+    }
+    if (used > 0 && mode == SG_FED_DELETE_RESTRICT) {
+        rc = sg_err_set(err, SG_EPERM,
+                        "cannot delete bundle \"spiffe://%.200s\": %lld registration entries "
+                        "federate with it (use -mode delete or -mode dissociate)",
+                        td, (long long)used);
+        goto fail;
+    }
+    if (used > 0 && mode == SG_FED_DELETE_DELETE) {
+        rc = exec_td(s, delent, td, &ch, "deleting federated entries", err);
+        if (rc == 0)
+            rc = bump_revision(s, &rev, err);
+        if (rc < 0)
+            goto fail;
+        *changed = (size_t)ch;
+    } else if (used > 0) {
+        rc = dissociate_entries(s, td, changed, err);
+        if (rc == 0)
+            rc = exec_td(s, delfed, td, NULL, "dissociating entries", err);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = commit(s, err);
+    if (rc == 0)
+        goto unlock;
+fail:
+    *changed = 0;
+    rollback(s);
+unlock:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int ds_fed_rel_put(void *state, const sg_fed_rel *r, bool update, sg_err *err)
+{
+    static const char ins[] = "INSERT INTO federation_relationships (trust_domain, url, profile, "
+                              "endpoint_spiffe_id) VALUES (?, ?, ?, ?)";
+    static const char upd[] = "UPDATE federation_relationships SET url = ?2, profile = ?3, "
+                              "endpoint_spiffe_id = ?4 WHERE trust_domain = ?1";
+    sqlite_ds *s = state;
+    sqlite3_stmt *st;
+    int rc = 0, x;
+
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, update ? upd : ins, err);
+    if (st == NULL) {
+        rc = SG_EDB;
+    } else {
+        bind_text(st, 1, r->trust_domain);
+        bind_text(st, 2, r->url);
+        bind_text(st, 3, r->profile);
+        bind_text(st, 4,
+                  r->endpoint_spiffe_id && r->endpoint_spiffe_id[0] ? r->endpoint_spiffe_id : NULL);
+        x = sqlite3_step(st);
+        if (x == SQLITE_CONSTRAINT)
+            rc = sg_err_set(err, SG_EEXIST,
+                            "a federation relationship with \"%.200s\" already exists",
+                            r->trust_domain);
+        else if (x != SQLITE_DONE)
+            rc = db_fail(s, err, "storing a federation relationship");
+        else if (update && sqlite3_changes(s->db) == 0)
+            rc = sg_err_set(err, SG_ENOENT, "federation relationship with \"%.200s\" not found",
+                            r->trust_domain);
+        stmt_done(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+#define FED_REL_COLS "trust_domain, url, profile, endpoint_spiffe_id"
+
+static int read_fed_rel_row(sqlite3_stmt *st, void *out, sg_err *err)
+{
+    sg_fed_rel r;
+    int rc = 0;
+
+    memset(&r, 0, sizeof r);
+    r.trust_domain = col_strdup(st, 0, &rc);
+    r.url = col_strdup(st, 1, &rc);
+    r.profile = col_strdup(st, 2, &rc);
+    r.endpoint_spiffe_id = col_strdup(st, 3, &rc);
+    if (rc == 0 && (r.trust_domain == NULL || r.url == NULL || r.profile == NULL))
+        rc = sg_err_set(err, SG_EDB, "datastore: corrupt federation relationship row");
+    else if (rc < 0)
+        sg_err_set(err, rc, "out of memory");
+    if (rc < 0) {
+        sg_fed_rel_cleanup(&r);
+        return rc;
+    }
+    *(sg_fed_rel *)out = r;
+    return 0;
+}
+
+static int ds_fed_rel_get(void *state, const char *td, sg_fed_rel *out, sg_err *err)
+{
+    static const char q[] =
+        "SELECT " FED_REL_COLS " FROM federation_relationships WHERE trust_domain = ?";
+
+    return read_one(state, q, td, read_fed_rel_row, out, "federation relationship with",
+                    "reading a federation relationship", err);
+}
+
+static int ds_fed_rel_list(void *state, sg_fed_rel **list, size_t *n, sg_err *err)
+{
+    static const char q[] =
+        "SELECT " FED_REL_COLS " FROM federation_relationships ORDER BY trust_domain";
+    void *v = NULL;
+    size_t cnt = 0;
+    int rc = list_all(state, q, sizeof(sg_fed_rel), read_fed_rel_row,
+                      "listing federation relationships", &v, &cnt, err);
+
+    if (rc < 0) {
+        sg_fed_rel_list_free(v, cnt);
+        return rc;
+    }
+    *list = v;
+    *n = cnt;
+    return 0;
+}
+
+static int ds_fed_rel_delete(void *state, const char *td, sg_err *err)
+{
+    static const char q[] = "DELETE FROM federation_relationships WHERE trust_domain = ?";
+    sqlite_ds *s = state;
+    int rc, ch = 0;
+
+    pthread_mutex_lock(&s->mu);
+    rc = exec_td(s, q, td, &ch, "deleting a federation relationship", err);
+    if (rc == 0 && ch == 0)
+        rc = sg_err_set(err, SG_ENOENT, "federation relationship with \"%.200s\" not found", td);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 const sg__ds_backend sg__ds_sqlite = {
     .name = "sqlite3",
     .open = ds_open,
@@ -1169,4 +1670,12 @@ const sg__ds_backend sg__ds_sqlite = {
     .agent_list = ds_agent_list,
     .agent_delete = ds_agent_delete,
     .agent_set_banned = ds_agent_set_banned,
+    .fed_bundle_put = ds_fed_bundle_put,
+    .fed_bundle_get = ds_fed_bundle_get,
+    .fed_bundle_list = ds_fed_bundle_list,
+    .fed_bundle_delete = ds_fed_bundle_delete,
+    .fed_rel_put = ds_fed_rel_put,
+    .fed_rel_get = ds_fed_rel_get,
+    .fed_rel_list = ds_fed_rel_list,
+    .fed_rel_delete = ds_fed_rel_delete,
 };
