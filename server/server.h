@@ -10,6 +10,7 @@
 #include "common/err.h"
 #include "server/ca.h"
 #include "server/datastore.h"
+#include "server/jwt_authority.h"
 
 typedef struct sg_server sg_server;
 
@@ -25,6 +26,13 @@ void sg_server_free(sg_server *s);
 sg_datastore *sg_server_datastore(sg_server *s);
 sg_ca *sg_server_ca(sg_server *s);
 const sg_server_config *sg_server_config_get(sg_server *s);
+sg_jwt_authority *sg_server_jwt(sg_server *s);
+
+/*
+ * The sequence number of the trust bundle agents get: it moves whenever the
+ * X.509 authorities or the JWT keys (or their taint) change. Thread-safe.
+ */
+uint64_t sg_server_bundle_sequence(sg_server *s);
 
 /*
  * Tells the server that registration entries or agents changed through the
