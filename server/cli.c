@@ -11,10 +11,12 @@
 #include "server/cli.h"
 
 #include "common/fsutil.h"
+#include "common/key.h"
 #include "common/rpc.h"
 #include "common/selector.h"
 #include "common/spiffeid.h"
 #include "common/strparse.h"
+#include "common/x509.h"
 #include "sigil/admin/v1/admin.pb-c.h"
 
 #include <errno.h>
@@ -60,6 +62,9 @@ typedef enum flag_id {
     FL_VERBOSE,
     FL_AUTHORITYID,
     FL_DATA,
+    FL_AUDIENCE,
+    FL_SVIDTTL,
+    FL_WRITE,
     FL__COUNT
 } flag_id;
 
@@ -103,6 +108,14 @@ static const struct flag_def {
     [FL_DATA] = {"data", K_STRING, NULL,
                  "Path to a file containing registration JSON (optional). If set to '-', read "
                  "the JSON from stdin."},
+    [FL_AUDIENCE] = {"audience", K_LIST, NULL,
+                     "Audience claim that will be included in the SVID. Can be used more than "
+                     "once"},
+    [FL_SVIDTTL] = {"ttl", K_STRING, NULL,
+                    "TTL of the SVID in seconds or a duration (default: the server's default)"},
+    [FL_WRITE] = {"write", K_STRING, NULL,
+                  "Where to write the output instead of stdout (jwt mint: a file; x509 mint: a "
+                  "directory)"},
 };
 
 #define F(x)         (1u << (x))
@@ -1786,6 +1799,326 @@ static int cmd_localauthority_x509_revoke(cli_ctx *c)
     return authority_action(c, "RevokeX509Authority", "Revoked", "revoked_authority", true);
 }
 
+/* ------------------------------------------------------------ localauthority jwt */
+
+static json_t *jwt_authority_json(const Sigil__Admin__V1__JWTAuthority *a)
+{
+    return json_pack("{s:s,s:o,s:o,s:b}", "authority_id", a->authority_id, "issued_at",
+                     i64_str(a->issued_at), "expires_at", i64_str(a->expires_at), "tainted",
+                     a->tainted);
+}
+
+static void print_jwt_authority(const Sigil__Admin__V1__JWTAuthority *a)
+{
+    char when[64];
+
+    fmt_time(a->expires_at, when, sizeof when);
+    printf("  Authority ID: %s\n", a->authority_id);
+    printf("  Expires at: %s\n", when);
+    if (a->tainted) {
+        fmt_time(a->tainted_at, when, sizeof when);
+        printf("  Tainted: true (since %s)\n", when);
+    } else {
+        printf("  Tainted: false\n");
+    }
+}
+
+static int cmd_localauthority_jwt_show(cli_ctx *c)
+{
+    static const char *const states[] = {"active", "prepared", "old"};
+    static const char *const titles[] = {"Active", "Prepared", "Old"};
+    Sigil__Admin__V1__GetJWTAuthoritiesRequest req =
+        SIGIL__ADMIN__V1__GET_JWTAUTHORITIES_REQUEST__INIT;
+    Sigil__Admin__V1__JWTAuthorities *r;
+    ProtobufCMessage *resp = NULL;
+    sg_err err;
+    int rc = 0;
+
+    sg_err_clear(&err);
+    if (admin_call(c, "GetJWTAuthorities", &req.base, &sigil__admin__v1__jwtauthorities__descriptor,
+                   CALL_TIMEOUT_MS, &resp, &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__JWTAuthorities *)resp;
+    if (c->json) {
+        /* SPIRE's shape (active, prepared, old: the newest old one), plus every authority. */
+        json_t *root = json_object(), *all = json_array();
+        for (size_t i = 0; root != NULL && all != NULL && i < r->n_authorities; i++) {
+            const Sigil__Admin__V1__JWTAuthority *a = r->authorities[i];
+            json_t *o = jwt_authority_json(a);
+            json_object_set_new(root, a->state, jwt_authority_json(a));
+            if (o != NULL)
+                json_object_set_new(o, "state", json_string(a->state));
+            json_array_append_new(all, o);
+        }
+        if (root != NULL)
+            json_object_set_new(root, "authorities", all);
+        else
+            json_decref(all);
+        rc = print_json(root);
+    } else {
+        for (size_t k = 0; k < 3; k++) {
+            bool any = false;
+            printf("%s%s JWT authority:\n", k ? "\n" : "", titles[k]);
+            for (size_t i = r->n_authorities; i-- > 0;) {
+                if (strcmp(r->authorities[i]->state, states[k]) != 0)
+                    continue;
+                if (any)
+                    printf("\n");
+                print_jwt_authority(r->authorities[i]);
+                any = true;
+            }
+            if (!any)
+                printf("  No %s JWT authority found\n", states[k]);
+        }
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+/* prepare, activate, taint, revoke: one call, then the JWT authority it acted on. */
+static int jwt_authority_action(cli_ctx *c, const char *method, const char *title, const char *key,
+                                bool needs_id)
+{
+    Sigil__Admin__V1__JWTAuthorityRequest idreq = SIGIL__ADMIN__V1__JWTAUTHORITY_REQUEST__INIT;
+    Sigil__Admin__V1__PrepareJWTAuthorityRequest preq =
+        SIGIL__ADMIN__V1__PREPARE_JWTAUTHORITY_REQUEST__INIT;
+    Sigil__Admin__V1__JWTAuthorityResponse *r;
+    ProtobufCMessage *resp = NULL;
+    const char *id = c->val[FL_AUTHORITYID];
+    sg_err err;
+    int rc = 0;
+
+    if (needs_id && (id == NULL || id[0] == '\0'))
+        return fail_msg("an authority ID is required (-authorityID)");
+    idreq.authority_id = (char *)(uintptr_t)(id ? id : "");
+    sg_err_clear(&err);
+    if (admin_call(c, method, needs_id ? &idreq.base : &preq.base,
+                   &sigil__admin__v1__jwtauthority_response__descriptor, CALL_TIMEOUT_MS, &resp,
+                   &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__JWTAuthorityResponse *)resp;
+    if (r->authority == NULL) {
+        rc = fail_msg("the server returned no authority");
+    } else if (c->json) {
+        rc = print_json(json_pack("{s:o}", key, jwt_authority_json(r->authority)));
+    } else {
+        printf("%s JWT authority:\n", title);
+        print_jwt_authority(r->authority);
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+static int cmd_localauthority_jwt_prepare(cli_ctx *c)
+{
+    return jwt_authority_action(c, "PrepareJWTAuthority", "Prepared", "prepared_authority", false);
+}
+
+static int cmd_localauthority_jwt_activate(cli_ctx *c)
+{
+    return jwt_authority_action(c, "ActivateJWTAuthority", "Activated", "activated_authority",
+                                true);
+}
+
+static int cmd_localauthority_jwt_taint(cli_ctx *c)
+{
+    return jwt_authority_action(c, "TaintJWTAuthority", "Tainted", "tainted_authority", true);
+}
+
+static int cmd_localauthority_jwt_revoke(cli_ctx *c)
+{
+    return jwt_authority_action(c, "RevokeJWTAuthority", "Revoked", "revoked_authority", true);
+}
+
+/* ------------------------------------------------------------ jwt mint, x509 mint */
+
+/* -ttl of a mint command: 0 (the server's default) when absent. */
+static int mint_ttl(cli_ctx *c, int32_t *ttl)
+{
+    *ttl = 0;
+    if (c->val[FL_SVIDTTL] == NULL)
+        return 0;
+    if (parse_ttl("ttl", c->val[FL_SVIDTTL], ttl) != 0)
+        return 1;
+    if (*ttl <= 0) {
+        fprintf(stderr, "Error: invalid value \"%s\" for -ttl: must be at least 1s\n",
+                c->val[FL_SVIDTTL]);
+        return 1;
+    }
+    return 0;
+}
+
+static int need_spiffe_id(cli_ctx *c)
+{
+    if (c->val[FL_SPIFFE] == NULL || c->val[FL_SPIFFE][0] == '\0')
+        return fail_msg("a SPIFFE ID is required (-spiffeID)");
+    return 0;
+}
+
+static int write_out(const char *path, const char *data, mode_t mode)
+{
+    sg_err err;
+
+    sg_err_clear(&err);
+    if (sg_fs_write_atomic(path, data, strlen(data), mode, &err) < 0)
+        return fail_err(&err);
+    return 0;
+}
+
+static int cmd_jwt_mint(cli_ctx *c)
+{
+    Sigil__Admin__V1__MintJWTSVIDRequest req = SIGIL__ADMIN__V1__MINT_JWTSVIDREQUEST__INIT;
+    Sigil__Admin__V1__MintJWTSVIDResponse *r;
+    ProtobufCMessage *resp = NULL;
+    const char *out = c->val[FL_WRITE];
+    sg_err err;
+    int rc;
+
+    if (need_spiffe_id(c) != 0)
+        return 1;
+    if (c->nlist[FL_AUDIENCE] == 0)
+        return fail_msg("at least one audience is required (-audience)");
+    if (mint_ttl(c, &req.ttl) != 0)
+        return 1;
+    req.spiffe_id = (char *)(uintptr_t)c->val[FL_SPIFFE];
+    req.audience = (char **)(uintptr_t)c->list[FL_AUDIENCE];
+    req.n_audience = c->nlist[FL_AUDIENCE];
+    sg_err_clear(&err);
+    if (admin_call(c, "MintJWTSVID", &req.base, &sigil__admin__v1__mint_jwtsvidresponse__descriptor,
+                   CALL_TIMEOUT_MS, &resp, &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__MintJWTSVIDResponse *)resp;
+    if (out != NULL && out[0] != '\0') {
+        size_t len = strlen(r->token) + 2;
+        char *text = malloc(len);
+        if (text == NULL) {
+            rc = fail_msg("out of memory");
+        } else {
+            snprintf(text, len, "%s\n", r->token);
+            rc = write_out(out, text, 0600);
+            free(text);
+        }
+        if (rc == 0 && !c->json)
+            printf("JWT-SVID written to %s\n", out);
+    } else {
+        rc = 0;
+    }
+    if (rc == 0 && c->json)
+        rc = print_json(
+            json_pack("{s:s,s:o}", "token", r->token, "expires_at", i64_str(r->expires_at)));
+    else if (rc == 0 && (out == NULL || out[0] == '\0'))
+        printf("%s\n", r->token);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+/* Concatenated PEM of DER certificates (malloc'd), or NULL after printing the error. */
+static char *certs_pem(ProtobufCBinaryData *v, size_t n)
+{
+    sg_der *d = calloc(n ? n : 1, sizeof *d);
+    char *pem = NULL;
+    sg_err err;
+
+    if (d == NULL) {
+        fail_msg("out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        d[i].data = v[i].data;
+        d[i].len = v[i].len;
+    }
+    sg_err_clear(&err);
+    if (sg_x509_der_list_to_pem(d, n, &pem, &err) < 0) {
+        fail_err(&err);
+        pem = NULL;
+    }
+    free(d);
+    return pem;
+}
+
+static int cmd_x509_mint(cli_ctx *c)
+{
+    Sigil__Admin__V1__MintX509SVIDRequest req = SIGIL__ADMIN__V1__MINT_X509_SVIDREQUEST__INIT;
+    Sigil__Admin__V1__MintX509SVIDResponse *r;
+    ProtobufCMessage *resp = NULL;
+    const char *dir = c->val[FL_WRITE];
+    EVP_PKEY *key = NULL;
+    sg_der csr = {0};
+    char *key_pem = NULL, *chain = NULL, *bundle = NULL;
+    sg_err err;
+    int rc = 1;
+
+    if (need_spiffe_id(c) != 0 || mint_ttl(c, &req.ttl) != 0)
+        return 1;
+    sg_err_clear(&err);
+    /* The key never leaves this process: the server gets a CSR. */
+    if (sg_key_generate(SG_KEY_EC_P256, &key, &err) < 0 || sg_key_to_pem(key, &key_pem, &err) < 0 ||
+        sg_x509_csr_create(key, NULL, &csr, &err) < 0) {
+        rc = fail_err(&err);
+        goto out;
+    }
+    req.spiffe_id = (char *)(uintptr_t)c->val[FL_SPIFFE];
+    req.csr.data = csr.data;
+    req.csr.len = csr.len;
+    req.dns_names = (char **)(uintptr_t)c->list[FL_DNS];
+    req.n_dns_names = c->nlist[FL_DNS];
+    if (admin_call(c, "MintX509SVID", &req.base,
+                   &sigil__admin__v1__mint_x509_svidresponse__descriptor, CALL_TIMEOUT_MS, &resp,
+                   &err) < 0) {
+        rc = fail_err(&err);
+        goto out;
+    }
+    r = (Sigil__Admin__V1__MintX509SVIDResponse *)resp;
+    if (r->n_cert_chain == 0) {
+        rc = fail_msg("the server returned no certificate");
+        goto out;
+    }
+    chain = certs_pem(r->cert_chain, r->n_cert_chain);
+    bundle = chain ? certs_pem(r->root_cas, r->n_root_cas) : NULL;
+    if (chain == NULL || bundle == NULL)
+        goto out;
+    if (dir != NULL && dir[0] != '\0') {
+        /* SPIRE's file names: svid.pem, key.pem (0600), bundle.pem. */
+        static const char *const names[] = {"svid.pem", "key.pem", "bundle.pem"};
+        const char *data[] = {chain, key_pem, bundle};
+        const mode_t modes[] = {0644, 0600, 0644};
+        if (sg_fs_mkdir_p(dir, 0700, &err) < 0) {
+            rc = fail_err(&err);
+            goto out;
+        }
+        rc = 0;
+        for (size_t i = 0; i < 3 && rc == 0; i++) {
+            char *p = sg_fs_join(dir, names[i]);
+            rc = p != NULL ? write_out(p, data[i], modes[i]) : fail_msg("out of memory");
+            if (rc == 0 && !c->json)
+                printf("%s written to %s\n",
+                       i == 0   ? "X509-SVID"
+                       : i == 1 ? "Private key"
+                                : "Root CAs",
+                       p);
+            free(p);
+        }
+        if (rc == 0 && c->json)
+            rc = print_json(
+                json_pack("{s:s,s:o}", "directory", dir, "expires_at", i64_str(r->expires_at)));
+    } else if (c->json) {
+        rc = print_json(json_pack("{s:s,s:s,s:s,s:o}", "x509_svid", chain, "private_key", key_pem,
+                                  "root_cas", bundle, "expires_at", i64_str(r->expires_at)));
+    } else {
+        printf("X509-SVID:\n%s\nPrivate key:\n%s\nRoot CAs:\n%s", chain, key_pem, bundle);
+        rc = 0;
+    }
+out:
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    free(chain);
+    free(bundle);
+    sg_key_pem_free(key_pem);
+    sg_der_cleanup(&csr);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 static const cmd_def commands[] = {
@@ -1822,6 +2155,21 @@ static const cmd_def commands[] = {
      COMMON_FLAGS | F(FL_AUTHORITYID), "Taints an old X.509 authority"},
     {"localauthority", "x509 revoke", cmd_localauthority_x509_revoke,
      COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted X.509 authority"},
+    {"localauthority", "jwt show", cmd_localauthority_jwt_show, COMMON_FLAGS,
+     "Shows the active, prepared and old JWT authorities"},
+    {"localauthority", "jwt prepare", cmd_localauthority_jwt_prepare, COMMON_FLAGS,
+     "Prepares the next JWT authority"},
+    {"localauthority", "jwt activate", cmd_localauthority_jwt_activate,
+     COMMON_FLAGS | F(FL_AUTHORITYID), "Activates the prepared JWT authority"},
+    {"localauthority", "jwt taint", cmd_localauthority_jwt_taint, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Taints an old JWT authority"},
+    {"localauthority", "jwt revoke", cmd_localauthority_jwt_revoke,
+     COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted JWT authority"},
+    {"jwt", "mint", cmd_jwt_mint,
+     COMMON_FLAGS | F(FL_SPIFFE) | F(FL_AUDIENCE) | F(FL_SVIDTTL) | F(FL_WRITE),
+     "Mints a JWT-SVID"},
+    {"x509", "mint", cmd_x509_mint,
+     COMMON_FLAGS | F(FL_SPIFFE) | F(FL_SVIDTTL) | F(FL_DNS) | F(FL_WRITE), "Mints an X509-SVID"},
 };
 
 static void list_commands(const char *group)
@@ -1840,7 +2188,7 @@ static void list_commands(const char *group)
 static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **argv)
 {
     cli_ctx c;
-    const char **store[2] = {NULL, NULL};
+    const char **store[3] = {NULL, NULL, NULL};
     const char *out;
     int rc;
 
@@ -1848,13 +2196,16 @@ static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **arg
     c.cmdname = cmdname;
     store[0] = calloc((size_t)argc + 1, sizeof(char *));
     store[1] = calloc((size_t)argc + 1, sizeof(char *));
-    if (store[0] == NULL || store[1] == NULL) {
+    store[2] = calloc((size_t)argc + 1, sizeof(char *));
+    if (store[0] == NULL || store[1] == NULL || store[2] == NULL) {
         free(store[0]);
         free(store[1]);
+        free(store[2]);
         return fail_msg("out of memory");
     }
     c.list[FL_SELECTOR] = store[0];
     c.list[FL_DNS] = store[1];
+    c.list[FL_AUDIENCE] = store[2];
     rc = parse_flags(&c, cmd, argc, argv);
     if (rc != 0)
         goto out;
@@ -1876,6 +2227,7 @@ static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **arg
 out:
     free(store[0]);
     free(store[1]);
+    free(store[2]);
     return rc == 2 ? 0 : rc;
 }
 
