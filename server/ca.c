@@ -79,6 +79,13 @@ typedef struct ca_snapshot {
     /* Latest notAfter of any SVID this authority signed since start, so
      * revoke waits for long per-entry TTLs too (0: none signed). */
     _Atomic int64_t signed_until;
+    /* The persisted high-water mark (KeyManager "disk"): no SVID it signed, in
+     * this run or an earlier one, outlives it. Raised, and written to the
+     * state file, before an SVID that would exceed it is handed out. */
+    _Atomic int64_t reserved_until;
+    /* The mark read from the state file: bounds what it signed before this
+     * process started (-1: unknown, a state file without the mark). */
+    int64_t prior_until;
     X509 *cert;
     EVP_PKEY *key;
     int64_t not_after;
@@ -110,6 +117,7 @@ typedef struct upstream {
 typedef struct slot {
     char id[SG_CA_AUTHORITY_ID_MAX + 1];
     char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1];
+    char root_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* upstream root it chains to; "" unknown/none */
     sg_ca_state state;
     int64_t not_before;
     bool tainted;
@@ -118,10 +126,20 @@ typedef struct slot {
     ca_snapshot *snap;
 } slot;
 
+/* An upstream root the operator tainted or revoked. */
+typedef struct uproot {
+    char id[SG_CA_AUTHORITY_ID_MAX + 1];
+    int64_t tainted_at;
+    bool revoked; /* out of the bundle for good */
+} uproot;
+
+#define UPROOTS_MAX 32
+
 struct sg_ca {
-    pthread_mutex_t mu;     /* guards active, slots, bundle and bundle_seq */
-    pthread_mutex_t rot_mu; /* serialises rotation steps and the files in keys_dir */
-    ca_snapshot *active;    /* a reference of its own to the active slot's snapshot */
+    pthread_mutex_t mu;       /* guards active, slots, ups, bundle and bundle_seq */
+    pthread_mutex_t rot_mu;   /* serialises rotation steps and the files in keys_dir */
+    pthread_mutex_t state_mu; /* serialises writes of the state file (taken before mu) */
+    ca_snapshot *active;      /* a reference of its own to the active slot's snapshot */
     char td[SG_TRUST_DOMAIN_MAX + 1];
     sg_der *bundle; /* trust bundle roots */
     size_t nbundle;
@@ -132,6 +150,9 @@ struct sg_ca {
     sg_ca_options o;
     bool have_upstream;
     upstream u;
+    char *up_key, *up_cert, *up_bundle; /* the upstream files, read again on prepare */
+    uproot ups[UPROOTS_MAX];
+    size_t nups;
     STACK_OF(X509) * extra;                     /* upstream certificates carried in SVID chains */
     char legacy_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* authority last written as ca.key/ca.crt */
     int64_t warned_at;                          /* last "cannot outlive" warning */
@@ -581,6 +602,35 @@ void sg_ca_chain_cleanup(sg_ca_chain *c)
     c->n = 0;
 }
 
+static int write_state_file(sg_ca *ca, sg_err *err);
+
+/*
+ * Raises the persisted high-water mark of s to cover not_after before the
+ * SVID is handed out: to now + 2 x ttl (capped by the CA's notAfter), so a
+ * steady stream of signatures writes the state file about once per TTL.
+ */
+static int reserve(sg_ca *ca, ca_snapshot *s, int64_t ttl, int64_t not_after, sg_err *err)
+{
+    int64_t prev, want, now = (int64_t)time(NULL);
+    int rc = 0;
+
+    pthread_mutex_lock(&ca->state_mu);
+    prev = atomic_load(&s->reserved_until);
+    if (not_after > prev) {
+        want = now + 2 * (ttl > 0 ? ttl : 0);
+        if (want < not_after)
+            want = not_after;
+        if (want > s->not_after)
+            want = s->not_after;
+        atomic_store(&s->reserved_until, want);
+        rc = write_state_file(ca, err);
+        if (rc < 0)
+            atomic_store(&s->reserved_until, prev);
+    }
+    pthread_mutex_unlock(&ca->state_mu);
+    return rc;
+}
+
 int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, size_t spki_len,
                     sg_ca_chain *out, sg_err *err)
 {
@@ -593,6 +643,11 @@ int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, 
         while (out->not_after > seen &&
                !atomic_compare_exchange_weak(&s->signed_until, &seen, out->not_after))
             ;
+        if (ca->o.keys_dir != NULL && out->not_after > atomic_load(&s->reserved_until)) {
+            rc = reserve(ca, s, p->ttl_s, out->not_after, err);
+            if (rc < 0)
+                sg_ca_chain_cleanup(out);
+        }
     }
     snap_release(s);
     return rc;
@@ -925,9 +980,43 @@ static int64_t asn1_time_s(const ASN1_TIME *t)
     return (int64_t)timegm(&tm);
 }
 
-/* Fills sl around cert+key (both taken). */
-static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_ca_state st, sg_err *err)
+/* Hex SKID of the root in roots that issued and signed c, or "". */
+static void root_of(STACK_OF(X509) * roots, X509 *c, char *out, size_t len)
 {
+    out[0] = '\0';
+    for (int i = 0; roots != NULL && i < sk_X509_num(roots); i++) {
+        X509 *r = sk_X509_value(roots, i);
+        if (X509_check_issued(r, c) == X509_V_OK && X509_verify(c, X509_get0_pubkey(r)) == 1) {
+            authority_id(r, out, len);
+            break;
+        }
+    }
+    ERR_clear_error();
+}
+
+/* The upstream root sl chains to: the top of its chain (the CA, then upstream intermediates). */
+static void slot_root(const sg_ca *ca, slot *sl)
+{
+    const ca_snapshot *s = sl->snap;
+    X509 *top = NULL;
+    sg_err e;
+
+    sl->root_id[0] = '\0';
+    if (!ca->have_upstream)
+        return;
+    if (s->ntail > 1 &&
+        sg_x509_from_der(s->tail[s->ntail - 1].data, s->tail[s->ntail - 1].len, &top, &e) < 0)
+        return;
+    root_of(ca->u.bundle, top != NULL ? top : s->cert, sl->root_id, sizeof sl->root_id);
+    X509_free(top);
+}
+
+/* Fills sl around cert+key (both taken); extra: the upstream certificates above it. */
+static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_ca_state st,
+                     STACK_OF(X509) * extra, sg_err *err)
+{
+    int rc;
+
     const ASN1_OCTET_STRING *akid;
 
     memset(sl, 0, sizeof *sl);
@@ -942,7 +1031,10 @@ static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_ca_state
         EVP_PKEY_free(key);
         return sg_err_set(err, SG_ECRYPTO, "cannot derive an authority ID for a CA certificate");
     }
-    return snap_new(cert, key, ca->have_upstream, ca->extra, &sl->snap, err);
+    rc = snap_new(cert, key, ca->have_upstream, extra, &sl->snap, err);
+    if (rc == 0)
+        slot_root(ca, sl);
+    return rc;
 }
 
 static void slot_clear(slot *sl)
@@ -995,7 +1087,7 @@ static int new_authority(sg_ca *ca, int64_t now, sg_ca_state st, slot *out, sg_e
         EVP_PKEY_free(key);
         return rc;
     }
-    rc = slot_init(ca, out, cert, key, st, err);
+    rc = slot_init(ca, out, cert, key, st, ca->extra, err);
     if (rc == 0)
         sg_log_info("created %s CA authority %s for %s (%s key, expires %lld)",
                     ca->have_upstream ? "intermediate" : "root", out->id, ca->td,
@@ -1013,15 +1105,19 @@ static char *slot_path(const sg_ca *ca, const char *id, const char *ext)
     return sg_fs_join(ca->o.keys_dir, name);
 }
 
-static int persist(const char *key_path, const char *cert_path, X509 *cert, EVP_PKEY *key,
+/* Writes the key and the certificate (with chain: then the upstream intermediates above it). */
+static int persist(const char *key_path, const char *cert_path, const ca_snapshot *s, bool chain,
                    sg_err *err)
 {
     char *pem = NULL;
-    int rc = sg_key_write_file(key_path, key, err);
+    int rc = sg_key_write_file(key_path, s->key, err);
 
     if (rc < 0)
         return rc;
-    rc = sg_x509_to_pem(cert, &pem, err);
+    if (chain && s->ntail > 1)
+        rc = sg_x509_der_list_to_pem(s->tail, s->ntail, &pem, err);
+    else
+        rc = sg_x509_to_pem(s->cert, &pem, err);
     if (rc < 0)
         return rc;
     rc = sg_fs_write_atomic(cert_path, pem, strlen(pem), 0644, err);
@@ -1030,10 +1126,10 @@ static int persist(const char *key_path, const char *cert_path, X509 *cert, EVP_
 }
 
 static int persist_pair(const sg_ca *ca, const char *kname, const char *cname, const slot *sl,
-                        sg_err *err)
+                        bool chain, sg_err *err)
 {
     char *kp = sg_fs_join(ca->o.keys_dir, kname), *cp = sg_fs_join(ca->o.keys_dir, cname);
-    int rc = kp && cp ? persist(kp, cp, sl->snap->cert, sl->snap->key, err)
+    int rc = kp && cp ? persist(kp, cp, sl->snap, chain, err)
                       : sg_err_set(err, SG_ENOMEM, "out of memory");
     free(kp);
     free(cp);
@@ -1056,11 +1152,56 @@ static void remove_slot_files(const sg_ca *ca, const char *id)
     free(cp);
 }
 
+/*
+ * Writes ca-slots.json: the authorities whose files are written, each with
+ * its high-water mark, and the tainted or revoked upstream roots. state_mu
+ * held; takes mu to read the slots.
+ */
+static int write_state_file(sg_ca *ca, sg_err *err)
+{
+    json_t *root, *arr, *ups;
+    char *text = NULL, *path = NULL;
+    int rc;
+
+    if (ca->o.keys_dir == NULL)
+        return 0;
+    arr = json_array();
+    ups = json_array();
+    pthread_mutex_lock(&ca->mu);
+    root = json_pack("{s:i,s:I,s:o,s:o}", "version", 1, "bundle_sequence",
+                     (json_int_t)ca->bundle_seq, "authorities", arr, "upstream_authorities", ups);
+    for (size_t i = 0; root != NULL && i < ca->nslots; i++) {
+        const slot *sl = &ca->slots[i];
+        int64_t mark = atomic_load(&sl->snap->reserved_until);
+        if (!sl->on_disk)
+            continue;
+        if (sl->snap->prior_until > mark)
+            mark = sl->snap->prior_until;
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I}", "id", sl->id, "state",
+                                             sg_ca_state_name(sl->state), "tainted", sl->tainted,
+                                             "tainted_at", (json_int_t)sl->tainted_at,
+                                             "signed_until", (json_int_t)mark));
+    }
+    for (size_t i = 0; root != NULL && i < ca->nups; i++)
+        json_array_append_new(ups, json_pack("{s:s,s:I,s:b}", "id", ca->ups[i].id, "tainted_at",
+                                             (json_int_t)ca->ups[i].tainted_at, "revoked",
+                                             ca->ups[i].revoked));
+    pthread_mutex_unlock(&ca->mu);
+    text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
+    json_decref(root);
+    path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
+    if (text == NULL || path == NULL)
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory saving the CA state");
+    else
+        rc = sg_fs_write_atomic(path, text, strlen(text), 0600, err);
+    free(text);
+    free(path);
+    return rc;
+}
+
 /* Writes new slot files, the state file and the legacy copy of the active authority. */
 static int save_state(sg_ca *ca, sg_err *err)
 {
-    json_t *root, *arr;
-    char *text = NULL, *path = NULL;
     slot *act;
     int rc = 0;
 
@@ -1073,40 +1214,45 @@ static int save_state(sg_ca *ca, sg_err *err)
             continue;
         snprintf(kn, sizeof kn, "ca-%s.key", sl->id);
         snprintf(cn, sizeof cn, "ca-%s.crt", sl->id);
-        rc = persist_pair(ca, kn, cn, sl, err);
+        rc = persist_pair(ca, kn, cn, sl, true, err);
         if (rc < 0)
             return rc;
+        pthread_mutex_lock(&ca->mu);
         sl->on_disk = true;
+        pthread_mutex_unlock(&ca->mu);
     }
-    arr = json_array();
-    root = json_pack("{s:i,s:I,s:o}", "version", 1, "bundle_sequence", (json_int_t)ca->bundle_seq,
-                     "authorities", arr);
-    for (size_t i = 0; root != NULL && i < ca->nslots; i++) {
-        const slot *sl = &ca->slots[i];
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I}", "id", sl->id, "state",
-                                             sg_ca_state_name(sl->state), "tainted", sl->tainted,
-                                             "tainted_at", (json_int_t)sl->tainted_at));
-    }
-    text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
-    json_decref(root);
-    path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
-    if (text == NULL || path == NULL)
-        rc = sg_err_set(err, SG_ENOMEM, "out of memory saving the CA state");
-    else
-        rc = sg_fs_write_atomic(path, text, strlen(text), 0600, err);
-    free(text);
-    free(path);
+    pthread_mutex_lock(&ca->state_mu);
+    rc = write_state_file(ca, err);
+    pthread_mutex_unlock(&ca->state_mu);
     act = find_state(ca, SG_CA_ACTIVE);
     if (rc == 0 && act != NULL && strcmp(ca->legacy_id, act->id) != 0) {
-        rc = persist_pair(ca, "ca.key", "ca.crt", act, err);
+        rc = persist_pair(ca, "ca.key", "ca.crt", act, false, err);
         if (rc == 0)
             memcpy(ca->legacy_id, act->id, sizeof ca->legacy_id);
     }
     return rc;
 }
 
+/*
+ * Whether c was signed under the upstream authority: by the configured
+ * upstream key, by the certificate stored above it (chain[0]: an upstream
+ * certificate in use when it was created), or directly by a bundle root.
+ */
+static bool upstream_signed(const sg_ca *ca, X509 *c, STACK_OF(X509) * chain)
+{
+    bool ok =
+        X509_verify(c, ca->u.key) == 1 ||
+        (sk_X509_num(chain) > 0 && X509_verify(c, X509_get0_pubkey(sk_X509_value(chain, 0))) == 1);
+
+    for (int i = 0; !ok && i < sk_X509_num(ca->u.bundle); i++)
+        ok = X509_verify(c, X509_get0_pubkey(sk_X509_value(ca->u.bundle, i))) == 1;
+    ERR_clear_error();
+    return ok;
+}
+
 /* Why cert+key cannot serve as an authority of this CA, or NULL. */
-static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool check_type, int64_t now)
+static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool check_type, int64_t now,
+                                STACK_OF(X509) * chain)
 {
     sg_spiffeid id;
     sg_err e2;
@@ -1125,18 +1271,20 @@ static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool chec
         why = "it is not self-signed and no UpstreamAuthority is configured";
     else if (!ca->have_upstream && X509_verify(c, k) != 1)
         why = "its self-signature does not verify";
-    else if (ca->have_upstream && X509_verify(c, ca->u.key) != 1)
-        why = "it was not signed by the configured upstream key";
+    else if (ca->have_upstream && !upstream_signed(ca, c, chain))
+        why = "it was not signed by the configured upstream key, the upstream certificate "
+              "stored with it, or an upstream root";
     ERR_clear_error();
     return why;
 }
 
 /*
- * Reads key_path + cert_path. Returns 1 with *cert and *key set when usable,
+ * Reads key_path + cert_path. Returns 1 with *cert, *key and *chain (the
+ * certificates after the first in cert_path; may be empty) set when usable,
  * 0 when not (reason logged), or an error (unreadable key, unsafe key mode).
  */
 static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_path, bool check_type,
-                     X509 **cert, EVP_PKEY **key, sg_err *err)
+                     X509 **cert, EVP_PKEY **key, STACK_OF(X509) * *chain, sg_err *err)
 {
     STACK_OF(X509) *certs = NULL;
     EVP_PKEY *k = NULL;
@@ -1153,19 +1301,46 @@ static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_pat
         EVP_PKEY_free(k);
         return 0;
     }
-    c = sk_X509_value(certs, 0);
-    why = why_unusable(ca, c, k, check_type, (int64_t)time(NULL));
+    c = sk_X509_shift(certs);
+    why = why_unusable(ca, c, k, check_type, (int64_t)time(NULL), certs);
     if (why != NULL) {
         sg_log_warn("not using CA %s: %s", cert_path, why);
+        X509_free(c);
         sk_X509_pop_free(certs, X509_free);
         EVP_PKEY_free(k);
         return 0;
     }
-    X509_up_ref(c);
-    sk_X509_pop_free(certs, X509_free);
     *cert = c;
     *key = k;
+    *chain = certs;
     return 1;
+}
+
+/*
+ * Makes sl from a loaded pair (all taken). Its chain: the one stored with it,
+ * or the current upstream certificates when the current upstream key signed
+ * it. An active or prepared authority that is not under the current upstream
+ * key becomes old: the operator replaced the upstream files.
+ */
+static int slot_load(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, STACK_OF(X509) * chain,
+                     sg_ca_state state, sg_err *err)
+{
+    bool current = ca->have_upstream && X509_verify(cert, ca->u.key) == 1;
+    STACK_OF(X509) *extra = sk_X509_num(chain) > 0 ? chain : current ? ca->extra : NULL;
+    int rc;
+
+    ERR_clear_error();
+    rc = slot_init(ca, sl, cert, key, state, extra, err);
+    sk_X509_pop_free(chain, X509_free);
+    if (rc == 0) {
+        sl->snap->prior_until = -1;
+        if (ca->have_upstream && !current && state != SG_CA_OLD) {
+            sg_log_info("CA authority %s was signed by an earlier upstream key: it is now old",
+                        sl->id);
+            sl->state = SG_CA_OLD;
+        }
+    }
+    return rc;
 }
 
 static int state_from_name(const char *s, sg_ca_state *out)
@@ -1176,6 +1351,38 @@ static int state_from_name(const char *s, sg_ca_state *out)
             return 0;
         }
     return -1;
+}
+
+/* Reads the tainted and revoked upstream roots of the state file (absent: none). */
+static int load_uproots(sg_ca *ca, const char *path, json_t *arr, sg_err *err)
+{
+    if (arr == NULL)
+        return 0;
+    if (!json_is_array(arr))
+        return sg_err_set(err, SG_ECONFIG,
+                          "CA state file %.150s: \"upstream_authorities\" is not an array", path);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *a = json_array_get(arr, i);
+        const char *id = json_string_value(json_object_get(a, "id"));
+        json_t *ta = json_object_get(a, "tainted_at"), *rv = json_object_get(a, "revoked");
+        uproot *u;
+
+        if (!id_ok(id) || !json_is_integer(ta) || (rv != NULL && !json_is_boolean(rv)))
+            return sg_err_set(err, SG_ECONFIG,
+                              "CA state file %.150s: upstream authority %zu has a bad id "
+                              "\"%.90s\", tainted_at or revoked",
+                              path, i, id ? id : "(none)");
+        if (ca->nups >= UPROOTS_MAX) {
+            sg_log_warn("CA state file %s: ignoring upstream authority %s (at most %d kept)", path,
+                        id, UPROOTS_MAX);
+            continue;
+        }
+        u = &ca->ups[ca->nups++];
+        snprintf(u->id, sizeof u->id, "%s", id);
+        u->tainted_at = (int64_t)json_integer_value(ta);
+        u->revoked = json_is_true(rv);
+    }
+    return 0;
 }
 
 /* Loads the slots listed in the state file; unusable ones are dropped with a warning. */
@@ -1213,17 +1420,19 @@ static int load_state(sg_ca *ca, const char *path, sg_err *err)
         const char *id = json_string_value(json_object_get(a, "id"));
         const char *st = json_string_value(json_object_get(a, "state"));
         json_t *ta = json_object_get(a, "tainted_at");
+        json_t *su = json_object_get(a, "signed_until");
         sg_ca_state state;
         char *kp, *cp;
         X509 *cert = NULL;
         EVP_PKEY *key = NULL;
+        STACK_OF(X509) *chain = NULL;
         slot *sl;
 
         if (!id_ok(id) || st == NULL || state_from_name(st, &state) < 0 ||
-            (ta != NULL && !json_is_integer(ta))) {
+            (ta != NULL && !json_is_integer(ta)) || (su != NULL && !json_is_integer(su))) {
             rc = sg_err_set(err, SG_ECONFIG,
                             "CA state file %.150s: authority %zu has a bad id \"%.90s\", state "
-                            "\"%.20s\" or tainted_at",
+                            "\"%.20s\", tainted_at or signed_until",
                             path, i, id ? id : "(none)", st ? st : "(none)");
             break;
         }
@@ -1238,10 +1447,10 @@ static int load_state(sg_ca *ca, const char *path, sg_err *err)
         } else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0) {
             sg_log_warn("CA authority %s: %s or its certificate is missing; dropping it", id, kp);
         } else {
-            rc = load_pair(ca, kp, cp, state != SG_CA_OLD, &cert, &key, err);
+            rc = load_pair(ca, kp, cp, state != SG_CA_OLD, &cert, &key, &chain, err);
             if (rc == 1) {
                 sl = &ca->slots[ca->nslots];
-                rc = slot_init(ca, sl, cert, key, state, err);
+                rc = slot_load(ca, sl, cert, key, chain, state, err);
                 if (rc == 0 && strcmp(sl->id, id) != 0) {
                     sg_log_warn("CA authority %s: its certificate has ID %s; dropping it", id,
                                 sl->id);
@@ -1249,6 +1458,10 @@ static int load_state(sg_ca *ca, const char *path, sg_err *err)
                 } else if (rc == 0) {
                     sl->tainted = json_is_true(json_object_get(a, "tainted"));
                     sl->tainted_at = ta ? (int64_t)json_integer_value(ta) : 0;
+                    if (su != NULL) {
+                        sl->snap->prior_until = (int64_t)json_integer_value(su);
+                        atomic_store(&sl->snap->reserved_until, sl->snap->prior_until);
+                    }
                     sl->on_disk = true;
                     ca->nslots++;
                 }
@@ -1257,6 +1470,8 @@ static int load_state(sg_ca *ca, const char *path, sg_err *err)
         free(kp);
         free(cp);
     }
+    if (rc == 0)
+        rc = load_uproots(ca, path, json_object_get(root, "upstream_authorities"), err);
     json_decref(root);
     /* At most one active and one prepared: keep the newest, demote the others. */
     for (size_t i = 0; rc == 0 && i < ca->nslots; i++)
@@ -1266,22 +1481,40 @@ static int load_state(sg_ca *ca, const char *path, sg_err *err)
     return rc < 0 ? rc : 0;
 }
 
-/* Rebuilds the bundle from the slots (self-signed) and bumps the sequence when it changed. */
+static uproot *find_uproot(sg_ca *ca, const char *id)
+{
+    for (size_t i = 0; i < ca->nups; i++)
+        if (strcmp(ca->ups[i].id, id) == 0)
+            return &ca->ups[i];
+    return NULL;
+}
+
+/*
+ * Rebuilds the bundle from the slots (self-signed) or the upstream roots
+ * (less the revoked ones) and bumps the sequence when it changed.
+ */
 static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
 {
     sg_der *v;
-    size_t n = 0;
+    size_t n = 0, max = ca->have_upstream ? (size_t)sk_X509_num(ca->u.bundle) : ca->nslots;
     bool same;
     int rc;
 
     *changed = false;
-    if (ca->have_upstream)
-        return 0;
-    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
+    v = calloc(max ? max : 1, sizeof *v);
     if (v == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory building the bundle");
-    for (size_t i = 0; i < ca->nslots; i++) {
-        rc = sg_x509_to_der(ca->slots[i].snap->cert, &v[n], err);
+    for (size_t i = 0; i < max; i++) {
+        X509 *c = ca->have_upstream ? sk_X509_value(ca->u.bundle, (int)i) : ca->slots[i].snap->cert;
+        if (ca->have_upstream) {
+            char id[SG_CA_AUTHORITY_ID_MAX + 1];
+            const uproot *u;
+            authority_id(c, id, sizeof id);
+            u = find_uproot(ca, id);
+            if (u != NULL && u->revoked)
+                continue;
+        }
+        rc = sg_x509_to_der(c, &v[n], err);
         if (rc < 0) {
             for (size_t j = 0; j < n; j++)
                 sg_der_cleanup(&v[j]);
@@ -1313,21 +1546,85 @@ static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
     return 0;
 }
 
-static int bundle_from_roots(sg_ca *ca, STACK_OF(X509) * roots, sg_err *err)
+/* The root of the upstream chain u: its certificate file's own root, or the bundle root above it.
+ */
+static void upstream_root_id(const upstream *u, char *out, size_t len)
 {
-    size_t n = (size_t)sk_X509_num(roots);
+    X509 *top = sk_X509_value(u->certs, 0);
+
+    for (int i = 1; i < sk_X509_num(u->certs); i++)
+        if (!self_issued(sk_X509_value(u->certs, i)))
+            top = sk_X509_value(u->certs, i);
+    if (self_issued(top))
+        authority_id(top, out, len);
+    else
+        root_of(u->bundle, top, out, len);
+}
+
+/* Refuses upstream material that chains to a tainted or revoked upstream root. */
+static int upstream_usable(sg_ca *ca, const upstream *u, sg_err *err)
+{
+    char id[SG_CA_AUTHORITY_ID_MAX + 1];
+    const uproot *r;
+
+    upstream_root_id(u, id, sizeof id);
+    r = id[0] != '\0' ? find_uproot(ca, id) : NULL;
+    if (r == NULL)
+        return 0;
+    return sg_err_set(err, SG_ECONFIG,
+                      "upstream certificate %.100s chains to upstream authority %s, which was %s: "
+                      "install a new upstream key and certificate (key_file_path, cert_file_path)",
+                      ca->up_cert ? ca->up_cert : "", id, r->revoked ? "revoked" : "tainted");
+}
+
+/*
+ * Reads the upstream files again (the operator may have replaced them) and,
+ * when they are usable, makes them the material new authorities are signed
+ * with; the bundle follows bundle_file_path. rot_mu held.
+ */
+static int upstream_refresh(sg_ca *ca, bool *changed, sg_err *err)
+{
+    sg_ca_options o = ca->o;
+    upstream nu;
+    STACK_OF(X509) * extra;
+    bool ch = false;
     int rc;
 
-    ca->bundle = calloc(n ? n : 1, sizeof *ca->bundle);
-    if (ca->bundle == NULL)
-        return sg_err_set(err, SG_ENOMEM, "out of memory building the bundle");
-    for (size_t i = 0; i < n; i++) {
-        rc = sg_x509_to_der(sk_X509_value(roots, (int)i), &ca->bundle[i], err);
-        if (rc < 0)
-            return rc;
-        ca->nbundle++;
+    o.upstream_key_file = ca->up_key;
+    o.upstream_cert_file = ca->up_cert;
+    o.upstream_bundle_file = ca->up_bundle;
+    rc = upstream_load(&o, &nu, err);
+    if (rc < 0)
+        return rc;
+    rc = upstream_usable(ca, &nu, err);
+    extra = rc == 0 ? sk_X509_new_null() : NULL;
+    if (rc == 0 && extra == NULL)
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+    for (int i = 0; rc == 0 && i < sk_X509_num(nu.certs); i++) {
+        X509 *c = sk_X509_value(nu.certs, i);
+        if (!self_issued(c) && !sk_X509_push(extra, c))
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
     }
-    return 0;
+    if (rc < 0) {
+        sk_X509_free(extra);
+        upstream_cleanup(&nu);
+        return rc;
+    }
+    sk_X509_free(ca->extra);
+    upstream_cleanup(&ca->u);
+    ca->u = nu;
+    ca->extra = extra;
+    for (size_t i = 0; i < ca->nslots; i++)
+        if (ca->slots[i].root_id[0] == '\0')
+            slot_root(ca, &ca->slots[i]);
+    rc = rebuild_bundle(ca, &ch, err);
+    if (ch) {
+        sg_log_info("upstream bundle changed: %d root(s) in %s", sk_X509_num(nu.bundle),
+                    ca->up_bundle ? ca->up_bundle : ca->up_cert);
+        if (changed != NULL)
+            *changed = true;
+    }
+    return rc;
 }
 
 /* Points ca->active at the active slot's snapshot. */
@@ -1356,6 +1653,8 @@ static char *dup_opt(const char *s, bool *oom)
     return d;
 }
 
+static void drop_slot(sg_ca *ca, size_t i);
+
 int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
 {
     sg_ca *ca = NULL;
@@ -1370,6 +1669,7 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
         return sg_err_set(err, SG_ENOMEM, "out of memory creating CA");
     pthread_mutex_init(&ca->mu, NULL);
     pthread_mutex_init(&ca->rot_mu, NULL);
+    pthread_mutex_init(&ca->state_mu, NULL);
     ca->bundle_seq = 1;
     ca->o = *opts;
     ca->o.trust_domain = NULL;
@@ -1377,6 +1677,9 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
     ca->o.subject_org = dup_opt(opts->subject_org, &oom);
     ca->o.subject_cn = dup_opt(opts->subject_cn, &oom);
     ca->o.keys_dir = dup_opt(opts->keys_dir, &oom);
+    ca->up_key = dup_opt(opts->upstream_key_file, &oom);
+    ca->up_cert = dup_opt(opts->upstream_cert_file, &oom);
+    ca->up_bundle = dup_opt(opts->upstream_bundle_file, &oom);
     ca->o.upstream_key_file = NULL;
     ca->o.upstream_cert_file = NULL;
     ca->o.upstream_bundle_file = NULL;
@@ -1424,14 +1727,15 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
             char *cp = sg_fs_join(ca->o.keys_dir, "ca.crt");
             X509 *cert = NULL;
             EVP_PKEY *key = NULL;
+            STACK_OF(X509) *chain = NULL;
             if (kp == NULL || cp == NULL)
                 rc = sg_err_set(err, SG_ENOMEM, "out of memory");
             else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0)
                 sg_log_info("no CA in %s yet: creating one", ca->o.keys_dir);
             else
-                rc = load_pair(ca, kp, cp, true, &cert, &key, err);
+                rc = load_pair(ca, kp, cp, true, &cert, &key, &chain, err);
             if (rc == 1) {
-                rc = slot_init(ca, &ca->slots[0], cert, key, SG_CA_ACTIVE, err);
+                rc = slot_load(ca, &ca->slots[0], cert, key, chain, SG_CA_ACTIVE, err);
                 if (rc == 0)
                     ca->nslots = 1;
             }
@@ -1440,6 +1744,21 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
         }
         if (rc < 0)
             goto fail;
+    }
+    if (ca->have_upstream) {
+        rc = upstream_usable(ca, &ca->u, err);
+        if (rc < 0)
+            goto fail;
+        for (size_t i = 0; i < ca->nslots;) {
+            const uproot *u = find_uproot(ca, ca->slots[i].root_id);
+            if (u != NULL && u->revoked) {
+                sg_log_warn("CA authority %s chains to revoked upstream authority %s: dropping it",
+                            ca->slots[i].id, u->id);
+                drop_slot(ca, i);
+            } else {
+                i++;
+            }
+        }
     }
     if (find_state(ca, SG_CA_ACTIVE) == NULL) {
         slot *prep = find_state(ca, SG_CA_PREPARED);
@@ -1456,10 +1775,7 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
             ca->nslots++;
         }
     }
-    if (ca->have_upstream)
-        rc = bundle_from_roots(ca, ca->u.bundle, err);
-    else
-        rc = rebuild_bundle(ca, &changed, err);
+    rc = rebuild_bundle(ca, &changed, err);
     if (rc == 0)
         rc = save_state(ca, err);
     if (rc < 0)
@@ -1490,8 +1806,12 @@ void sg_ca_free(sg_ca *ca)
     free((char *)(uintptr_t)ca->o.subject_org);
     free((char *)(uintptr_t)ca->o.subject_cn);
     free((char *)(uintptr_t)ca->o.keys_dir);
+    free(ca->up_key);
+    free(ca->up_cert);
+    free(ca->up_bundle);
     pthread_mutex_destroy(&ca->mu);
     pthread_mutex_destroy(&ca->rot_mu);
+    pthread_mutex_destroy(&ca->state_mu);
     free(ca);
 }
 
@@ -1661,6 +1981,24 @@ static int rotate_locked(sg_ca *ca, int64_t now, bool *changed, sg_err *err)
     prep = find_state(ca, SG_CA_PREPARED);
     if (prep == NULL && remaining < prep_at) {
         slot sl;
+        if (ca->have_upstream) {
+            /* Sign the next authority with the upstream files as they are now. */
+            bool uch = false;
+            sg_err e2;
+            sg_err_clear(&e2);
+            if (upstream_refresh(ca, &uch, &e2) < 0) {
+                if (now - ca->warned_at >= WARN_EVERY_S) {
+                    sg_log_warn("cannot read the upstream authority files again (%s): the next "
+                                "CA authority is signed with the ones loaded before",
+                                e2.msg);
+                    ca->warned_at = now;
+                }
+            } else if (uch) {
+                dirty = true;
+                if (changed != NULL)
+                    *changed = true;
+            }
+        }
         rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
         if (rc < 0)
             return rc;
@@ -1709,7 +2047,9 @@ int sg_ca_prepare(sg_ca *ca, int64_t now, sg_ca_authority *out, sg_err *err)
     int rc;
 
     pthread_mutex_lock(&ca->rot_mu);
-    rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
+    rc = ca->have_upstream ? upstream_refresh(ca, NULL, err) : 0;
+    if (rc == 0)
+        rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
     if (rc == 0) {
         char id[SG_CA_AUTHORITY_ID_MAX + 1];
         memcpy(id, sl.id, sizeof id);
@@ -1800,6 +2140,27 @@ static void fmt_utc(int64_t t, char *out, size_t len)
         snprintf(out, len, "%lld", (long long)t);
 }
 
+/*
+ * Until when SVIDs signed by sl may be live: what it signed in this run is
+ * known exactly, what it signed before a restart is bounded by the persisted
+ * high-water mark (or, for a state file without one, by the configured TTLs
+ * past the taint); never past its notAfter. Without max_svid_ttl_s: its notAfter.
+ */
+static int64_t live_until(const sg_ca *ca, const slot *sl)
+{
+    int64_t until = sl->snap->not_after, live, signed_until, prior = sl->snap->prior_until;
+
+    if (ca->o.max_svid_ttl_s <= 0)
+        return until;
+    live = sl->tainted_at + ca->o.max_svid_ttl_s;
+    signed_until = atomic_load(&sl->snap->signed_until);
+    if (signed_until > live)
+        live = signed_until;
+    if (prior > live)
+        live = prior;
+    return live < until ? live : until;
+}
+
 int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
 {
     slot *sl = NULL;
@@ -1812,17 +2173,7 @@ int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, s
         rc = sg_err_set(err, SG_EINVAL,
                         "authority %s is not tainted: only a tainted authority can be revoked", id);
     } else if (rc == 0) {
-        until = sl->snap->not_after;
-        if (ca->o.max_svid_ttl_s > 0) {
-            /* The configured TTLs bound what it signed before this process
-             * started; what it signed since is known exactly. */
-            int64_t live = sl->tainted_at + ca->o.max_svid_ttl_s;
-            int64_t signed_until = atomic_load(&sl->snap->signed_until);
-            if (signed_until > live)
-                live = signed_until;
-            if (live < until)
-                until = live;
-        }
+        until = live_until(ca, sl);
         if (now < until) {
             char when[32];
             fmt_utc(until, when, sizeof when);
@@ -1873,4 +2224,180 @@ int sg_ca_tainted_ids(sg_ca *ca, char ***ids, size_t *n, sg_err *err)
     *ids = v;
     *n = k;
     return 0;
+}
+
+/* ---- upstream authority: taint and revoke ---- */
+
+/* Checks skid (lower-cases it into id) and that an UpstreamAuthority is configured. rot_mu held. */
+static int upstream_id_arg(sg_ca *ca, const char *skid, char *id, sg_err *err)
+{
+    size_t n = skid ? strlen(skid) : 0;
+
+    if (!ca->have_upstream)
+        return sg_err_set(err, SG_EINVAL,
+                          "no UpstreamAuthority is configured: the local authorities are "
+                          "self-signed roots (use localauthority x509 taint|revoke)");
+    if (n == 0)
+        return sg_err_set(err, SG_EINVAL, "a Subject Key ID is required (-subjectKeyID)");
+    for (size_t i = 0; i < n && i <= SG_CA_AUTHORITY_ID_MAX; i++)
+        id[i] = (skid[i] >= 'A' && skid[i] <= 'F') ? (char)(skid[i] - 'A' + 'a') : skid[i];
+    id[n <= SG_CA_AUTHORITY_ID_MAX ? n : SG_CA_AUTHORITY_ID_MAX] = '\0';
+    if (n > SG_CA_AUTHORITY_ID_MAX || !id_ok(id))
+        return sg_err_set(err, SG_EINVAL,
+                          "Subject Key ID \"%.90s\" is not valid: it is the hex Subject Key ID of "
+                          "an upstream root certificate",
+                          skid);
+    return 0;
+}
+
+/* Whether id is a root of the published bundle; also lists the roots into have. rot_mu held. */
+static bool upstream_in_bundle(sg_ca *ca, const char *id, char *have, size_t len)
+{
+    bool found = false;
+    size_t o = 0;
+
+    have[0] = '\0';
+    for (int i = 0; i < sk_X509_num(ca->u.bundle); i++) {
+        char rid[SG_CA_AUTHORITY_ID_MAX + 1];
+        const uproot *u;
+        authority_id(sk_X509_value(ca->u.bundle, i), rid, sizeof rid);
+        u = find_uproot(ca, rid);
+        if (u != NULL && u->revoked)
+            continue;
+        found = found || strcmp(rid, id) == 0;
+        if (o < len) {
+            int k = snprintf(have + o, len - o, "%s%s", o ? ", " : "", rid);
+            o += k > 0 ? (size_t)k : 0;
+        }
+    }
+    return found;
+}
+
+int sg_ca_upstream_taint(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
+{
+    char id[SG_CA_AUTHORITY_ID_MAX + 1], have[200];
+    size_t ntainted = 0;
+    uproot *u;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = upstream_id_arg(ca, skid, id, err);
+    if (rc < 0)
+        goto done;
+    u = find_uproot(ca, id);
+    if (u != NULL) {
+        rc = sg_err_set(err, SG_EEXIST, "upstream authority %s is already %s", id,
+                        u->revoked ? "revoked" : "tainted");
+        goto done;
+    }
+    if (!upstream_in_bundle(ca, id, have, sizeof have)) {
+        rc = sg_err_set(err, SG_ENOENT,
+                        "upstream authority %s is not a root in the upstream bundle (roots: %s)",
+                        id, have[0] ? have : "none");
+        goto done;
+    }
+    for (size_t i = 0; i < ca->nslots; i++) {
+        const slot *sl = &ca->slots[i];
+        if (sl->state != SG_CA_OLD && strcmp(sl->root_id, id) == 0) {
+            rc = sg_err_set(err, SG_EINVAL,
+                            "the %s local authority %s chains to upstream authority %s: install "
+                            "the new upstream key and certificate, then localauthority x509 "
+                            "prepare and activate, before tainting it",
+                            sg_ca_state_name(sl->state), sl->id, id);
+            goto done;
+        }
+    }
+    if (ca->nups >= UPROOTS_MAX) {
+        rc = sg_err_set(err, SG_ETOOBIG, "%d upstream authorities are tainted or revoked already",
+                        UPROOTS_MAX);
+        goto done;
+    }
+    pthread_mutex_lock(&ca->mu);
+    u = &ca->ups[ca->nups++];
+    memset(u, 0, sizeof *u);
+    snprintf(u->id, sizeof u->id, "%s", id);
+    u->tainted_at = now;
+    for (size_t i = 0; i < ca->nslots; i++) {
+        slot *sl = &ca->slots[i];
+        if (strcmp(sl->root_id, id) != 0)
+            continue;
+        ntainted++;
+        if (!sl->tainted) {
+            sl->tainted = true;
+            sl->tainted_at = now;
+        }
+    }
+    ca->bundle_seq++; /* agents learn of the taint with the next bundle */
+    pthread_mutex_unlock(&ca->mu);
+    sg_log_warn("upstream authority %s tainted: %zu local authorit%s under it tainted, agents "
+                "re-mint every SVID they signed",
+                id, ntainted, ntainted == 1 ? "y" : "ies");
+    rc = save_state(ca, err);
+done:
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
+}
+
+int sg_ca_upstream_revoke(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
+{
+    char id[SG_CA_AUTHORITY_ID_MAX + 1], have[200];
+    bool changed = false;
+    uproot *u;
+    int rc;
+
+    pthread_mutex_lock(&ca->rot_mu);
+    rc = upstream_id_arg(ca, skid, id, err);
+    if (rc < 0)
+        goto done;
+    u = find_uproot(ca, id);
+    if (u != NULL && u->revoked) {
+        rc = sg_err_set(err, SG_ENOENT, "upstream authority %s is already revoked", id);
+        goto done;
+    }
+    if (u == NULL) {
+        if (upstream_in_bundle(ca, id, have, sizeof have))
+            rc = sg_err_set(err, SG_EINVAL,
+                            "upstream authority %s is not tainted: only a tainted upstream "
+                            "authority can be revoked",
+                            id);
+        else
+            rc = sg_err_set(err, SG_ENOENT,
+                            "upstream authority %s is not a root in the upstream bundle (roots: "
+                            "%s)",
+                            id, have[0] ? have : "none");
+        goto done;
+    }
+    for (size_t i = 0; i < ca->nslots; i++) {
+        const slot *sl = &ca->slots[i];
+        int64_t until;
+        if (strcmp(sl->root_id, id) != 0)
+            continue;
+        until = live_until(ca, sl);
+        if (now < until) {
+            char when[32];
+            fmt_utc(until, when, sizeof when);
+            rc = sg_err_set(err, SG_EINVAL,
+                            "upstream authority %s may still have live SVIDs (signed by local "
+                            "authority %s) until %s; revoke after that",
+                            id, sl->id, when);
+            goto done;
+        }
+    }
+    pthread_mutex_lock(&ca->mu);
+    u->revoked = true;
+    pthread_mutex_unlock(&ca->mu);
+    for (size_t i = 0; i < ca->nslots;) {
+        if (strcmp(ca->slots[i].root_id, id) == 0) {
+            sg_log_info("dropping CA authority %s: its upstream authority was revoked",
+                        ca->slots[i].id);
+            drop_slot(ca, i);
+        } else {
+            i++;
+        }
+    }
+    sg_log_warn("upstream authority %s revoked: removed from the bundle", id);
+    rc = commit(ca, &changed, err);
+done:
+    pthread_mutex_unlock(&ca->rot_mu);
+    return rc;
 }

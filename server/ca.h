@@ -129,13 +129,38 @@ int sg_ca_activate(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out,
 int sg_ca_taint(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err);
 /*
  * Revokes the tainted authority id: it leaves the bundle and is forgotten.
- * Refused while SVIDs it signed may still be live (until tainted_at +
- * max_svid_ttl_s, capped by its notAfter).
+ * Refused while SVIDs it signed may still be live: until the latest of
+ * tainted_at + max_svid_ttl_s and the latest notAfter it signed (tracked
+ * exactly in this run; across restarts through a high-water mark kept in
+ * ca-slots.json with KeyManager "disk", raised before an SVID beyond it is
+ * handed out), capped by its notAfter. Without max_svid_ttl_s: its notAfter.
  */
 int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err);
 
 /* IDs of tainted authorities (agents re-mint what these signed). Free with sg_ca_ids_free. */
 int sg_ca_tainted_ids(sg_ca *ca, char ***ids, size_t *n, sg_err *err);
 void sg_ca_ids_free(char **ids, size_t n);
+
+/* ---- UpstreamAuthority "disk": rotation, taint and revoke of its roots ---- */
+
+/*
+ * Preparing a new local authority (sg_ca_prepare, or the schedule) reads the
+ * upstream key, certificate and bundle files again, so an operator who
+ * replaced them (bundle_file_path holding the old and the new root) gets an
+ * intermediate signed by the new upstream key without a restart.
+ *
+ * sg_ca_upstream_taint: skid is the hex Subject Key ID of an upstream root
+ * in the bundle. Refused without an UpstreamAuthority, for an unknown root,
+ * and while the active or prepared local authority chains to it; otherwise
+ * every local authority under it is tainted (agents re-mint what they signed).
+ *
+ * sg_ca_upstream_revoke: refused until the root is tainted and no SVID signed
+ * under it can still be live; then the root leaves the bundle for good (kept
+ * in ca-slots.json with KeyManager "disk", so it stays out when the bundle
+ * file still lists it after a restart), local authorities under it are
+ * dropped and the bundle sequence is bumped.
+ */
+int sg_ca_upstream_taint(sg_ca *ca, const char *skid, int64_t now, sg_err *err);
+int sg_ca_upstream_revoke(sg_ca *ca, const char *skid, int64_t now, sg_err *err);
 
 #endif

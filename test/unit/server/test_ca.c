@@ -4,8 +4,10 @@
  */
 #include "server/ca.h"
 
+#include "common/fsutil.h"
 #include "test/runner.h"
 
+#include <jansson.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
@@ -1247,5 +1249,381 @@ TEST(ca_rotation_revoke_waits_for_long_entry_ttls_signed)
     sg_ca_chain_cleanup(&chain);
     sg_der_cleanup(&spki);
     EVP_PKEY_free(key);
+    sg_ca_free(ca);
+}
+
+/* ---- persisted high-water mark of what each authority signed ---- */
+
+static char *slurp(const char *path)
+{
+    uint8_t *d = NULL;
+    size_t n = 0;
+    char *s;
+
+    ASSERT_OK(sg_fs_read_file(path, 1 << 20, &d, &n, NULL));
+    s = malloc(n + 1);
+    memcpy(s, d, n);
+    s[n] = '\0';
+    free(d);
+    return s;
+}
+
+/* "signed_until" of authority id in dir's ca-slots.json (-1 when absent). */
+static int64_t mark_of(const char *dir, const char *id)
+{
+    char path[300];
+    json_t *root, *arr;
+    int64_t v = -1;
+
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    root = json_load_file(path, 0, NULL);
+    ASSERT(root != NULL);
+    arr = json_object_get(root, "authorities");
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *a = json_array_get(arr, i);
+        if (strcmp(json_string_value(json_object_get(a, "id")), id) == 0 &&
+            json_is_integer(json_object_get(a, "signed_until")))
+            v = (int64_t)json_integer_value(json_object_get(a, "signed_until"));
+    }
+    json_decref(root);
+    return v;
+}
+
+static int64_t sign_ttl(sg_ca *ca, int64_t ttl)
+{
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    sg_der spki = spki_of(k);
+    sg_ca_svid_params p = {.spiffe_id = "spiffe://example.org/w", .ttl_s = ttl};
+    sg_ca_chain ch = {0};
+    sg_err err;
+    int64_t na;
+
+    if (sg_ca_sign_svid(ca, &p, spki.data, spki.len, &ch, &err) != 0)
+        SG__FAIL("sign: %s", err.msg);
+    na = ch.not_after;
+    sg_ca_chain_cleanup(&ch);
+    sg_der_cleanup(&spki);
+    EVP_PKEY_free(k);
+    return na;
+}
+
+TEST(ca_signed_until_reserved_ahead_and_kept_across_restart)
+{
+    char dir[256], path[300], a[SG_CA_AUTHORITY_ID_MAX + 1], *before, *after;
+    sg_ca *ca;
+    sg_ca_authority info;
+    int64_t t0 = (int64_t)time(NULL), na, mark;
+    sg_err err;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    /* max_svid_ttl_s 10, but an entry asks for 20 minutes. */
+    ca = new_ca_opts(7200, 10, dir, false);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_EQ(mark_of(dir, a), 0);
+    na = sign_ttl(ca, 1200);
+    mark = mark_of(dir, a);
+    /* Written before the SVID was handed out, with room for 2 x the TTL. */
+    ASSERT(mark >= na);
+    ASSERT(mark >= t0 + 2400 && mark <= (int64_t)time(NULL) + 2400);
+    /* Shorter SVIDs under the mark do not write the file again. */
+    before = slurp(path);
+    sign_ttl(ca, 60);
+    sign_ttl(ca, 1200);
+    after = slurp(path);
+    ASSERT_STREQ(before, after);
+    free(before);
+    free(after);
+    sg_ca_free(ca);
+
+    /* After a restart the mark, not max_svid_ttl_s, bounds what it signed. */
+    ca = new_ca_opts(7200, 10, dir, false);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), a);
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT_OK(sg_ca_activate(ca, info.id, t0, NULL, &err));
+    ASSERT_OK(sg_ca_taint(ca, a, t0, NULL, &err));
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 60, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live SVIDs") != NULL);
+    ASSERT_EQ(sg_ca_revoke(ca, a, na, NULL, &err), SG_EINVAL);
+    sg_ca_free(ca);
+
+    /* The mark survives a second restart and the taint with it. */
+    ca = new_ca_opts(7200, 10, dir, false);
+    ASSERT_EQ(mark_of(dir, a), mark);
+    ASSERT_EQ(sg_ca_revoke(ca, a, mark - 1, NULL, &err), SG_EINVAL);
+    ASSERT_OK(sg_ca_revoke(ca, a, mark, NULL, &err));
+    ASSERT(!bundle_has(ca, a));
+    sg_ca_free(ca);
+}
+
+TEST(ca_state_file_without_mark_falls_back_to_ttls)
+{
+    char dir[256], path[300], a[SG_CA_AUTHORITY_ID_MAX + 1], *text;
+    sg_ca *ca;
+    sg_ca_authority info;
+    int64_t t0 = (int64_t)time(NULL);
+    sg_err err;
+    FILE *f;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    ca = new_ca_opts(3600, 10, dir, false);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    sg_ca_free(ca);
+    /* A state file written before marks existed. */
+    text = malloc(1000);
+    snprintf(text, 1000,
+             "{\"version\":1,\"bundle_sequence\":1,\"authorities\":[{\"id\":\"%s\","
+             "\"state\":\"active\",\"tainted\":false,\"tainted_at\":0}]}",
+             a);
+    f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    ca = new_ca_opts(3600, 10, dir, false);
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    ASSERT_OK(sg_ca_activate(ca, info.id, t0, NULL, &err));
+    ASSERT_OK(sg_ca_taint(ca, a, t0, NULL, &err));
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 5, NULL, &err), SG_EINVAL);
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 11, NULL, &err));
+    sg_ca_free(ca);
+
+    /* A bad mark is a clear error. */
+    f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fprintf(f, "{\"authorities\":[{\"id\":\"%s\",\"state\":\"active\",\"signed_until\":\"x\"}]}",
+            info.id);
+    fclose(f);
+    {
+        sg_ca_options o = {.trust_domain = "example.org",
+                           .key_type = SG_KEY_EC_P256,
+                           .ca_ttl_s = 3600,
+                           .keys_dir = dir};
+        sg_ca *bad = NULL;
+        ASSERT_EQ(sg_ca_new(&bad, &o, &err), SG_ECONFIG);
+        ASSERT(strstr(err.msg, "signed_until") != NULL);
+    }
+}
+
+/* ---- UpstreamAuthority rotation, taint and revoke ---- */
+
+/* A fresh upstream root (key + self-signed cert files) under tmpdir/name. */
+static void make_root(const char *name, char *key, char *crt, size_t len)
+{
+    sg_ca_options o = {0};
+    sg_ca *ca = NULL;
+    sg_err err;
+    char dir[256];
+
+    snprintf(dir, sizeof dir, "%s/%s", sg_test_tmpdir(), name);
+    o.trust_domain = "local";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = 86400;
+    o.keys_dir = dir;
+    if (sg_ca_new(&ca, &o, &err) != 0)
+        SG__FAIL("upstream root: %s", err.msg);
+    sg_ca_free(ca);
+    snprintf(key, len, "%s/ca.key", dir);
+    snprintf(crt, len, "%s/ca.crt", dir);
+}
+
+static void copy_file(const char *from, const char *to, bool append)
+{
+    char *s = slurp(from);
+    FILE *f = fopen(to, append ? "a" : "w");
+
+    ASSERT(f != NULL);
+    fputs(s, f);
+    fclose(f);
+    free(s);
+    chmod(to, 0600);
+}
+
+static void pem_skid(const char *path, char *out)
+{
+    char *pem = slurp(path);
+    STACK_OF(X509) *sk = NULL;
+    sg_der d = {0};
+
+    ASSERT_OK(sg_x509_parse_pem_chain(pem, strlen(pem), &sk, NULL));
+    ASSERT_OK(sg_x509_to_der(sk_X509_value(sk, 0), &d, NULL));
+    skid_of(&d, out);
+    sg_der_cleanup(&d);
+    sk_X509_pop_free(sk, X509_free);
+    free(pem);
+}
+
+typedef struct up_env {
+    char dir[300], key[300], crt[300], bundle[300];
+    char k1[300], c1[300], k2[300], c2[300];
+    char r1[SG_CA_AUTHORITY_ID_MAX + 1], r2[SG_CA_AUTHORITY_ID_MAX + 1];
+} up_env;
+
+static void up_env_init(up_env *e)
+{
+    const char *t = sg_test_tmpdir();
+
+    snprintf(e->dir, sizeof e->dir, "%s/keys", t);
+    snprintf(e->key, sizeof e->key, "%s/upstream.key", t);
+    snprintf(e->crt, sizeof e->crt, "%s/upstream.crt", t);
+    snprintf(e->bundle, sizeof e->bundle, "%s/upstream-bundle.pem", t);
+    make_root("root1", e->k1, e->c1, sizeof e->k1);
+    make_root("root2", e->k2, e->c2, sizeof e->k2);
+    pem_skid(e->c1, e->r1);
+    pem_skid(e->c2, e->r2);
+    ASSERT(strcmp(e->r1, e->r2) != 0);
+    copy_file(e->k1, e->key, false);
+    copy_file(e->c1, e->crt, false);
+    copy_file(e->c1, e->bundle, false);
+}
+
+static int up_ca(const up_env *e, int64_t max_svid_ttl, sg_ca **out, sg_err *err)
+{
+    sg_ca_options o = {0};
+
+    o.trust_domain = "example.org";
+    o.key_type = SG_KEY_EC_P256;
+    o.ca_ttl_s = 3600;
+    o.max_svid_ttl_s = max_svid_ttl;
+    o.keys_dir = e->dir;
+    o.upstream_key_file = e->key;
+    o.upstream_cert_file = e->crt;
+    o.upstream_bundle_file = e->bundle;
+    *out = NULL;
+    return sg_ca_new(out, &o, err);
+}
+
+TEST(ca_upstream_rotate_taint_revoke)
+{
+    up_env e;
+    sg_ca *ca = NULL, *plain;
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], b[SG_CA_AUTHORITY_ID_MAX + 1],
+        got[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority info;
+    char **ids = NULL;
+    size_t nids = 0;
+    uint64_t seq;
+    int64_t t0 = (int64_t)time(NULL);
+    sg_err err;
+
+    up_env_init(&e);
+    if (up_ca(&e, 10, &ca, &err) != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_EQ(bundle_len(ca), 1);
+    ASSERT(bundle_has(ca, e.r1));
+    sign_and_verify(ca, t0 + 1, got);
+    ASSERT_STREQ(got, a);
+
+    /* Refusals: no upstream, bad or unknown SKID, the active authority chains to it. */
+    plain = new_ca_opts(3600, 10, NULL, false);
+    ASSERT_EQ(sg_ca_upstream_taint(plain, e.r1, t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "no UpstreamAuthority") != NULL);
+    ASSERT_EQ(sg_ca_upstream_revoke(plain, e.r1, t0, &err), SG_EINVAL);
+    sg_ca_free(plain);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, "", t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "-subjectKeyID") != NULL);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, "xyz/../", t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "xyz/../") != NULL);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, "abcdef", t0, &err), SG_ENOENT);
+    ASSERT(strstr(err.msg, "abcdef") != NULL && strstr(err.msg, e.r1) != NULL);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, a, t0, &err), SG_ENOENT); /* a local authority */
+    ASSERT_EQ(sg_ca_upstream_taint(ca, e.r1, t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "active local authority") != NULL);
+    ASSERT_EQ(sg_ca_upstream_revoke(ca, e.r1, t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "not tainted") != NULL);
+
+    /* The operator installs a new upstream key; the bundle file holds both roots. */
+    copy_file(e.k2, e.key, false);
+    copy_file(e.c2, e.crt, false);
+    copy_file(e.c2, e.bundle, true);
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    snprintf(b, sizeof b, "%s", info.id);
+    ASSERT_STREQ(info.upstream_id, e.r2);
+    ASSERT_EQ(bundle_len(ca), 2);
+    ASSERT(sg_ca_bundle_sequence(ca) > seq);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, e.r2, t0, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "prepared local authority") != NULL);
+    ASSERT_OK(sg_ca_activate(ca, b, t0, NULL, &err));
+    sign_and_verify(ca, t0 + 2, got);
+    ASSERT_STREQ(got, b);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, e.r2, t0, &err), SG_EINVAL);
+
+    /* Taint: every local authority under the old root is tainted. */
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_upstream_taint(ca, e.r1, t0 + 2, &err));
+    ASSERT(sg_ca_bundle_sequence(ca) > seq);
+    ASSERT_OK(sg_ca_tainted_ids(ca, &ids, &nids, NULL));
+    ASSERT_EQ(nids, 1);
+    ASSERT_STREQ(ids[0], a);
+    sg_ca_ids_free(ids, nids);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, e.r1, t0 + 3, &err), SG_EEXIST);
+    ASSERT(bundle_has(ca, e.r1));
+
+    /* Revoke waits for the SVIDs signed under it (60 s TTL signed above). */
+    ASSERT_EQ(sg_ca_upstream_revoke(ca, e.r1, t0 + 30, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live SVIDs") != NULL && strstr(err.msg, a) != NULL);
+    seq = sg_ca_bundle_sequence(ca);
+    ASSERT_OK(sg_ca_upstream_revoke(ca, e.r1, t0 + 70, &err));
+    ASSERT(sg_ca_bundle_sequence(ca) > seq);
+    ASSERT_EQ(bundle_len(ca), 1);
+    ASSERT(!bundle_has(ca, e.r1));
+    ASSERT(bundle_has(ca, e.r2));
+    ASSERT_EQ(auths(ca, &info, 1), 1);
+    ASSERT_STREQ(info.id, b);
+    ASSERT_EQ(sg_ca_upstream_revoke(ca, e.r1, t0 + 71, &err), SG_ENOENT);
+    ASSERT_EQ(sg_ca_upstream_taint(ca, e.r1, t0 + 71, &err), SG_EEXIST);
+    sign_and_verify(ca, (int64_t)time(NULL) + 1, got);
+    sg_ca_free(ca);
+
+    /* A restart with the old root still in the bundle file does not bring it back. */
+    if (up_ca(&e, 10, &ca, &err) != 0)
+        SG__FAIL("restart: %s", err.msg);
+    ASSERT_EQ(bundle_len(ca), 1);
+    ASSERT(bundle_has(ca, e.r2));
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), b);
+    sg_ca_free(ca);
+
+    /* Going back to the revoked upstream key is refused with a clear error. */
+    copy_file(e.k1, e.key, false);
+    copy_file(e.c1, e.crt, false);
+    ASSERT_EQ(up_ca(&e, 10, &ca, &err), SG_ECONFIG);
+    ASSERT(strstr(err.msg, "revoked") != NULL && strstr(err.msg, e.r1) != NULL);
+}
+
+TEST(ca_upstream_replaced_before_restart_keeps_old_authority)
+{
+    up_env e;
+    sg_ca *ca = NULL;
+    char a[SG_CA_AUTHORITY_ID_MAX + 1], got[SG_CA_AUTHORITY_ID_MAX + 1];
+    sg_ca_authority v[4];
+    char **ids = NULL;
+    size_t nids = 0;
+    int64_t t0 = (int64_t)time(NULL);
+    sg_err err;
+
+    up_env_init(&e);
+    if (up_ca(&e, 10, &ca, &err) != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    sg_ca_free(ca);
+    copy_file(e.k2, e.key, false);
+    copy_file(e.c2, e.crt, false);
+    copy_file(e.c2, e.bundle, true);
+    /* The authority under the old upstream key stays, as old, so it can be tainted. */
+    if (up_ca(&e, 10, &ca, &err) != 0)
+        SG__FAIL("restart: %s", err.msg);
+    ASSERT_EQ(auths(ca, v, 4), 2);
+    ASSERT_STREQ(id_in(ca, SG_CA_OLD), a);
+    ASSERT_STREQ(v[1].upstream_id, e.r2);
+    sign_and_verify(ca, t0 + 1, got);
+    ASSERT_STREQ(got, v[1].id);
+    ASSERT_OK(sg_ca_upstream_taint(ca, e.r1, t0, &err));
+    ASSERT_OK(sg_ca_tainted_ids(ca, &ids, &nids, NULL));
+    ASSERT_EQ(nids, 1);
+    ASSERT_STREQ(ids[0], a);
+    sg_ca_ids_free(ids, nids);
     sg_ca_free(ca);
 }
