@@ -72,4 +72,17 @@ int sg_bundle_from_pem(const char *trust_domain, const char *pem, size_t len, sg
 /* The key with kid in b, or NULL. */
 const sg_jwt_key *sg_bundle_find_jwt_key(const sg_bundle *b, const char *kid);
 
+/*
+ * Base64 as the JOSE formats use it: url = base64url without padding
+ * (JWS parts, JWK parameters, RFC 7515 section 2), otherwise standard
+ * base64 with padding (x5c, RFC 7517 section 4.7). *out is malloc'd and
+ * NUL-terminated. Decoding is strict: only the alphabet of the variant,
+ * padding exactly as the variant requires, no whitespace, no non-zero
+ * trailing bits; SG_EINVAL otherwise. *out of decode is malloc'd (at
+ * least one byte, so an empty input still gives a freeable pointer).
+ */
+int sg_bundle_b64_encode(const uint8_t *in, size_t len, bool url, char **out, sg_err *err);
+int sg_bundle_b64_decode(const char *in, size_t len, bool url, uint8_t **out, size_t *outlen,
+                         sg_err *err);
+
 #endif
