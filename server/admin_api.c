@@ -861,6 +861,43 @@ static void h_revoke_x509_authority(sg_rpc_call *call, const ProtobufCMessage *r
     authority_action(call, authority_id_of(req), user, sg_ca_revoke);
 }
 
+/* ------------------------------------------------------------ upstream authority */
+
+typedef int (*upstream_op)(sg_ca *ca, const char *skid, int64_t now, sg_err *err);
+
+static void upstream_action(sg_rpc_call *call, const ProtobufCMessage *req, void *user,
+                            upstream_op op)
+{
+    const Sigil__Admin__V1__UpstreamAuthorityRequest *r =
+        (const Sigil__Admin__V1__UpstreamAuthorityRequest *)req;
+    Sigil__Admin__V1__UpstreamAuthorityResponse resp =
+        SIGIL__ADMIN__V1__UPSTREAM_AUTHORITY_RESPONSE__INIT;
+    sg_ca *ca = ready_ca(call, user);
+    sg_err err;
+    int rc;
+
+    if (ca == NULL)
+        return;
+    sg_err_clear(&err);
+    rc = op(ca, r->subject_key_id, (int64_t)time(NULL), &err);
+    if (rc < 0) {
+        fail(call, &err, rc);
+        return;
+    }
+    resp.subject_key_id = r->subject_key_id;
+    reply(call, &resp.base);
+}
+
+static void h_taint_upstream_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    upstream_action(call, req, user, sg_ca_upstream_taint);
+}
+
+static void h_revoke_upstream_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
+{
+    upstream_action(call, req, user, sg_ca_upstream_revoke);
+}
+
 /* ------------------------------------------------------------ registration */
 
 static const struct {
@@ -882,6 +919,8 @@ static const struct {
     {"ActivateX509Authority", h_activate_x509_authority},
     {"TaintX509Authority", h_taint_x509_authority},
     {"RevokeX509Authority", h_revoke_x509_authority},
+    {"TaintUpstreamAuthority", h_taint_upstream_authority},
+    {"RevokeUpstreamAuthority", h_revoke_upstream_authority},
 };
 
 int sg_admin_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)

@@ -65,6 +65,7 @@ typedef enum flag_id {
     FL_AUDIENCE,
     FL_SVIDTTL,
     FL_WRITE,
+    FL_SKID,
     FL__COUNT
 } flag_id;
 
@@ -116,6 +117,8 @@ static const struct flag_def {
     [FL_WRITE] = {"write", K_STRING, NULL,
                   "Where to write the output instead of stdout (jwt mint: a file; x509 mint: a "
                   "directory)"},
+    [FL_SKID] = {"subjectKeyID", K_STRING, NULL,
+                 "The Subject Key ID of the upstream X.509 authority (hex)"},
 };
 
 #define F(x)         (1u << (x))
@@ -2119,6 +2122,48 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------ upstreamauthority */
+
+static int upstream_action(cli_ctx *c, const char *method, const char *title)
+{
+    Sigil__Admin__V1__UpstreamAuthorityRequest req =
+        SIGIL__ADMIN__V1__UPSTREAM_AUTHORITY_REQUEST__INIT;
+    Sigil__Admin__V1__UpstreamAuthorityResponse *r;
+    ProtobufCMessage *resp = NULL;
+    const char *id = c->val[FL_SKID];
+    sg_err err;
+    int rc;
+
+    if (id == NULL || id[0] == '\0')
+        return fail_msg("a Subject Key ID is required (-subjectKeyID)");
+    req.subject_key_id = (char *)(uintptr_t)id;
+    sg_err_clear(&err);
+    if (admin_call(c, method, &req.base,
+                   &sigil__admin__v1__upstream_authority_response__descriptor, CALL_TIMEOUT_MS,
+                   &resp, &err) < 0)
+        return fail_err(&err);
+    r = (Sigil__Admin__V1__UpstreamAuthorityResponse *)resp;
+    if (c->json) {
+        rc = print_json(
+            json_pack("{s:s}", "upstream_x509_authority_subject_key_id", r->subject_key_id));
+    } else {
+        printf("%s upstream X.509 authority: %s\n", title, r->subject_key_id);
+        rc = 0;
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return rc;
+}
+
+static int cmd_upstreamauthority_taint(cli_ctx *c)
+{
+    return upstream_action(c, "TaintUpstreamAuthority", "Tainted");
+}
+
+static int cmd_upstreamauthority_revoke(cli_ctx *c)
+{
+    return upstream_action(c, "RevokeUpstreamAuthority", "Revoked");
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 static const cmd_def commands[] = {
@@ -2155,6 +2200,10 @@ static const cmd_def commands[] = {
      COMMON_FLAGS | F(FL_AUTHORITYID), "Taints an old X.509 authority"},
     {"localauthority", "x509 revoke", cmd_localauthority_x509_revoke,
      COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted X.509 authority"},
+    {"upstreamauthority", "taint", cmd_upstreamauthority_taint, COMMON_FLAGS | F(FL_SKID),
+     "Taints an upstream X.509 authority (its local authorities too)"},
+    {"upstreamauthority", "revoke", cmd_upstreamauthority_revoke, COMMON_FLAGS | F(FL_SKID),
+     "Revokes a tainted upstream X.509 authority (it leaves the bundle)"},
     {"localauthority", "jwt show", cmd_localauthority_jwt_show, COMMON_FLAGS,
      "Shows the active, prepared and old JWT authorities"},
     {"localauthority", "jwt prepare", cmd_localauthority_jwt_prepare, COMMON_FLAGS,
