@@ -7,6 +7,7 @@
 #include "agent/agent.h"
 
 #include "agent/cache.h"
+#include "agent/jwt_cache.h"
 #include "agent/node_client.h"
 #include "agent/peer.h"
 #include "agent/status_api.h"
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -38,8 +40,26 @@
 #define STOP_DEADLINE_MS  4500
 #define MINT_BATCH_MAX    4096
 #define MAX_ATTESTORS     8
+/* A sync job waits for pushed changes in slices this long, so a JWT-SVID
+ * request that needs the server is not kept behind a long wait. */
+#define JWT_WAKE_SLICE_MS 25
+#define JWT_QUEUE_MAX     4096 /* JWT-SVID requests waiting for the server */
+#define JWT_JOB_MAX       64   /* JWT-SVID requests per node job */
 
 typedef struct node_job node_job;
+
+/* A JWT-SVID request waiting for (or in) a node job. */
+typedef struct jwt_req {
+    struct jwt_req *next;
+    char *entry_id;
+    char **aud;
+    size_t naud;
+    sg_jwt_mint_cb cb;
+    void *user;
+    int rc;
+    sg_err err;
+    sg_node_jwt_svid svid;
+} jwt_req;
 
 struct sg_agent {
     const sg_agent_config *cfg;
@@ -50,6 +70,10 @@ struct sg_agent {
 
     sg_node_client *nc;
     sg_cache *cache;
+    sg_jwt_cache *jwt_cache;
+    jwt_req *jwt_head, *jwt_tail; /* requests for the next JWT job */
+    size_t jwt_qn;
+    atomic_bool jwt_wake; /* ends a sync job's wait early (read by the worker) */
     sg_peer_table *peers;
     sg_workload_api *api;
     sg_rpc_server *rpc;
@@ -177,7 +201,7 @@ static void on_async(uv_async_t *h)
 
 /* ------------------------------------------------------------ node work */
 
-enum { JOB_SYNC, JOB_MINT };
+enum { JOB_SYNC, JOB_MINT, JOB_JWT };
 
 struct node_job {
     sg_agent *a;
@@ -198,7 +222,29 @@ struct node_job {
     size_t *spki_lens;
     sg_mint_request *reqs;
     sg_mint_result *results;
+    jwt_req *jwt; /* JOB_JWT: the requests, in a list */
 };
+
+static void jwt_req_free(jwt_req *r)
+{
+    free(r->entry_id);
+    for (size_t i = 0; i < r->naud; i++)
+        free(r->aud[i]);
+    free(r->aud);
+    sg_node_jwt_svid_cleanup(&r->svid);
+    free(r);
+}
+
+/* Answers and frees a list of JWT-SVID requests (loop thread). */
+static void jwt_reqs_answer(jwt_req *r)
+{
+    while (r != NULL) {
+        jwt_req *next = r->next;
+        r->cb(r->user, r->rc, &r->err, r->rc == 0 ? &r->svid : NULL);
+        jwt_req_free(r);
+        r = next;
+    }
+}
 
 static void job_free(node_job *j)
 {
@@ -227,6 +273,12 @@ static void job_free(node_job *j)
     free(j->spki_lens);
     free(j->reqs);
     free(j->results);
+    /* Requests still here were never answered: only on a failed start. */
+    while (j->jwt != NULL) {
+        jwt_req *next = j->jwt->next;
+        jwt_req_free(j->jwt);
+        j->jwt = next;
+    }
     free(j);
 }
 
@@ -238,8 +290,24 @@ static void sync_work(uv_work_t *req)
     node_job *j = req->data;
     /* ensure_svid renews the agent SVID when due, so it runs before every sync. */
     j->rc = sg_node_client_ensure_svid(j->a->nc, j->a->join_token, &j->err);
-    if (j->rc == 0)
-        j->rc = sg_node_client_sync(j->a->nc, j->wait_ms, &j->sync, &j->err);
+    int64_t left = j->wait_ms;
+    while (j->rc == 0) {
+        int64_t slice = left < JWT_WAKE_SLICE_MS ? left : JWT_WAKE_SLICE_MS;
+        j->rc = sg_node_client_sync(j->a->nc, slice, &j->sync, &j->err);
+        left -= slice;
+        if (left <= 0 || atomic_load(&j->a->jwt_wake))
+            break;
+    }
+}
+
+static void jwt_work(uv_work_t *req)
+{
+    node_job *j = req->data;
+    for (jwt_req *r = j->jwt; r != NULL; r = r->next) {
+        sg_err_clear(&r->err);
+        r->rc = sg_node_client_mint_jwt(j->a->nc, r->entry_id, (const char *const *)r->aud, r->naud,
+                                        &r->svid, &r->err);
+    }
 }
 
 static void mint_work(uv_work_t *req)
@@ -331,6 +399,93 @@ oom:
 
 static void begin_stop(sg_agent *a, const char *why);
 
+/* Starts a node job for the queued JWT-SVID requests (at most JWT_JOB_MAX). */
+static void start_jwt_job(sg_agent *a)
+{
+    node_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return; /* tried again after the next node job */
+    j->kind = JOB_JWT;
+    jwt_req **tail = &j->jwt;
+    for (size_t k = 0; k < JWT_JOB_MAX && a->jwt_head != NULL; k++) {
+        jwt_req *r = a->jwt_head;
+        a->jwt_head = r->next;
+        a->jwt_qn--;
+        r->next = NULL;
+        *tail = r;
+        tail = &r->next;
+    }
+    if (a->jwt_head == NULL) {
+        a->jwt_tail = NULL;
+        atomic_store(&a->jwt_wake, false);
+    }
+    if (start_job(a, j, jwt_work) != 0) {
+        for (jwt_req *r = j->jwt; r != NULL; r = r->next) {
+            r->rc = sg_err_set(&r->err, SG_EUNAVAIL, "cannot schedule a call to the server");
+        }
+        jwt_reqs_answer(j->jwt);
+        j->jwt = NULL;
+        job_free(j);
+    }
+}
+
+static int agent_mint_jwt(void *ctx, const char *entry_id, const char *const *aud, size_t naud,
+                          sg_jwt_mint_cb cb, void *user, sg_err *err)
+{
+    sg_agent *a = ctx;
+    if (a->stopping)
+        return sg_err_set(err, SG_EUNAVAIL, "the agent is stopping");
+    if (a->jwt_qn >= JWT_QUEUE_MAX)
+        return sg_err_set(err, SG_EUNAVAIL,
+                          "too many JWT-SVID requests are waiting for the server");
+    jwt_req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    r->entry_id = strdup(entry_id);
+    r->aud = calloc(naud ? naud : 1, sizeof(*r->aud));
+    if (r->entry_id == NULL || r->aud == NULL)
+        goto oom;
+    for (size_t i = 0; i < naud; i++) {
+        r->aud[i] = strdup(aud[i]);
+        if (r->aud[i] == NULL)
+            goto oom;
+        r->naud++;
+    }
+    r->cb = cb;
+    r->user = user;
+    if (a->jwt_tail != NULL)
+        a->jwt_tail->next = r;
+    else
+        a->jwt_head = r;
+    a->jwt_tail = r;
+    a->jwt_qn++;
+    if (a->job == NULL)
+        start_jwt_job(a);
+    else if (a->job->kind == JOB_SYNC)
+        atomic_store(&a->jwt_wake, true);
+    return 0;
+oom:
+    jwt_req_free(r);
+    return sg_err_set(err, SG_ENOMEM, "out of memory");
+}
+
+/* Fails every queued JWT-SVID request (the agent is stopping). */
+static void jwt_queue_fail(sg_agent *a)
+{
+    jwt_req *r = a->jwt_head;
+    a->jwt_head = a->jwt_tail = NULL;
+    a->jwt_qn = 0;
+    for (jwt_req *x = r; x != NULL; x = x->next)
+        x->rc = sg_err_set(&x->err, SG_EUNAVAIL, "the agent is stopping");
+    jwt_reqs_answer(r);
+}
+
+static bool jwt_keep(void *ctx, const char *entry_id, int64_t revision)
+{
+    const sg_agent_entry *e = sg_cache_entry(ctx, entry_id);
+    return e != NULL && e->revision == revision;
+}
+
 static void after_sync(sg_agent *a, node_job *j)
 {
     if (sg_node_client_has_svid(a->nc))
@@ -388,6 +543,30 @@ static void after_sync(sg_agent *a, node_job *j)
     j->sync.nentries = 0;
     if (rc != 0)
         sg_log_error("cannot store entries: %s", e.msg);
+    /* JWT-SVIDs of entries that changed or went are never served again. */
+    size_t pruned = sg_jwt_cache_prune(a->jwt_cache, jwt_keep, a->cache);
+    if (pruned > 0)
+        sg_log_debug("dropped %zu cached JWT-SVID(s) of changed entries", pruned);
+    if (j->sync.bundle.has_jwt) {
+        sg_jwt_key *keys = j->sync.bundle.jwt;
+        size_t nkeys = j->sync.bundle.njwt;
+        j->sync.bundle.jwt = NULL;
+        j->sync.bundle.njwt = 0;
+        rc = sg_cache_set_jwt_keys(a->cache, keys, nkeys, &e);
+        if (rc != 0)
+            sg_log_error("cannot store the JWT authorities: %s", e.msg);
+    }
+    rc = sg_cache_set_federated(a->cache, j->sync.federated, j->sync.nfederated, &e);
+    j->sync.federated = NULL;
+    j->sync.nfederated = 0;
+    if (rc != 0)
+        sg_log_error("cannot store the federated bundles: %s", e.msg);
+    if (j->sync.ntainted_jwt > 0) {
+        size_t hit =
+            sg_jwt_cache_taint(a->jwt_cache, j->sync.tainted_jwt_kids, j->sync.ntainted_jwt);
+        if (hit > 0)
+            sg_log_warn("dropped %zu JWT-SVID(s) signed by a tainted JWT authority", hit);
+    }
     if (j->sync.bundle.n > 0) {
         rc = sg_cache_set_bundle(a->cache, &j->sync.bundle, &e);
         if (rc != 0)
@@ -467,13 +646,27 @@ static void node_after(uv_work_t *req, int status)
     status_refresh_svid(a);
     if (status != 0 && j->rc == 0)
         j->rc = sg_err_set(&j->err, SG_ECANCELLED, "node work cancelled");
-    if (!a->stopping) {
+    if (j->kind == JOB_JWT) {
+        /* Answered even when stopping: each request holds a workload call. */
+        if (status != 0)
+            for (jwt_req *r = j->jwt; r != NULL; r = r->next)
+                r->rc = sg_err_set(&r->err, SG_EUNAVAIL, "the call to the server was cancelled");
+        jwt_reqs_answer(j->jwt);
+        j->jwt = NULL;
+        /* A sync that was due while this ran found the node busy: run it now. */
+        if (!a->stopping && !uv_is_active((uv_handle_t *)&a->node_timer) && a->jwt_head == NULL)
+            schedule_node(a, 0);
+    } else if (!a->stopping) {
         if (j->kind == JOB_SYNC)
             after_sync(a, j);
         else
             after_mint(a, j);
     }
     job_free(j);
+    if (a->stopping)
+        jwt_queue_fail(a);
+    else if (a->job == NULL && a->jwt_head != NULL)
+        start_jwt_job(a);
 }
 
 static void on_node_timer(uv_timer_t *t)
@@ -623,6 +816,7 @@ static void on_sweep(uv_timer_t *t)
     size_t n = sg_peer_table_sweep(a->peers);
     if (n > 0)
         sg_log_debug("forgot %zu closed Workload API connection(s)", n);
+    sg_jwt_cache_expire(a->jwt_cache, now_s());
 }
 
 /* ------------------------------------------------------------ stop */
@@ -676,6 +870,7 @@ static void begin_stop(sg_agent *a, const char *why)
     uv_timer_stop(&a->sweep_timer);
     /* A node job may be blocked waiting for a pushed change. */
     sg_node_client_interrupt(a->nc);
+    jwt_queue_fail(a);
     uv_timer_stop(&a->accept_pause);
     if (a->lfd >= 0) {
         uv_close((uv_handle_t *)&a->lpoll, NULL);
@@ -736,6 +931,8 @@ int sg_agent_new(sg_agent **out, const sg_agent_config *cfg, const char *join_to
     int rc = configure_attestors(a, err);
     if (rc == 0)
         rc = sg_cache_new(&a->cache, cfg->trust_domain, err);
+    if (rc == 0)
+        rc = sg_jwt_cache_new(&a->jwt_cache, 0, err);
     if (rc == 0 && sg_peer_table_new(&a->peers) != 0)
         rc = sg_err_set(err, SG_ENOMEM, "agent: out of memory");
     if (rc == 0)
@@ -771,6 +968,9 @@ static int setup(sg_agent *a, sg_err *err)
         .attestors = a->attestors,
         .states = a->states,
         .nattestors = a->nattestors,
+        .jwt_cache = a->jwt_cache,
+        .mint_jwt = agent_mint_jwt,
+        .mint_ctx = a,
     };
     rc = sg_workload_api_new(&a->api, &deps, err);
     if (rc != 0)
@@ -862,6 +1062,7 @@ void sg_agent_free(sg_agent *a)
         a->attestors[i]->destroy(a->states[i]);
     sg_node_client_free(a->nc);
     sg_cache_free(a->cache);
+    sg_jwt_cache_free(a->jwt_cache);
     sg_peer_table_free(a->peers);
     free(a->q);
     free(a->spare);

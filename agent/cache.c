@@ -6,6 +6,8 @@
  */
 #include "agent/cache.h"
 
+#include "common/log.h"
+
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +23,27 @@ struct sg_cache_sub {
     bool dead;
 };
 
+/* A foreign bundle with the encodings the Workload API sends. */
+typedef struct fed_bundle {
+    sg_cache_federated pub;
+    sg_bundle b;
+    char name[SG_TRUST_DOMAIN_MAX + 16];
+    uint8_t *der;
+    char *jwks;
+    uint64_t gen; /* changes when its authorities change */
+} fed_bundle;
+
+#define EMPTY_JWKS "{\"keys\":[]}"
+
 struct sg_cache {
     char bundle_name[SG_TRUST_DOMAIN_MAX + 16];
+    sg_bundle own_jwt; /* the own trust domain's JWT keys (no X.509 part) */
+    char *own_jwks;    /* NULL: EMPTY_JWKS */
+    bool has_jwt;
+    uint64_t jwt_gen;
+    fed_bundle **fed; /* sorted by trust domain */
+    size_t nfed;
+    uint64_t fed_gen;
     sg_agent_entry *entries; /* sorted by id */
     sg_cache_svid **svids;   /* svids[i] belongs to entries[i]; NULL when none */
     int64_t *retry_at;       /* retry_at[i]: the server refused entries[i]; not due before */
@@ -48,6 +69,16 @@ static void svid_free(sg_cache_svid *s)
     free(s);
 }
 
+static void fed_free(fed_bundle *f)
+{
+    if (f == NULL)
+        return;
+    sg_bundle_cleanup(&f->b);
+    free(f->der);
+    free(f->jwks);
+    free(f);
+}
+
 int sg_cache_new(sg_cache **out, const char *trust_domain, sg_err *err)
 {
     sg_cache *c = calloc(1, sizeof(*c));
@@ -57,6 +88,11 @@ int sg_cache_new(sg_cache **out, const char *trust_domain, sg_err *err)
         (int)sizeof(c->bundle_name)) {
         free(c);
         return sg_err_set(err, SG_EINVAL, "trust domain \"%.64s...\" is too long", trust_domain);
+    }
+    c->own_jwt.trust_domain = strdup(trust_domain);
+    if (c->own_jwt.trust_domain == NULL) {
+        free(c);
+        return sg_err_set(err, SG_ENOMEM, "cache: out of memory");
     }
     *out = c;
     return 0;
@@ -74,6 +110,11 @@ void sg_cache_free(sg_cache *c)
     free(c->svids);
     free(c->retry_at);
     free(c->bundle);
+    sg_bundle_cleanup(&c->own_jwt);
+    free(c->own_jwks);
+    for (size_t i = 0; i < c->nfed; i++)
+        fed_free(c->fed[i]);
+    free(c->fed);
     sg_cache_sub *s = c->subs;
     while (s != NULL) {
         sg_cache_sub *next = s->next;
@@ -81,6 +122,11 @@ void sg_cache_free(sg_cache *c)
         s = next;
     }
     free(c);
+}
+
+static int entry_str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 static int entry_cmp(const void *a, const void *b)
@@ -323,6 +369,23 @@ int sg_cache_match(const sg_cache *c, const sg_selector_set *sels, int64_t now,
     return 0;
 }
 
+int sg_cache_match_entries(const sg_cache *c, const sg_selector_set *sels,
+                           const sg_agent_entry ***out, size_t *n)
+{
+    const sg_agent_entry **m = malloc((c->n ? c->n : 1) * sizeof(*m));
+    if (m == NULL)
+        return SG_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        const sg_agent_entry *e = &c->entries[i];
+        if (sg_selector_set_matches(sels, e->selectors, e->nselectors))
+            m[k++] = e;
+    }
+    *out = m;
+    *n = k;
+    return 0;
+}
+
 bool sg_cache_has_bundle(const sg_cache *c)
 {
     return c->has_bundle;
@@ -358,6 +421,251 @@ size_t sg_cache_nsubscribers(const sg_cache *c)
     return c->nsubs;
 }
 
+/* ------------------------------------------------------------ JWT keys, federation */
+
+static void jwt_keys_free(sg_jwt_key *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(keys[i].kid);
+        sg_der_cleanup(&keys[i].spki);
+    }
+    free(keys);
+}
+
+int sg_cache_set_jwt_keys(sg_cache *c, sg_jwt_key *keys, size_t n, sg_err *err)
+{
+    sg_bundle nb;
+    memset(&nb, 0, sizeof(nb));
+    nb.trust_domain = c->own_jwt.trust_domain;
+    nb.jwt = keys;
+    nb.njwt = n;
+    if (c->has_jwt && sg_bundle_same_keys(&nb, &c->own_jwt)) {
+        jwt_keys_free(keys, n);
+        return 0;
+    }
+    char *jwks = NULL;
+    int rc = sg_bundle_jwt_jwks(&nb, &jwks, err);
+    if (rc != 0) {
+        jwt_keys_free(keys, n);
+        return rc;
+    }
+    jwt_keys_free(c->own_jwt.jwt, c->own_jwt.njwt);
+    c->own_jwt.jwt = keys;
+    c->own_jwt.njwt = n;
+    free(c->own_jwks);
+    c->own_jwks = jwks;
+    c->has_jwt = true;
+    c->jwt_gen++;
+    return 0;
+}
+
+bool sg_cache_has_jwt_keys(const sg_cache *c)
+{
+    return c->has_jwt;
+}
+
+const char *sg_cache_jwt_jwks(const sg_cache *c, size_t *len)
+{
+    const char *j = c->own_jwks != NULL ? c->own_jwks : EMPTY_JWKS;
+    *len = strlen(j);
+    return j;
+}
+
+static long find_fed(fed_bundle *const *fed, size_t n, const char *td)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int r = strcmp(fed[mid]->b.trust_domain, td);
+        if (r == 0)
+            return (long)mid;
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+static int fed_cmp(const void *a, const void *b)
+{
+    const fed_bundle *x = *(fed_bundle *const *)a, *y = *(fed_bundle *const *)b;
+    return strcmp(x->b.trust_domain, y->b.trust_domain);
+}
+
+/* Wraps bundle b (taken) with its encodings. */
+static int fed_make(sg_bundle *b, fed_bundle **out, sg_err *err)
+{
+    fed_bundle *f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        sg_bundle_cleanup(b);
+        return sg_err_set(err, SG_ENOMEM, "cache: out of memory");
+    }
+    f->b = *b;
+    memset(b, 0, sizeof(*b));
+    snprintf(f->name, sizeof(f->name), "spiffe://%s", f->b.trust_domain);
+    size_t len = 0;
+    for (size_t i = 0; i < f->b.nx509; i++)
+        len += f->b.x509[i].len;
+    f->der = malloc(len ? len : 1);
+    if (f->der == NULL) {
+        fed_free(f);
+        return sg_err_set(err, SG_ENOMEM, "cache: out of memory");
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < f->b.nx509; i++) {
+        memcpy(f->der + off, f->b.x509[i].data, f->b.x509[i].len);
+        off += f->b.x509[i].len;
+    }
+    int rc = sg_bundle_jwt_jwks(&f->b, &f->jwks, err);
+    if (rc != 0) {
+        fed_free(f);
+        return rc;
+    }
+    f->pub.name = f->name;
+    f->pub.bundle = &f->b;
+    f->pub.der = f->der;
+    f->pub.der_len = len;
+    f->pub.jwks = f->jwks;
+    f->pub.jwks_len = strlen(f->jwks);
+    *out = f;
+    return 0;
+}
+
+int sg_cache_set_federated(sg_cache *c, sg_bundle *b, size_t n, sg_err *err)
+{
+    fed_bundle **nf = calloc(n ? n : 1, sizeof(*nf));
+    size_t k = 0;
+    int rc = 0;
+    if (nf == NULL) {
+        rc = sg_err_set(err, SG_ENOMEM, "cache: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i].trust_domain == NULL || b[i].trust_domain[0] == '\0' ||
+            strcmp(b[i].trust_domain, c->own_jwt.trust_domain) == 0) {
+            sg_log_warn("ignoring a federated bundle for trust domain \"%.100s\"",
+                        b[i].trust_domain ? b[i].trust_domain : "");
+            sg_bundle_cleanup(&b[i]);
+            continue;
+        }
+        sg_err e;
+        sg_err_clear(&e);
+        fed_bundle *f = NULL;
+        rc = fed_make(&b[i], &f, &e);
+        if (rc == SG_ENOMEM) {
+            sg_err_set(err, rc, "%s", e.msg);
+            goto done;
+        }
+        if (rc != 0) {
+            sg_log_warn("ignoring the federated bundle of %.100s: %s", b[i].trust_domain, e.msg);
+            rc = 0;
+            continue;
+        }
+        nf[k++] = f;
+    }
+    qsort(nf, k, sizeof(*nf), fed_cmp);
+    /* Duplicates: keep the first of each trust domain. */
+    size_t w = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (w > 0 && strcmp(nf[w - 1]->b.trust_domain, nf[i]->b.trust_domain) == 0) {
+            fed_free(nf[i]);
+            continue;
+        }
+        nf[w++] = nf[i];
+    }
+    k = w;
+    for (size_t i = 0; i < k; i++) {
+        long j = find_fed(c->fed, c->nfed, nf[i]->b.trust_domain);
+        if (j >= 0 && sg_bundle_same_keys(&c->fed[j]->b, &nf[i]->b))
+            nf[i]->gen = c->fed[j]->gen;
+        else
+            nf[i]->gen = ++c->fed_gen;
+    }
+    for (size_t i = 0; i < c->nfed; i++)
+        fed_free(c->fed[i]);
+    free(c->fed);
+    c->fed = nf;
+    c->nfed = k;
+    nf = NULL;
+    k = 0;
+done:
+    for (size_t i = 0; i < k; i++)
+        fed_free(nf[i]);
+    free(nf);
+    for (size_t i = 0; i < n; i++)
+        sg_bundle_cleanup(&b[i]);
+    free(b);
+    return rc;
+}
+
+const sg_cache_federated *sg_cache_federated_get(const sg_cache *c, const char *td)
+{
+    long j = find_fed(c->fed, c->nfed, td);
+    return j >= 0 ? &c->fed[j]->pub : NULL;
+}
+
+size_t sg_cache_nfederated(const sg_cache *c)
+{
+    return c->nfed;
+}
+
+const sg_bundle *sg_cache_jwt_bundle(const sg_cache *c, const char *td)
+{
+    if (td == NULL)
+        return NULL;
+    if (strcmp(td, c->own_jwt.trust_domain) == 0)
+        return c->has_jwt ? &c->own_jwt : NULL;
+    long j = find_fed(c->fed, c->nfed, td);
+    return j >= 0 ? &c->fed[j]->b : NULL;
+}
+
+int sg_cache_federates_of(const sg_cache *c, const sg_selector_set *sels, const char ***out,
+                          size_t *n)
+{
+    const char **tds = NULL;
+    size_t k = 0, cap = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        const sg_agent_entry *e = &c->entries[i];
+        if (e->nfederates == 0 || !sg_selector_set_matches(sels, e->selectors, e->nselectors))
+            continue;
+        for (size_t f = 0; f < e->nfederates; f++) {
+            bool dup = false;
+            for (size_t x = 0; x < k && !dup; x++)
+                dup = strcmp(tds[x], e->federates_with[f]) == 0;
+            if (dup)
+                continue;
+            if (k == cap) {
+                size_t ncap = cap ? cap * 2 : 8;
+                const char **nt = realloc(tds, ncap * sizeof(*nt));
+                if (nt == NULL) {
+                    free(tds);
+                    return SG_ENOMEM;
+                }
+                tds = nt;
+                cap = ncap;
+            }
+            tds[k++] = e->federates_with[f];
+        }
+    }
+    if (k > 1)
+        qsort(tds, k, sizeof(*tds), entry_str_cmp);
+    *out = tds;
+    *n = k;
+    return 0;
+}
+
+const char *sg_cache_trust_domain(const sg_cache *c)
+{
+    return c->own_jwt.trust_domain;
+}
+
+const sg_agent_entry *sg_cache_entry(const sg_cache *c, const char *id)
+{
+    long i = find_entry(c->entries, c->n, id);
+    return i >= 0 ? &c->entries[i] : NULL;
+}
+
 /* ------------------------------------------------------------ subscribers */
 
 static uint64_t fnv(uint64_t h, const void *data, size_t len)
@@ -375,13 +683,23 @@ static uint64_t view_of(const sg_cache *c, sg_cache_watch what, const sg_selecto
                         int64_t now)
 {
     uint64_t h = 14695981039346656037ULL;
-    h = fnv(h, &c->bundle_gen, sizeof(c->bundle_gen));
+    if (what == SG_CACHE_WATCH_JWT_BUNDLES)
+        h = fnv(h, &c->jwt_gen, sizeof(c->jwt_gen));
+    else
+        h = fnv(h, &c->bundle_gen, sizeof(c->bundle_gen));
     size_t matched = 0, usable = 0;
     for (size_t i = 0; i < c->n; i++) {
         const sg_agent_entry *e = &c->entries[i];
         if (!sg_selector_set_matches(sels, e->selectors, e->nselectors))
             continue;
         matched++;
+        /* Foreign bundles the caller federates with: added, changed or gone. */
+        for (size_t f = 0; f < e->nfederates; f++) {
+            long j = find_fed(c->fed, c->nfed, e->federates_with[f]);
+            uint64_t g = j >= 0 ? c->fed[j]->gen : 0;
+            h = fnv(h, e->federates_with[f], strlen(e->federates_with[f]) + 1);
+            h = fnv(h, &g, sizeof(g));
+        }
         const sg_cache_svid *s = c->svids[i];
         if (what != SG_CACHE_WATCH_SVIDS || !svid_usable(s, now))
             continue;

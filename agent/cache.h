@@ -8,6 +8,7 @@
 #define SG_AGENT_CACHE_H
 
 #include "agent/node_client.h"
+#include "common/bundle.h"
 #include "common/err.h"
 #include "common/selector.h"
 #include "common/x509.h"
@@ -100,6 +101,14 @@ int64_t sg_cache_next_due(const sg_cache *c);
 int sg_cache_match(const sg_cache *c, const sg_selector_set *sels, int64_t now,
                    sg_cache_identity **out, size_t *n, size_t *nentries);
 
+/*
+ * The entries matching sels, whether or not they hold an SVID, in id
+ * order. *out is malloc'd (free()), its pointers borrowed until the
+ * entries change.
+ */
+int sg_cache_match_entries(const sg_cache *c, const sg_selector_set *sels,
+                           const sg_agent_entry ***out, size_t *n);
+
 /* Whether a bundle has been stored. */
 bool sg_cache_has_bundle(const sg_cache *c);
 
@@ -109,16 +118,84 @@ const uint8_t *sg_cache_bundle_der(const sg_cache *c, size_t *len);
 /* "spiffe://<td>", the key of the bundle in Workload API maps (borrowed). */
 const char *sg_cache_bundle_name(const sg_cache *c);
 
+/* ------------------------------------------------------------ JWT keys, federation */
+
+/*
+ * Replaces the JWT signing keys of the agent's own trust domain. Takes
+ * keys[0..n) (a malloc'd array, or NULL when n == 0, with heap-owned
+ * members), also on error. Same kids and keys: no change.
+ */
+int sg_cache_set_jwt_keys(sg_cache *c, sg_jwt_key *keys, size_t n, sg_err *err);
+
+/* Whether the own trust domain's JWT keys have been stored (possibly none). */
+bool sg_cache_has_jwt_keys(const sg_cache *c);
+
+/*
+ * The JWKS (jwt-svid keys only, as FetchJWTBundles sends it) of the own
+ * trust domain, borrowed; "{"keys":[]}" before any key is known.
+ */
+const char *sg_cache_jwt_jwks(const sg_cache *c, size_t *len);
+
+/*
+ * Replaces the bundles of foreign trust domains. Takes b[0..n) (a malloc'd
+ * array, or NULL, and every member), also on error. A bundle whose
+ * authorities did not change keeps its place for subscribers (no new
+ * message); a new, changed or removed one notifies those that federate
+ * with its trust domain on the next flush.
+ */
+int sg_cache_set_federated(sg_cache *c, sg_bundle *b, size_t n, sg_err *err);
+
+/* A foreign trust domain's bundle in the forms the Workload API sends. Borrowed. */
+typedef struct sg_cache_federated {
+    const char *name; /* "spiffe://<td>" */
+    const sg_bundle *bundle;
+    const uint8_t *der; /* X.509 authorities, concatenated DER (may be empty) */
+    size_t der_len;
+    const char *jwks; /* jwt-svid keys as a JWKS */
+    size_t jwks_len;
+} sg_cache_federated;
+
+/* The bundle of foreign trust domain td (name without "spiffe://"), or NULL. */
+const sg_cache_federated *sg_cache_federated_get(const sg_cache *c, const char *td);
+
+/* How many foreign bundles are held. */
+size_t sg_cache_nfederated(const sg_cache *c);
+
+/*
+ * The bundle used to check a JWT-SVID of trust domain td (no "spiffe://"):
+ * the own trust domain's (JWT keys only) or a foreign one the agent
+ * holds; NULL otherwise. Borrowed until the cache next changes.
+ */
+const sg_bundle *sg_cache_jwt_bundle(const sg_cache *c, const char *td);
+
+/*
+ * The distinct foreign trust domains (names without "spiffe://", sorted)
+ * that the entries matching sels federate with. *out is malloc'd (free()),
+ * the strings borrowed until the entries change.
+ */
+int sg_cache_federates_of(const sg_cache *c, const sg_selector_set *sels, const char ***out,
+                          size_t *n);
+
+/* The own trust domain name, without "spiffe://" (borrowed). */
+const char *sg_cache_trust_domain(const sg_cache *c);
+
+/* The entry with id, or NULL (borrowed until the entries change). */
+const sg_agent_entry *sg_cache_entry(const sg_cache *c, const char *id);
+
 size_t sg_cache_nentries(const sg_cache *c);
 size_t sg_cache_nsvids(const sg_cache *c);
 size_t sg_cache_nsubscribers(const sg_cache *c);
 
 /* ------------------------------------------------------------ subscribers */
 
-/* What a subscriber watches: its identities (and the bundle), or only the bundle. */
+/*
+ * What a subscriber watches: its identities (and the bundles), only the
+ * X.509 bundles, or only the JWT bundles (own and federated).
+ */
 typedef enum sg_cache_watch {
     SG_CACHE_WATCH_SVIDS,
     SG_CACHE_WATCH_BUNDLES,
+    SG_CACHE_WATCH_JWT_BUNDLES,
 } sg_cache_watch;
 
 /* Called from sg_cache_flush when the subscriber's view changed. May unsubscribe. */

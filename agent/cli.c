@@ -35,6 +35,10 @@
 #define CLI_DEFAULT_SOCKET    "/tmp/spire-agent/public/api.sock"
 #define CLI_DEFAULT_TIMEOUT   5000
 #define CLI_FETCH_X509_PATH   "/SpiffeWorkloadAPI/FetchX509SVID"
+#define CLI_FETCH_JWT_PATH    "/SpiffeWorkloadAPI/FetchJWTSVID"
+#define CLI_JWT_BUNDLES_PATH  "/SpiffeWorkloadAPI/FetchJWTBundles"
+#define CLI_VALIDATE_JWT_PATH "/SpiffeWorkloadAPI/ValidateJWTSVID"
+#define CLI_MAX_AUDIENCES     32
 #define CLI_HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
 #define CLI_STATUS_GET_PATH   "/sigil.agent.v1.AgentStatus/Get"
 /* api watch: how often the stream wait checks for SIGINT/SIGTERM, and the
@@ -48,6 +52,12 @@ typedef struct cli_opts {
     const char *write_dir;
     const char *timeout;
     const char *output;
+    const char *spiffe_id;
+    const char *svid;
+    const char *aud[CLI_MAX_AUDIENCES]; /* -audience, repeated or comma-separated */
+    size_t naud;
+    char *aud_buf[CLI_MAX_AUDIENCES]; /* copies split at commas (freed by main) */
+    size_t naud_buf;
     bool silent;
     bool shallow;
     bool verbose;
@@ -64,11 +74,16 @@ enum {
     F_OUTPUT = 1 << 4,
     F_SHALLOW = 1 << 5,
     F_VERBOSE = 1 << 6,
+    F_AUDIENCE = 1 << 7,
+    F_SPIFFEID = 1 << 8,
+    F_SVID = 1 << 9,
 };
 
 static int cmd_fetch_x509(const cli_opts *o);
 static int cmd_watch(const cli_opts *o);
 static int cmd_healthcheck(const cli_opts *o);
+static int cmd_fetch_jwt(const cli_opts *o);
+static int cmd_validate_jwt(const cli_opts *o);
 
 static const struct cli_command {
     const char *words[3];
@@ -83,6 +98,19 @@ static const struct cli_command {
      cmd_fetch_x509,
      F_SOCKET | F_WRITE | F_TIMEOUT | F_SILENT | F_OUTPUT,
      "api fetch x509 [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]",
+     false},
+    {{"api", "fetch", "jwt"},
+     3,
+     cmd_fetch_jwt,
+     F_SOCKET | F_TIMEOUT | F_OUTPUT | F_AUDIENCE | F_SPIFFEID,
+     "api fetch jwt -audience A [-audience B] [-spiffeID ID] [-socketPath P] [-timeout D] "
+     "[-output json]",
+     false},
+    {{"api", "validate", "jwt"},
+     3,
+     cmd_validate_jwt,
+     F_SOCKET | F_TIMEOUT | F_OUTPUT | F_AUDIENCE | F_SVID,
+     "api validate jwt -audience A -svid TOKEN [-socketPath P] [-timeout D] [-output json]",
      false},
     {{"api", "fetch", NULL},
      2,
@@ -117,7 +145,36 @@ static const struct cli_flag {
     {"silent", F_SILENT, true, offsetof(cli_opts, silent)},
     {"shallow", F_SHALLOW, true, offsetof(cli_opts, shallow)},
     {"verbose", F_VERBOSE, true, offsetof(cli_opts, verbose)},
+    {"audience", F_AUDIENCE, false, 0}, /* collected in aud[] */
+    {"spiffeID", F_SPIFFEID, false, offsetof(cli_opts, spiffe_id)},
+    {"svid", F_SVID, false, offsetof(cli_opts, svid)},
 };
+
+/* -audience: each use adds one or more (comma-separated, as spire-agent) audiences. */
+static int add_audience(cli_opts *o, const char *val)
+{
+    const char *p = val;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        if (len > 0) {
+            if (o->naud == CLI_MAX_AUDIENCES) {
+                fprintf(stderr, "too many audiences (at most %d)\n", CLI_MAX_AUDIENCES);
+                return -1;
+            }
+            char *a = strndup(p, len);
+            if (a == NULL) {
+                fprintf(stderr, "out of memory\n");
+                return -1;
+            }
+            o->aud_buf[o->naud_buf++] = a;
+            o->aud[o->naud++] = a;
+        }
+        if (comma == NULL)
+            return 0;
+        p = comma + 1;
+    }
+}
 
 static void usage(FILE *f)
 {
@@ -170,6 +227,11 @@ static int parse_flags(int argc, char **argv, unsigned allowed, cli_opts *o)
                 return -1;
             }
             val = argv[++i];
+        }
+        if (fl->bit == F_AUDIENCE) {
+            if (add_audience(o, val) < 0)
+                return -1;
+            continue;
         }
         *(const char **)((char *)o + fl->off) = val;
     }
@@ -501,6 +563,61 @@ static int write_svid_files(const char *dir, size_t i, const char *chain_pem, co
     return rc;
 }
 
+static int fed_key_cmp(const void *a, const void *b)
+{
+    const X509SVIDResponse__FederatedBundlesEntry *x =
+        *(X509SVIDResponse__FederatedBundlesEntry *const *)a;
+    const X509SVIDResponse__FederatedBundlesEntry *y =
+        *(X509SVIDResponse__FederatedBundlesEntry *const *)b;
+    return strcmp(x->key ? x->key : "", y->key ? y->key : "");
+}
+
+/*
+ * The federated bundles next to SVID #i, as spire-agent names them:
+ * federated_bundle.<j>.<i>.pem, j counting the trust domains (in key order).
+ */
+static int write_federated_files(const char *dir, size_t i, const X509SVIDResponse *resp,
+                                 bool silent, sg_err *err)
+{
+    size_t n = resp->n_federated_bundles;
+    if (n == 0)
+        return 0;
+    X509SVIDResponse__FederatedBundlesEntry **sorted = calloc(n, sizeof(*sorted));
+    if (sorted == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    memcpy(sorted, resp->federated_bundles, n * sizeof(*sorted));
+    qsort(sorted, n, sizeof(*sorted), fed_key_cmp);
+    int rc = 0;
+    for (size_t j = 0; j < n && rc == 0; j++) {
+        const X509SVIDResponse__FederatedBundlesEntry *fb = sorted[j];
+        char *pem = NULL;
+        STACK_OF(X509) *certs = NULL;
+        rc = der_chain_to_pem(&fb->value, &pem, &certs, err);
+        if (rc < 0) {
+            sg_err_set(err, rc, "federated bundle for %.100s is malformed: %.120s",
+                       fb->key ? fb->key : "", err->msg);
+            break;
+        }
+        sk_X509_pop_free(certs, X509_free);
+        char name[80];
+        snprintf(name, sizeof(name), "federated_bundle.%zu.%zu.pem", j, i);
+        char *path = sg_fs_join(dir, name);
+        if (path == NULL) {
+            free(pem);
+            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+            break;
+        }
+        if (!silent)
+            printf("Writing federated bundle #%zu for trust domain %s to file %s.\n", i,
+                   fb->key ? fb->key : "", path);
+        rc = write_pem_file(path, pem, 0644, err);
+        free(path);
+        free(pem);
+    }
+    free(sorted);
+    return rc;
+}
+
 /* -output: json, or pretty (the default). */
 static int parse_output(const cli_opts *o, bool *json)
 {
@@ -555,6 +672,12 @@ static int show_response(const cli_opts *o, const X509SVIDResponse *resp, double
             if (o->write_dir != NULL && write_svid_files(o->write_dir, i, chain_pem, key_pem,
                                                          bundle_pem, o->silent || json, &err) < 0) {
                 fprintf(stderr, "cannot write SVID #%zu: %s\n", i, err.msg);
+                ret = 1;
+            }
+            if (ret == 0 && o->write_dir != NULL &&
+                write_federated_files(o->write_dir, i, resp, o->silent || json, &err) < 0) {
+                fprintf(stderr, "cannot write the federated bundles of SVID #%zu: %s\n", i,
+                        err.msg);
                 ret = 1;
             }
         }
@@ -703,6 +826,269 @@ static int cmd_watch(const cli_opts *o)
         backoff_ms =
             backoff_ms * 2 > CLI_WATCH_BACKOFF_MAX_MS ? CLI_WATCH_BACKOFF_MAX_MS : backoff_ms * 2;
     }
+}
+
+/* ------------------------------------------------------------ JWT */
+
+static const sg_rpc_md workload_md[] = {{"workload.spiffe.io", "true"}};
+
+/* -timeout (default 5 s). */
+static int parse_timeout(const cli_opts *o, int64_t *ms)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    *ms = CLI_DEFAULT_TIMEOUT;
+    if (o->timeout == NULL)
+        return 0;
+    if (sg_parse_duration_ms(o->timeout, ms, &err) < 0 || *ms <= 0) {
+        fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
+                err.msg[0] ? err.msg : "must be positive");
+        return -1;
+    }
+    return 0;
+}
+
+static grpc_channel *workload_channel(const char *target)
+{
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    return ch;
+}
+
+/* The first message of FetchJWTBundles. */
+static int fetch_jwt_bundles(grpc_channel *ch, int64_t timeout_ms, JWTBundlesResponse **out,
+                             sg_rpc_status *status, sg_err *err)
+{
+    JWTBundlesRequest req = JWTBUNDLES_REQUEST__INIT;
+    sg_rpc_stream *st = NULL;
+    ProtobufCMessage *msg = NULL;
+    int rc = sg_rpc_stream_open(ch, CLI_JWT_BUNDLES_PATH, &req.base, false, workload_md, 1,
+                                timeout_ms, &st, err);
+    if (rc < 0) {
+        status->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(status->details, sizeof(status->details), "%s", err->msg);
+        return rc;
+    }
+    rc = sg_rpc_stream_next(st, &jwtbundles_response__descriptor, 0, &msg, status, err);
+    sg_rpc_stream_free(st);
+    if (rc == 0) {
+        status->code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(status->details, sizeof(status->details),
+                 "the agent ended the stream without a response");
+        return sg_err_set(err, SG_EUNAVAIL, "%s", status->details);
+    }
+    if (rc < 0)
+        return rc;
+    *out = (JWTBundlesResponse *)msg;
+    return 0;
+}
+
+static int bundle_key_cmp(const void *a, const void *b)
+{
+    const JWTBundlesResponse__BundlesEntry *x = *(JWTBundlesResponse__BundlesEntry *const *)a;
+    const JWTBundlesResponse__BundlesEntry *y = *(JWTBundlesResponse__BundlesEntry *const *)b;
+    return strcmp(x->key ? x->key : "", y->key ? y->key : "");
+}
+
+/* spire-agent's -output json: [JWTSVIDResponse, JWTBundlesResponse] as protojson. */
+static int print_jwt_json(const JWTSVIDResponse *sv, const JWTBundlesResponse *b)
+{
+    json_t *arr = json_array();
+    json_t *o1 = json_object();
+    json_t *svids = json_array();
+    for (size_t i = 0; i < sv->n_svids; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "spiffe_id", json_string(sv->svids[i]->spiffe_id));
+        json_object_set_new(o, "svid", json_string(sv->svids[i]->svid));
+        if (sv->svids[i]->hint != NULL && sv->svids[i]->hint[0] != '\0')
+            json_object_set_new(o, "hint", json_string(sv->svids[i]->hint));
+        json_array_append_new(svids, o);
+    }
+    json_object_set_new(o1, "svids", svids);
+    json_array_append_new(arr, o1);
+    json_t *o2 = json_object();
+    json_t *bundles = json_object();
+    for (size_t i = 0; i < b->n_bundles; i++)
+        json_object_set_new(bundles, b->bundles[i]->key ? b->bundles[i]->key : "",
+                            b64_json(&b->bundles[i]->value));
+    json_object_set_new(o2, "bundles", bundles);
+    json_array_append_new(arr, o2);
+    char *text = json_dumps(arr, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(arr);
+    if (text == NULL)
+        return -1;
+    printf("%s\n", text);
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+    return 0;
+}
+
+/*
+ * api fetch jwt: the caller's JWT-SVIDs for the audience, then the JWT
+ * bundles, printed as spire-agent does ("token(<id>):" and
+ * "bundle(<td>):" blocks, or -output json).
+ */
+static int cmd_fetch_jwt(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    int64_t timeout_ms;
+    bool json;
+    if (parse_output(o, &json) < 0 || parse_timeout(o, &timeout_ms) < 0)
+        return 1;
+    if (o->naud == 0) {
+        fprintf(stderr, "audience must be specified (-audience)\n");
+        return 1;
+    }
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    grpc_channel *ch = workload_channel(target);
+    if (ch == NULL) {
+        fprintf(stderr, "cannot create a channel to %s\n", target);
+        return 1;
+    }
+    JWTSVIDRequest req = JWTSVIDREQUEST__INIT;
+    req.n_audience = o->naud;
+    req.audience = (char **)o->aud;
+    if (o->spiffe_id != NULL)
+        req.spiffe_id = (char *)o->spiffe_id;
+    ProtobufCMessage *msg = NULL;
+    JWTBundlesResponse *bundles = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    int ret = 1;
+    if (sg_rpc_unary(ch, CLI_FETCH_JWT_PATH, &req.base, &jwtsvidresponse__descriptor, workload_md,
+                     1, timeout_ms, &msg, &status, &err) < 0) {
+        print_rpc_error(&status, &err);
+        goto done;
+    }
+    memset(&status, 0, sizeof(status));
+    if (fetch_jwt_bundles(ch, timeout_ms, &bundles, &status, &err) < 0) {
+        print_rpc_error(&status, &err);
+        goto done;
+    }
+    const JWTSVIDResponse *sv = (const JWTSVIDResponse *)msg;
+    if (json) {
+        ret = print_jwt_json(sv, bundles) < 0 ? 1 : 0;
+        goto done;
+    }
+    for (size_t i = 0; i < sv->n_svids; i++)
+        printf("token(%s):\n\t%s\n\n", sv->svids[i]->spiffe_id, sv->svids[i]->svid);
+    qsort(bundles->bundles, bundles->n_bundles, sizeof(*bundles->bundles), bundle_key_cmp);
+    for (size_t i = 0; i < bundles->n_bundles; i++)
+        printf("bundle(%s):\n\t%.*s\n\n", bundles->bundles[i]->key,
+               (int)bundles->bundles[i]->value.len, (const char *)bundles->bundles[i]->value.data);
+    ret = 0;
+done:
+    if (msg != NULL)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    if (bundles != NULL)
+        jwtbundles_response__free_unpacked(bundles, NULL);
+    grpc_channel_destroy(ch);
+    return ret;
+}
+
+static json_t *value_to_json(const Google__Protobuf__Value *v, int depth);
+
+static json_t *struct_to_json(const Google__Protobuf__Struct *s, int depth)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; s != NULL && i < s->n_fields && depth < 64; i++)
+        if (s->fields[i]->key != NULL)
+            json_object_set_new(o, s->fields[i]->key,
+                                value_to_json(s->fields[i]->value, depth + 1));
+    return o;
+}
+
+static json_t *value_to_json(const Google__Protobuf__Value *v, int depth)
+{
+    if (v == NULL || depth > 64)
+        return json_null();
+    switch (v->kind_case) {
+    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: {
+        double d = v->number_value;
+        if (d == (double)(json_int_t)d && d > -9007199254740992.0 && d < 9007199254740992.0)
+            return json_integer((json_int_t)d);
+        return json_real(d);
+    }
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+        return json_string(v->string_value ? v->string_value : "");
+    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+        return json_boolean(v->bool_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+        return struct_to_json(v->struct_value, depth + 1);
+    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: {
+        json_t *a = json_array();
+        for (size_t i = 0; v->list_value != NULL && i < v->list_value->n_values; i++)
+            json_array_append_new(a, value_to_json(v->list_value->values[i], depth + 1));
+        return a;
+    }
+    default:
+        return json_null();
+    }
+}
+
+/* api validate jwt: "SVID is valid." with the SPIFFE ID and claims, as spire-agent. */
+static int cmd_validate_jwt(const cli_opts *o)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    char target[256];
+    int64_t timeout_ms;
+    bool json;
+    if (parse_output(o, &json) < 0 || parse_timeout(o, &timeout_ms) < 0)
+        return 1;
+    if (o->naud != 1) {
+        fprintf(stderr, o->naud == 0 ? "audience must be specified (-audience)\n"
+                                     : "validate takes exactly one audience\n");
+        return 1;
+    }
+    if (o->svid == NULL || o->svid[0] == '\0') {
+        fprintf(stderr, "svid must be specified (-svid)\n");
+        return 1;
+    }
+    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    grpc_channel *ch = workload_channel(target);
+    if (ch == NULL) {
+        fprintf(stderr, "cannot create a channel to %s\n", target);
+        return 1;
+    }
+    ValidateJWTSVIDRequest req = VALIDATE_JWTSVIDREQUEST__INIT;
+    req.audience = (char *)o->aud[0];
+    req.svid = (char *)o->svid;
+    ProtobufCMessage *msg = NULL;
+    sg_rpc_status status;
+    memset(&status, 0, sizeof(status));
+    int ret = 1;
+    if (sg_rpc_unary(ch, CLI_VALIDATE_JWT_PATH, &req.base, &validate_jwtsvidresponse__descriptor,
+                     workload_md, 1, timeout_ms, &msg, &status, &err) < 0) {
+        print_rpc_error(&status, &err);
+        goto done;
+    }
+    const ValidateJWTSVIDResponse *r = (const ValidateJWTSVIDResponse *)msg;
+    json_t *claims = struct_to_json(r->claims, 0);
+    char *text = json_dumps(claims, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(claims);
+    if (text == NULL)
+        goto done;
+    if (json)
+        printf("{\"spiffe_id\":\"%s\",\"claims\":%s}\n", r->spiffe_id, text);
+    else
+        printf("SVID is valid.\nSPIFFE ID : %s\nClaims    : %s\n", r->spiffe_id, text);
+    free(text);
+    ret = 0;
+done:
+    if (msg != NULL)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    grpc_channel_destroy(ch);
+    return ret;
 }
 
 /*
@@ -880,6 +1266,8 @@ int sg_agent_cli_main(int argc, char **argv)
     cli_opts o;
     memset(&o, 0, sizeof(o));
     if (parse_flags(argc - 1 - (int)cmd->nwords, argv + 1 + cmd->nwords, cmd->flags, &o) < 0) {
+        for (size_t i = 0; i < o.naud_buf; i++)
+            free(o.aud_buf[i]);
         fprintf(stderr, "Usage: sigil-agent %s\n", cmd->usage);
         return 1;
     }
@@ -894,5 +1282,7 @@ int sg_agent_cli_main(int argc, char **argv)
     grpc_init();
     int rc = cmd->fn(&o);
     grpc_shutdown_blocking();
+    for (size_t i = 0; i < o.naud_buf; i++)
+        free(o.aud_buf[i]);
     return rc;
 }

@@ -2,6 +2,8 @@
  * sigil-agent's client subcommands, shaped like spire-agent's:
  *   api fetch x509 [-socketPath P] [-write DIR] [-timeout D] [-silent] [-output json]
  *   api fetch      (same as api fetch x509)
+ *   api fetch jwt -audience A [-audience B] [-spiffeID ID] [-socketPath P] [-output json]
+ *   api validate jwt -audience A -svid TOKEN [-socketPath P]
  *   healthcheck [-socketPath P] [-shallow] [-verbose]
  */
 #ifndef SG_AGENT_CLI_H

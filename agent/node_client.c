@@ -18,6 +18,7 @@
 #include "sigil/node/v1/node.pb-c.h"
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
@@ -27,10 +28,11 @@
 #include <string.h>
 #include <time.h>
 
-#define NODE_PATH_ATTEST "/sigil.node.v1.Node/AttestAgent"
-#define NODE_PATH_RENEW  "/sigil.node.v1.Node/RenewAgent"
-#define NODE_PATH_SYNC   "/sigil.node.v1.Node/Sync"
-#define NODE_PATH_MINT   "/sigil.node.v1.Node/MintX509SVIDs"
+#define NODE_PATH_ATTEST   "/sigil.node.v1.Node/AttestAgent"
+#define NODE_PATH_RENEW    "/sigil.node.v1.Node/RenewAgent"
+#define NODE_PATH_SYNC     "/sigil.node.v1.Node/Sync"
+#define NODE_PATH_MINT     "/sigil.node.v1.Node/MintX509SVIDs"
+#define NODE_PATH_MINT_JWT "/sigil.node.v1.Node/MintJWTSVID"
 
 #define NODE_CALL_TIMEOUT_MS   30000
 #define NODE_ATTEST_TIMEOUT_MS 60000
@@ -38,6 +40,10 @@
 #define NODE_MAX_CHALLENGES    16
 #define NODE_MAX_RECV          (64 * 1024 * 1024)
 #define NODE_MAX_BUNDLE_FILE   (4 * 1024 * 1024)
+#define NODE_MAX_JWT_KEYS      64   /* JWT authorities per bundle */
+#define NODE_MAX_FEDERATED     1024 /* foreign bundles per Sync message */
+#define NODE_MAX_FEDERATES     256  /* federates_with per entry */
+#define NODE_MAX_JWT_TOKEN     16384
 /* When a server ends each Sync stream after one message (no push), reopen
  * at this pace: the agent then polls as SPIRE agents do. */
 #define NODE_SYNC_POLL_MS 5000
@@ -83,6 +89,9 @@ void sg_agent_entry_cleanup(sg_agent_entry *e)
         free(e->dns_names[i]);
     free(e->dns_names);
     free(e->hint);
+    for (size_t i = 0; i < e->nfederates; i++)
+        free(e->federates_with[i]);
+    free(e->federates_with);
     memset(e, 0, sizeof(*e));
 }
 
@@ -98,6 +107,11 @@ void sg_agent_bundle_cleanup(sg_agent_bundle *b)
     if (b == NULL)
         return;
     der_array_free(b->certs, b->n);
+    for (size_t i = 0; i < b->njwt; i++) {
+        free(b->jwt[i].kid);
+        sg_der_cleanup(&b->jwt[i].spki);
+    }
+    free(b->jwt);
     memset(b, 0, sizeof(*b));
 }
 
@@ -112,6 +126,12 @@ void sg_sync_result_cleanup(sg_sync_result *r)
     for (size_t i = 0; i < r->ntainted; i++)
         free(r->tainted_ids[i]);
     free(r->tainted_ids);
+    for (size_t i = 0; i < r->nfederated; i++)
+        sg_bundle_cleanup(&r->federated[i]);
+    free(r->federated);
+    for (size_t i = 0; i < r->ntainted_jwt; i++)
+        free(r->tainted_jwt_kids[i]);
+    free(r->tainted_jwt_kids);
     memset(r, 0, sizeof(*r));
 }
 
@@ -121,6 +141,18 @@ void sg_mint_result_cleanup(sg_mint_result *r)
         return;
     der_array_free(r->chain, r->nchain);
     memset(r, 0, sizeof(*r));
+}
+
+void sg_node_jwt_svid_cleanup(sg_node_jwt_svid *s)
+{
+    if (s == NULL)
+        return;
+    free(s->spiffe_id);
+    if (s->token != NULL)
+        OPENSSL_cleanse(s->token, strlen(s->token));
+    free(s->token);
+    free(s->kid);
+    memset(s, 0, sizeof(*s));
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -903,6 +935,109 @@ int sg_node_client_ensure_svid(sg_node_client *c, const char *join_token, sg_err
 
 /* ------------------------------------------------------------ sync */
 
+/* Copies the JWT authorities of a Bundle message into keys[0..n). */
+static int jwt_keys_from_pb(Sigil__Node__V1__JWTKey *const *src, size_t n, sg_jwt_key **out,
+                            size_t *nout, sg_err *err)
+{
+    if (n > NODE_MAX_JWT_KEYS)
+        return sg_err_set(err, SG_EPROTO, "server sent a bundle with %zu JWT authorities", n);
+    sg_jwt_key *k = calloc(n ? n : 1, sizeof(*k));
+    if (k == NULL)
+        return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+    size_t got = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Sigil__Node__V1__JWTKey *pk = src[i];
+        if (pk == NULL || pk->kid == NULL || pk->kid[0] == '\0' || strlen(pk->kid) > 256 ||
+            pk->public_key.len == 0 || pk->public_key.len > SG_X509_MAX_DER) {
+            rc =
+                sg_err_set(err, SG_EPROTO, "server sent JWT authority %zu without a kid or key", i);
+            goto fail;
+        }
+        k[got].kid = strdup(pk->kid);
+        k[got].spki.data = malloc(pk->public_key.len);
+        if (k[got].kid == NULL || k[got].spki.data == NULL) {
+            free(k[got].kid);
+            free(k[got].spki.data);
+            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+            goto fail;
+        }
+        memcpy(k[got].spki.data, pk->public_key.data, pk->public_key.len);
+        k[got].spki.len = pk->public_key.len;
+        k[got].expires_at = pk->expires_at;
+        got++;
+    }
+    *out = k;
+    *nout = got;
+    return 0;
+fail:
+    for (size_t i = 0; i < got; i++) {
+        free(k[i].kid);
+        sg_der_cleanup(&k[i].spki);
+    }
+    free(k);
+    return rc;
+}
+
+/* A foreign trust domain's bundle from a Sync message, as an sg_bundle. */
+static int federated_from_pb(const Sigil__Node__V1__Bundle *pb, sg_bundle *out, sg_err *err)
+{
+    sg_bundle b;
+    memset(&b, 0, sizeof(b));
+    char td[SG_TRUST_DOMAIN_MAX + 1];
+    sg_err te;
+    sg_err_clear(&te);
+    if (pb == NULL || sg_trust_domain_parse(pb->trust_domain ? pb->trust_domain : "", td, &te) < 0)
+        return sg_err_set(err, SG_EPROTO,
+                          "server sent a federated bundle with a bad trust domain%s%s",
+                          pb != NULL ? ": " : "", pb != NULL ? te.msg : "");
+    int rc = 0;
+    b.trust_domain = strdup(td);
+    if (b.trust_domain == NULL) {
+        rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+        goto fail;
+    }
+    if (pb->n_x509_authorities > 0) {
+        rc = der_array_from_pb(pb->x509_authorities, pb->n_x509_authorities, &b.x509, err);
+        if (rc < 0)
+            goto fail;
+        b.nx509 = pb->n_x509_authorities;
+    }
+    rc = jwt_keys_from_pb(pb->jwt_authorities, pb->n_jwt_authorities, &b.jwt, &b.njwt, err);
+    if (rc < 0)
+        goto fail;
+    b.sequence = pb->sequence;
+    b.refresh_hint = pb->refresh_hint;
+    *out = b;
+    return 0;
+fail:
+    sg_bundle_cleanup(&b);
+    return rc;
+}
+
+/* Copies a list of strings from a message (at most max of them). */
+static int strings_from_pb(char *const *src, size_t n, size_t max, char ***out, size_t *nout,
+                           sg_err *err)
+{
+    if (n > max)
+        return sg_err_set(err, SG_EPROTO, "server sent %zu ids (at most %zu)", n, max);
+    char **a = calloc(n ? n : 1, sizeof(*a));
+    if (a == NULL)
+        return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        a[i] = strdup(src[i] != NULL ? src[i] : "");
+        if (a[i] == NULL) {
+            for (size_t k = 0; k < i; k++)
+                free(a[k]);
+            free(a);
+            return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+        }
+    }
+    *out = a;
+    *nout = n;
+    return 0;
+}
+
 static int convert_entry(const Sigil__Node__V1__Entry *pb, sg_agent_entry *out, sg_err *err)
 {
     sg_agent_entry e;
@@ -939,7 +1074,37 @@ static int convert_entry(const Sigil__Node__V1__Entry *pb, sg_agent_entry *out, 
         }
         e.ndns++;
     }
+    if (pb->n_federates_with > NODE_MAX_FEDERATES) {
+        rc = sg_err_set(err, SG_EPROTO, "entry %.100s federates with %zu trust domains", pb->id,
+                        pb->n_federates_with);
+        goto fail;
+    }
+    if (pb->n_federates_with > 0) {
+        e.federates_with = calloc(pb->n_federates_with, sizeof(*e.federates_with));
+        if (e.federates_with == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < pb->n_federates_with; i++) {
+        char td[SG_TRUST_DOMAIN_MAX + 1];
+        sg_err te;
+        sg_err_clear(&te);
+        const char *raw = pb->federates_with[i] != NULL ? pb->federates_with[i] : "";
+        if (sg_trust_domain_parse(raw, td, &te) < 0) {
+            rc = sg_err_set(err, SG_EPROTO, "entry %.100s federates with a bad trust domain: %s",
+                            pb->id, te.msg);
+            goto fail;
+        }
+        e.federates_with[i] = strdup(td);
+        if (e.federates_with[i] == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+            goto fail;
+        }
+        e.nfederates++;
+    }
     e.x509_svid_ttl = pb->x509_svid_ttl;
+    e.jwt_svid_ttl = pb->jwt_svid_ttl;
     e.revision = pb->revision;
     *out = e;
     return 0;
@@ -1100,6 +1265,11 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
             goto done;
         r.bundle.n = resp->bundle->n_x509_authorities;
         r.bundle.sequence = resp->bundle->sequence;
+        rc = jwt_keys_from_pb(resp->bundle->jwt_authorities, resp->bundle->n_jwt_authorities,
+                              &r.bundle.jwt, &r.bundle.njwt, err);
+        if (rc < 0)
+            goto done;
+        r.bundle.has_jwt = true;
         if (!bundle_equals(&c->bundle, r.bundle.certs, r.bundle.n)) {
             /* CA rotation: trust the new authorities for the next handshakes. */
             rc = set_bundle(c, r.bundle.certs, r.bundle.n, r.bundle.sequence, err);
@@ -1117,6 +1287,37 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
         r.bundle.n = c->bundle.n;
         r.bundle.sequence = c->bundle.sequence;
     }
+    if (resp->n_federated_bundles > NODE_MAX_FEDERATED) {
+        rc = sg_err_set(err, SG_EPROTO, "server sent %zu federated bundles",
+                        resp->n_federated_bundles);
+        goto done;
+    }
+    if (resp->n_federated_bundles > 0) {
+        r.federated = calloc(resp->n_federated_bundles, sizeof(*r.federated));
+        if (r.federated == NULL) {
+            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+            goto done;
+        }
+    }
+    for (size_t i = 0; i < resp->n_federated_bundles; i++) {
+        sg_err e;
+        sg_err_clear(&e);
+        int frc = federated_from_pb(resp->federated_bundles[i], &r.federated[r.nfederated], &e);
+        if (frc == SG_ENOMEM) {
+            rc = sg_err_set(err, frc, "%s", e.msg);
+            goto done;
+        }
+        /* A malformed foreign bundle must not cost the agent its own state. */
+        if (frc < 0) {
+            sg_log_warn("skipping a federated bundle from Sync: %s", e.msg);
+            continue;
+        }
+        r.nfederated++;
+    }
+    rc = strings_from_pb(resp->tainted_jwt_key_ids, resp->n_tainted_jwt_key_ids, 4096,
+                         &r.tainted_jwt_kids, &r.ntainted_jwt, err);
+    if (rc < 0)
+        goto done;
     *out = r;
     memset(&r, 0, sizeof(r));
     rc = 1;
@@ -1282,4 +1483,69 @@ int sg_node_client_bundle(sg_node_client *c, sg_agent_bundle *out, sg_err *err)
     b.sequence = c->bundle.sequence;
     *out = b;
     return 0;
+}
+
+/* ------------------------------------------------------------ JWT-SVIDs */
+
+int sg_node_client_mint_jwt(sg_node_client *c, const char *entry_id, const char *const *aud,
+                            size_t naud, sg_node_jwt_svid *out, sg_err *err)
+{
+    if (c == NULL || entry_id == NULL || out == NULL || (naud > 0 && aud == NULL))
+        return sg_err_set(err, SG_EINVAL, "node client: NULL argument");
+    if (naud == 0)
+        return sg_err_set(err, SG_EINVAL, "a JWT-SVID needs at least one audience");
+    if (atomic_load(&c->interrupted))
+        return sg_err_set(err, SG_ECANCELLED, "node client: stopping");
+    if (!c->has_svid)
+        return sg_err_set(err, SG_EUNAVAIL, "the agent has not attested yet");
+    int rc = ensure_channel(c, err);
+    if (rc < 0)
+        return rc;
+    Sigil__Node__V1__MintJWTSVIDRequest req = SIGIL__NODE__V1__MINT_JWTSVIDREQUEST__INIT;
+    req.entry_id = (char *)entry_id;
+    req.n_audience = naud;
+    req.audience = (char **)aud;
+    ProtobufCMessage *msg = NULL;
+    sg_rpc_status status = {0};
+    rc = sg_rpc_unary(c->ch, NODE_PATH_MINT_JWT, &req.base,
+                      &sigil__node__v1__mint_jwtsvidresponse__descriptor, NULL, 0,
+                      NODE_CALL_TIMEOUT_MS, &msg, &status, err);
+    if (rc < 0) {
+        /* Only a refused agent SVID marks the client; a refused entry does not. */
+        if (status.code == GRPC_STATUS_UNAUTHENTICATED)
+            note_rejection(c, &status);
+        return rc;
+    }
+    const Sigil__Node__V1__MintJWTSVIDResponse *resp =
+        (const Sigil__Node__V1__MintJWTSVIDResponse *)msg;
+    const Sigil__Node__V1__JWTSVID *sv = resp->svid;
+    sg_node_jwt_svid r;
+    memset(&r, 0, sizeof(r));
+    if (sv == NULL || sv->token == NULL || sv->token[0] == '\0' || sv->spiffe_id == NULL ||
+        sv->spiffe_id[0] == '\0') {
+        rc = sg_err_set(err, SG_EPROTO, "MintJWTSVID answered no token for entry %.100s", entry_id);
+        goto done;
+    }
+    if (strlen(sv->token) > NODE_MAX_JWT_TOKEN || sv->expires_at <= 0) {
+        rc = sg_err_set(err, SG_EPROTO,
+                        "MintJWTSVID answered a token of %zu bytes expiring at %lld for entry "
+                        "%.100s",
+                        strlen(sv->token), (long long)sv->expires_at, entry_id);
+        goto done;
+    }
+    r.spiffe_id = strdup(sv->spiffe_id);
+    r.token = strdup(sv->token);
+    r.kid = strdup(sv->kid != NULL ? sv->kid : "");
+    if (r.spiffe_id == NULL || r.token == NULL || r.kid == NULL) {
+        rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+        goto done;
+    }
+    r.expires_at = sv->expires_at;
+    r.issued_at = sv->issued_at > 0 ? sv->issued_at : (int64_t)time(NULL);
+    *out = r;
+    memset(&r, 0, sizeof(r));
+done:
+    sg_node_jwt_svid_cleanup(&r);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
 }

@@ -7,6 +7,7 @@
 #ifndef SG_AGENT_NODE_CLIENT_H
 #define SG_AGENT_NODE_CLIENT_H
 
+#include "common/bundle.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/selector.h"
@@ -30,6 +31,9 @@ typedef struct sg_agent_entry {
     size_t ndns;
     char *hint; /* may be NULL */
     int64_t revision;
+    char **federates_with; /* trust domain names, without "spiffe://" */
+    size_t nfederates;
+    int32_t jwt_svid_ttl; /* seconds, 0 = server default */
 } sg_agent_entry;
 
 void sg_agent_entry_cleanup(sg_agent_entry *e);
@@ -39,6 +43,9 @@ typedef struct sg_agent_bundle {
     sg_der *certs; /* DER CA certificates, malloc'd array */
     size_t n;
     uint64_t sequence;
+    sg_jwt_key *jwt; /* JWT signing keys (malloc'd array, each member heap-owned) */
+    size_t njwt;
+    bool has_jwt; /* jwt[] came from the server in this message (else unknown) */
 } sg_agent_bundle;
 
 void sg_agent_bundle_cleanup(sg_agent_bundle *b);
@@ -51,6 +58,10 @@ typedef struct sg_sync_result {
     int64_t revision;
     char **tainted_ids; /* authority IDs whose SVIDs must be re-minted now */
     size_t ntainted;
+    sg_bundle *federated; /* bundles of foreign trust domains the entries federate with */
+    size_t nfederated;
+    char **tainted_jwt_kids; /* JWT authorities whose tokens must be dropped */
+    size_t ntainted_jwt;
 } sg_sync_result;
 
 void sg_sync_result_cleanup(sg_sync_result *r);
@@ -125,6 +136,27 @@ void sg_node_client_interrupt(sg_node_client *c);
  */
 int sg_node_client_mint(sg_node_client *c, const sg_mint_request *reqs, size_t n,
                         sg_mint_result *results, sg_err *err);
+
+/* A JWT-SVID minted by the server. Heap-owned fields (sg_node_jwt_svid_cleanup). */
+typedef struct sg_node_jwt_svid {
+    char *spiffe_id;
+    char *token; /* compact JWS; a bearer secret, never logged */
+    char *kid;   /* the signing key ("" when the server did not say) */
+    int64_t issued_at;
+    int64_t expires_at;
+} sg_node_jwt_svid;
+
+void sg_node_jwt_svid_cleanup(sg_node_jwt_svid *s);
+
+/*
+ * Asks the server for a JWT-SVID for entry_id and aud[0..naud) (naud >= 1,
+ * borrowed). Blocking; run on a worker like every call here. Errors:
+ * SG_EPERM / SG_ENOENT / SG_EINVAL when the server refused (the message
+ * carries its reason), SG_EUNAVAIL (or another transport code) when it
+ * could not be reached, SG_EPROTO when its answer was malformed.
+ */
+int sg_node_client_mint_jwt(sg_node_client *c, const char *entry_id, const char *const *aud,
+                            size_t naud, sg_node_jwt_svid *out, sg_err *err);
 
 /* The bundle as last received from the server, or read from trust_bundle_path (deep copy). */
 int sg_node_client_bundle(sg_node_client *c, sg_agent_bundle *out, sg_err *err);

@@ -6,6 +6,7 @@
  * subscription that sends the full state again on every change.
  */
 #include "agent/workload_api.h"
+#include "agent/workload_api_int.h"
 
 #include "common/log.h"
 #include "spiffe/workload.pb-c.h"
@@ -14,15 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-typedef enum wl_method {
-    M_X509SVID,
-    M_X509BUNDLES,
-    M_JWTSVID,
-    M_JWTBUNDLES,
-    M_VALIDATE,
-    M_WITSVID,
-    M_WITBUNDLES,
-} wl_method;
+typedef sg__wl_method wl_method;
+typedef sg__wl_call wl_call;
 
 static const char *const method_names[] = {
     [M_X509SVID] = "FetchX509SVID",     [M_X509BUNDLES] = "FetchX509Bundles",
@@ -31,45 +25,35 @@ static const char *const method_names[] = {
     [M_WITBUNDLES] = "FetchWITBundles",
 };
 
-struct sg_workload_api {
-    sg_workload_api_deps d;
-    size_t pending;
-};
-
-/* One Workload API call from arrival to its end. */
-typedef struct wl_call {
-    sg_workload_api *api;
-    sg_rpc_call *call; /* NULL once the call is over */
-    wl_method method;
-    int refs; /* the call (until done) and the attestation job */
-    uv_work_t work;
-    sg_peer peer;
-    sg_selector_set sels;
-    int attest_rc;
-    sg_err attest_err;
-    sg_cache_sub *sub;
-} wl_call;
-
 static int64_t now_s(void)
 {
     return (int64_t)time(NULL);
 }
 
-static void finish(sg_rpc_call *call, int code, const char *msg)
+void sg__wl_finish(sg_rpc_call *call, int code, const char *msg)
 {
     sg_err e = {.code = code};
     snprintf(e.msg, sizeof(e.msg), "%s", msg);
     sg_rpc_call_finish_err(call, &e);
 }
 
-static void wl_unref(wl_call *w)
+#define finish sg__wl_finish
+
+void sg__wl_unref(wl_call *w)
 {
     if (--w->refs > 0)
         return;
     sg_peer_cleanup(&w->peer);
     sg_selector_set_cleanup(&w->sels);
+    for (size_t i = 0; i < w->naud; i++)
+        free(w->aud[i]);
+    free(w->aud);
+    free(w->want_id);
+    free(w->token);
     free(w);
 }
+
+#define wl_unref sg__wl_unref
 
 /* Workload Endpoint 3: "workload.spiffe.io: true", value compared exactly. */
 static bool header_ok(const sg_rpc_call *call)
@@ -132,7 +116,42 @@ static void send_x509_svids(wl_call *w)
     X509SVIDResponse resp = X509_SVIDRESPONSE__INIT;
     resp.n_svids = n;
     resp.svids = ptrs;
+    /* Federated bundles: those the SVIDs' entries federate with. */
+    sg__wl_fed *fed = NULL;
+    X509SVIDResponse__FederatedBundlesEntry *fe = NULL, **fp = NULL;
+    const char **tds = NULL;
+    size_t ntds = 0;
+    for (size_t i = 0; i < n; i++)
+        ntds += ids[i].entry->nfederates;
+    if (ntds > 0 && (tds = calloc(ntds, sizeof(*tds))) != NULL) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            for (size_t f = 0; f < ids[i].entry->nfederates; f++)
+                tds[k++] = ids[i].entry->federates_with[f];
+        long nf = sg__wl_federated_x509(c, tds, k, &fed);
+        if (nf > 0) {
+            fe = calloc((size_t)nf, sizeof(*fe));
+            fp = calloc((size_t)nf, sizeof(*fp));
+            if (fe != NULL && fp != NULL) {
+                for (long i = 0; i < nf; i++) {
+                    X509SVIDResponse__FederatedBundlesEntry init =
+                        X509_SVIDRESPONSE__FEDERATED_BUNDLES_ENTRY__INIT;
+                    fe[i] = init;
+                    fe[i].key = (char *)fed[i].key;
+                    fe[i].value.data = (uint8_t *)fed[i].der;
+                    fe[i].value.len = fed[i].len;
+                    fp[i] = &fe[i];
+                }
+                resp.n_federated_bundles = (size_t)nf;
+                resp.federated_bundles = fp;
+            }
+        }
+    }
     int rc = sg_rpc_call_send(w->call, &resp.base);
+    free(tds);
+    free(fed);
+    free(fe);
+    free(fp);
     if (rc == 0)
         sg_log_debug("workload api: sent %zu X509-SVID(s) to pid %d (first %s)", n,
                      (int)w->peer.pid, ids[0].svid->spiffe_id);
@@ -157,18 +176,48 @@ static void send_x509_bundles(wl_call *w)
         finish(w->call, SG_EPERM, "no identity issued");
         return;
     }
+    const char **tds = NULL;
+    size_t ntds = 0;
+    sg__wl_fed *fed = NULL;
+    long nf = 0;
+    if (sg_cache_federates_of(c, &w->sels, &tds, &ntds) == 0 && ntds > 0)
+        nf = sg__wl_federated_x509(c, tds, ntds, &fed);
+    if (nf < 0)
+        nf = 0;
+    X509BundlesResponse__BundlesEntry *entries = calloc((size_t)nf + 1, sizeof(*entries));
+    X509BundlesResponse__BundlesEntry **ptrs = calloc((size_t)nf + 1, sizeof(*ptrs));
+    if (entries == NULL || ptrs == NULL) {
+        free(entries);
+        free(ptrs);
+        free(tds);
+        free(fed);
+        finish(w->call, SG_ENOMEM, "out of memory");
+        return;
+    }
     size_t blen = 0;
     const uint8_t *bundle = sg_cache_bundle_der(c, &blen);
-    X509BundlesResponse__BundlesEntry entry = X509_BUNDLES_RESPONSE__BUNDLES_ENTRY__INIT;
-    X509BundlesResponse__BundlesEntry *ptr = &entry;
+    for (long i = 0; i <= nf; i++) {
+        X509BundlesResponse__BundlesEntry init = X509_BUNDLES_RESPONSE__BUNDLES_ENTRY__INIT;
+        entries[i] = init;
+        ptrs[i] = &entries[i];
+    }
     /* Map keys are the trust domain as a SPIFFE ID, "spiffe://<td>". */
-    entry.key = (char *)sg_cache_bundle_name(c);
-    entry.value.data = (uint8_t *)bundle;
-    entry.value.len = blen;
+    entries[0].key = (char *)sg_cache_bundle_name(c);
+    entries[0].value.data = (uint8_t *)bundle;
+    entries[0].value.len = blen;
+    for (long i = 0; i < nf; i++) {
+        entries[i + 1].key = (char *)fed[i].key;
+        entries[i + 1].value.data = (uint8_t *)fed[i].der;
+        entries[i + 1].value.len = fed[i].len;
+    }
     X509BundlesResponse resp = X509_BUNDLES_RESPONSE__INIT;
-    resp.n_bundles = 1;
-    resp.bundles = &ptr;
+    resp.n_bundles = (size_t)nf + 1;
+    resp.bundles = ptrs;
     (void)sg_rpc_call_send(w->call, &resp.base);
+    free(entries);
+    free(ptrs);
+    free(tds);
+    free(fed);
 }
 
 static void on_cache_change(sg_cache *c, sg_cache_sub *sub, void *user)
@@ -180,6 +229,8 @@ static void on_cache_change(sg_cache *c, sg_cache_sub *sub, void *user)
         return;
     if (w->method == M_X509SVID)
         send_x509_svids(w);
+    else if (w->method == M_JWTBUNDLES)
+        sg__wl_send_jwt_bundles(w);
     else
         send_x509_bundles(w);
 }
@@ -252,6 +303,12 @@ static void attest_done(uv_work_t *req, int status)
     sg_log_debug("workload api: %s from pid %d uid %d: %zu selector(s)", method_names[w->method],
                  (int)w->peer.pid, (int)w->peer.uid, w->sels.n);
 
+    if (w->method == M_VALIDATE) {
+        /* Any attested caller may validate a token; it needs no identity. */
+        sg__wl_validate(w);
+        wl_unref(w);
+        return;
+    }
     sg_cache *c = api->d.cache;
     sg_cache_identity *ids = NULL;
     size_t n = 0, nentries = 0;
@@ -269,11 +326,16 @@ static void attest_done(uv_work_t *req, int status)
         return;
     }
     switch (w->method) {
+    case M_JWTSVID:
+        sg__wl_jwt_svid(w);
+        break;
     case M_X509SVID:
-    case M_X509BUNDLES: {
+    case M_X509BUNDLES:
+    case M_JWTBUNDLES: {
         sg_err e = {0};
-        sg_cache_watch what =
-            w->method == M_X509SVID ? SG_CACHE_WATCH_SVIDS : SG_CACHE_WATCH_BUNDLES;
+        sg_cache_watch what = w->method == M_X509SVID     ? SG_CACHE_WATCH_SVIDS
+                              : w->method == M_JWTBUNDLES ? SG_CACHE_WATCH_JWT_BUNDLES
+                                                          : SG_CACHE_WATCH_BUNDLES;
         if (sg_cache_subscribe(c, what, &w->sels, on_cache_change, w, now_s(), &w->sub, &e) != 0) {
             sg_rpc_call_finish_err(w->call, &e);
             break;
@@ -282,7 +344,7 @@ static void attest_done(uv_work_t *req, int status)
         break;
     }
     default:
-        finish(w->call, SG_EUNSUPPORTED, "JWT-SVIDs are not supported yet");
+        finish(w->call, SG_EUNSUPPORTED, "method not supported");
         break;
     }
     wl_unref(w);
@@ -345,14 +407,20 @@ static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessag
     w->call = call;
     w->method = m;
     w->peer.pidfd = -1;
+    w->refs = 1;
     sg_err e = {0};
+    if ((m == M_JWTSVID || m == M_VALIDATE) && sg__wl_jwt_request(w, req, &e) != 0) {
+        sg_rpc_call_finish_err(call, &e);
+        wl_unref(w);
+        return;
+    }
     /* Resolve at arrival: fd numbers are reused once gRPC closes a connection. */
     if (sg_peer_table_lookup(api->d.peers, sg_rpc_call_peer(call), &w->peer, &e) != 0) {
         sg_log_warn("workload api: cannot identify caller: %s", e.msg);
         char msg[SG_ERR_MSG_LEN];
         snprintf(msg, sizeof(msg), "workload attestation failed: %.200s", e.msg);
         finish(call, SG_EUNAVAIL, msg);
-        free(w);
+        wl_unref(w);
         return;
     }
     w->refs = 2;

@@ -1,13 +1,15 @@
 /*
  * The SPIFFE Workload API served by the agent: all seven RPCs of
- * spiffe/workload.proto, the security header check, caller attestation on
- * the thread pool and the X.509 streams fed from the cache. Everything
- * here runs on the agent's loop thread (the rpc server dispatches to it).
+ * spiffe/workload.proto (JWT parts in workload_jwt.c), the security header check, caller
+ * attestation on the thread pool and the X.509 streams fed from the cache. Everything here runs on
+ * the agent's loop thread (the rpc server dispatches to it).
  */
 #ifndef SG_AGENT_WORKLOAD_API_H
 #define SG_AGENT_WORKLOAD_API_H
 
 #include "agent/cache.h"
+#include "agent/jwt_cache.h"
+#include "agent/node_client.h"
 #include "agent/peer.h"
 #include "attestors/attestor.h"
 #include "common/err.h"
@@ -18,6 +20,20 @@
 
 typedef struct sg_workload_api sg_workload_api;
 
+/*
+ * The answer to one JWT-SVID mint, on the loop thread: rc 0 with svid
+ * (borrowed for the call), or a negative SG_E* with err.
+ */
+typedef void (*sg_jwt_mint_cb)(void *user, int rc, const sg_err *err, const sg_node_jwt_svid *svid);
+
+/*
+ * Asks the server for a JWT-SVID for entry_id and aud[0..naud) (borrowed,
+ * copied) without blocking the loop. cb runs exactly once on the loop
+ * thread, unless this returns an error (then never).
+ */
+typedef int (*sg_jwt_mint_fn)(void *ctx, const char *entry_id, const char *const *aud, size_t naud,
+                              sg_jwt_mint_cb cb, void *user, sg_err *err);
+
 /* What the API works with; every pointer is borrowed and must outlive the API. */
 typedef struct sg_workload_api_deps {
     uv_loop_t *loop;
@@ -26,6 +42,9 @@ typedef struct sg_workload_api_deps {
     const sg_workload_attestor *const *attestors; /* at least one */
     void *const *states;                          /* states[i] from attestors[i]->configure */
     size_t nattestors;
+    sg_jwt_cache *jwt_cache; /* JWT-SVIDs by entry and audience set */
+    sg_jwt_mint_fn mint_jwt; /* NULL: every FetchJWTSVID miss is Unavailable */
+    void *mint_ctx;
 } sg_workload_api_deps;
 
 int sg_workload_api_new(sg_workload_api **out, const sg_workload_api_deps *deps, sg_err *err);
