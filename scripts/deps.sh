@@ -6,7 +6,7 @@ PKGS=(
     build-essential pkg-config openssl ca-certificates
     libssl-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev
     libuv1-dev libsqlite3-dev libjansson-dev
-    protobuf-compiler python3 python3-grpcio python3-protobuf python3-cryptography python3-pytest
+    protobuf-compiler python3 python3-grpcio python3-protobuf python3-cryptography python3-jwt python3-pytest
 )
 
 missing=()
