@@ -435,3 +435,25 @@ def test_jwt_agent_still_serves(jwt_agent, env):
         code, details, resp = fetch_jwt(w, [AUD])
     assert code == grpc.StatusCode.OK, (code, details)
     assert jwt_agent.daemon.alive()
+
+
+def test_jwt_server_unreachable(jwt_agent, cluster, env):
+    """Cached tokens keep being served; a cold audience is Unavailable, quickly."""
+    with sigil.Workload(env.wl, jwt_agent.sock) as w:
+        code, details, warm = fetch_jwt(w, ["warm-audience"], ID_A)
+        assert code == grpc.StatusCode.OK, (code, details)
+    cluster.stop_server()
+    try:
+        with sigil.Workload(env.wl, jwt_agent.sock) as w:
+            t0 = time.monotonic()
+            code, details, _ = fetch_jwt(w, ["cold-audience-%d" % os.getpid()], ID_A)
+            assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+            assert time.monotonic() - t0 < 10
+            code, details, resp = fetch_jwt(w, ["warm-audience"], ID_A)
+            assert code == grpc.StatusCode.OK, (code, details)
+            assert resp.svids[0].svid == warm.svids[0].svid
+            # The loop was never blocked: X.509 is served meanwhile.
+            assert ID_A in [s.spiffe_id for s in w.x509().svids]
+    finally:
+        cluster.start_server()
+    assert jwt_agent.daemon.alive()

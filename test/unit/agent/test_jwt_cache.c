@@ -1,12 +1,18 @@
 /*
  * Unit tests for agent/jwt_cache.c: keys by entry and audience set,
  * refresh at half-life, never serving expired tokens, LRU bound, taint
- * and entry-change pruning, audience checks.
+ * and entry-change pruning, audience checks. Also the JWT side of
+ * agent/cache.c: own JWT keys, federated bundles and who is told when
+ * they change.
  */
+#include "agent/cache.h"
 #include "agent/jwt_cache.h"
+#include "common/key.h"
 #include "test/runner.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define T0 1000000
@@ -164,4 +170,169 @@ TEST(jwt_cache_rejects_bad_audiences)
     ASSERT_EQ(put(c, "e", 1, empty, 2, "t", "k"), SG_EINVAL);
     ASSERT_EQ(sg_jwt_cache_size(c), 0);
     sg_jwt_cache_free(c);
+}
+
+/* ------------------------------------------------------------ cache: JWT keys, federation */
+
+static sg_jwt_key *new_keys(const char *const *kids, size_t n)
+{
+    sg_jwt_key *k = calloc(n ? n : 1, sizeof(*k));
+    for (size_t i = 0; i < n; i++) {
+        EVP_PKEY *key = NULL;
+        uint8_t *der = NULL;
+        size_t len = 0;
+        if (sg_key_generate(SG_KEY_EC_P256, &key, NULL) != 0 ||
+            sg_key_to_spki_der(key, &der, &len, NULL) != 0)
+            abort();
+        EVP_PKEY_free(key);
+        k[i].kid = strdup(kids[i]);
+        k[i].spki.data = malloc(len);
+        memcpy(k[i].spki.data, der, len);
+        k[i].spki.len = len;
+        OPENSSL_free(der);
+    }
+    return k;
+}
+
+static sg_bundle *new_fed(const char *td, const char *kid)
+{
+    sg_bundle *b = calloc(1, sizeof(*b));
+    b->trust_domain = strdup(td);
+    const char *kids[] = {kid};
+    b->jwt = new_keys(kids, 1);
+    b->njwt = 1;
+    return b;
+}
+
+static sg_agent_entry fed_entry(const char *id, const char *uid, const char *const *feds,
+                                size_t nfeds)
+{
+    sg_agent_entry e;
+    memset(&e, 0, sizeof(e));
+    e.id = strdup(id);
+    e.spiffe_id = strdup("spiffe://example.org/w");
+    e.parent_id = strdup("spiffe://example.org/spire/agent/x");
+    e.revision = 1;
+    e.selectors = calloc(1, sizeof(*e.selectors));
+    if (sg_selector_init(&e.selectors[0], "unix", uid, NULL) != 0)
+        abort();
+    e.nselectors = 1;
+    e.federates_with = calloc(nfeds ? nfeds : 1, sizeof(char *));
+    for (size_t i = 0; i < nfeds; i++)
+        e.federates_with[i] = strdup(feds[i]);
+    e.nfederates = nfeds;
+    return e;
+}
+
+static void count_cb(sg_cache *c, sg_cache_sub *sub, void *user)
+{
+    (void)c;
+    (void)sub;
+    (*(int *)user)++;
+}
+
+TEST(cache_federated_bundle_changes_reach_only_federating_watchers)
+{
+    sg_cache *c = NULL;
+    ASSERT_OK(sg_cache_new(&c, "example.org", NULL));
+    const char *feds[] = {"other.test", "third.test", "other.test"};
+    sg_agent_entry *es = calloc(2, sizeof(*es));
+    es[0] = fed_entry("e1", "uid:1", feds, 3);
+    es[1] = fed_entry("e2", "uid:2", NULL, 0);
+    ASSERT_OK(sg_cache_set_entries(c, es, 2, NULL));
+    sg_selector_set s1 = {0}, s2 = {0};
+    ASSERT_OK(sg_selector_set_add(&s1, "unix", "uid:1"));
+    ASSERT_OK(sg_selector_set_add(&s2, "unix", "uid:2"));
+    int n1 = 0, n2 = 0, nx = 0;
+    sg_cache_sub *a = NULL, *b = NULL, *x = NULL;
+    ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_JWT_BUNDLES, &s1, count_cb, &n1, T0, &a, NULL));
+    ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_JWT_BUNDLES, &s2, count_cb, &n2, T0, &b, NULL));
+    ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_BUNDLES, &s1, count_cb, &nx, T0, &x, NULL));
+
+    const char **tds = NULL;
+    size_t ntds = 0;
+    ASSERT_OK(sg_cache_federates_of(c, &s1, &tds, &ntds));
+    ASSERT_EQ(ntds, 2);
+    ASSERT_STREQ(tds[0], "other.test");
+    ASSERT_STREQ(tds[1], "third.test");
+    free(tds);
+
+    /* A new foreign bundle: e1's watchers hear of it, e2's do not. */
+    sg_bundle *fb = new_fed("other.test", "k1");
+    ASSERT_OK(sg_cache_set_federated(c, fb, 1, NULL));
+    sg_cache_flush(c, T0);
+    ASSERT_EQ(n1, 1);
+    ASSERT_EQ(n2, 0);
+    ASSERT_EQ(nx, 1);
+    const sg_cache_federated *f = sg_cache_federated_get(c, "other.test");
+    ASSERT(f != NULL);
+    ASSERT_STREQ(f->name, "spiffe://other.test");
+    ASSERT(strstr(f->jwks, "\"k1\"") != NULL);
+    ASSERT(sg_cache_jwt_bundle(c, "other.test") != NULL);
+    ASSERT(sg_cache_jwt_bundle(c, "third.test") == NULL);
+
+    /* Same keys, new sequence: nothing to tell. */
+    fb = new_fed("other.test", "k1");
+    sg_bundle *old = (sg_bundle *)sg_cache_federated_get(c, "other.test")->bundle;
+    /* Reuse the held key so the authorities are identical. */
+    free(fb->jwt[0].spki.data);
+    fb->jwt[0].spki.data = malloc(old->jwt[0].spki.len);
+    memcpy(fb->jwt[0].spki.data, old->jwt[0].spki.data, old->jwt[0].spki.len);
+    fb->jwt[0].spki.len = old->jwt[0].spki.len;
+    fb->sequence = 7;
+    ASSERT_OK(sg_cache_set_federated(c, fb, 1, NULL));
+    sg_cache_flush(c, T0);
+    ASSERT_EQ(n1, 1);
+
+    /* New key: told again; then removed: told again. */
+    ASSERT_OK(sg_cache_set_federated(c, new_fed("other.test", "k2"), 1, NULL));
+    sg_cache_flush(c, T0);
+    ASSERT_EQ(n1, 2);
+    ASSERT_OK(sg_cache_set_federated(c, NULL, 0, NULL));
+    sg_cache_flush(c, T0);
+    ASSERT_EQ(n1, 3);
+    ASSERT_EQ(n2, 0);
+    ASSERT(sg_cache_federated_get(c, "other.test") == NULL);
+    sg_cache_unsubscribe(c, a);
+    sg_cache_unsubscribe(c, b);
+    sg_cache_unsubscribe(c, x);
+    sg_selector_set_cleanup(&s1);
+    sg_selector_set_cleanup(&s2);
+    sg_cache_free(c);
+}
+
+TEST(cache_own_jwt_keys_notify_jwt_watchers_only)
+{
+    sg_cache *c = NULL;
+    ASSERT_OK(sg_cache_new(&c, "example.org", NULL));
+    sg_agent_entry *es = calloc(1, sizeof(*es));
+    es[0] = fed_entry("e1", "uid:1", NULL, 0);
+    ASSERT_OK(sg_cache_set_entries(c, es, 1, NULL));
+    sg_selector_set s1 = {0};
+    ASSERT_OK(sg_selector_set_add(&s1, "unix", "uid:1"));
+    int nj = 0, nx = 0;
+    sg_cache_sub *j = NULL, *x = NULL;
+    ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_JWT_BUNDLES, &s1, count_cb, &nj, T0, &j, NULL));
+    ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_BUNDLES, &s1, count_cb, &nx, T0, &x, NULL));
+    size_t len = 0;
+    ASSERT(strstr(sg_cache_jwt_jwks(c, &len), "\"keys\"") != NULL);
+    ASSERT(sg_cache_jwt_bundle(c, "example.org") == NULL);
+    const char *kids[] = {"own-1", "own-2"};
+    ASSERT_OK(sg_cache_set_jwt_keys(c, new_keys(kids, 2), 2, NULL));
+    sg_cache_flush(c, T0);
+    ASSERT_EQ(nj, 1);
+    ASSERT_EQ(nx, 0);
+    const char *jwks = sg_cache_jwt_jwks(c, &len);
+    ASSERT(strstr(jwks, "own-1") != NULL && strstr(jwks, "own-2") != NULL);
+    const sg_bundle *own = sg_cache_jwt_bundle(c, "example.org");
+    ASSERT(own != NULL);
+    ASSERT(sg_bundle_find_jwt_key(own, "own-2") != NULL);
+    /* A federated bundle can never stand in for the own trust domain. */
+    ASSERT_OK(sg_cache_set_federated(c, new_fed("example.org", "evil"), 1, NULL));
+    ASSERT(sg_cache_federated_get(c, "example.org") == NULL);
+    ASSERT(sg_bundle_find_jwt_key(sg_cache_jwt_bundle(c, "example.org"), "evil") == NULL);
+    sg_cache_unsubscribe(c, j);
+    sg_cache_unsubscribe(c, x);
+    sg_selector_set_cleanup(&s1);
+    sg_cache_free(c);
 }
