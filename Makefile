@@ -1,6 +1,6 @@
 # sigil: one Makefile. `make`, `make test`, `make check`, `make bench`, `make demo`.
 PKG_CONFIG ?= pkg-config
-PKGS       := grpc gpr libprotobuf-c libuv openssl sqlite3 jansson
+PKGS       := grpc gpr libprotobuf-c libuv openssl sqlite3 jansson libcurl
 CC         ?= cc
 PYTHON     ?= /usr/bin/python3
 BUILD      ?= build
@@ -10,7 +10,8 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissi
 OPT     ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -I. -I$(BUILD)/gen \
            $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread
+# http-parser ships no pkg-config file.
+LDLIBS  += $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread
 GENFLAGS := -std=c11 $(OPT) -Wall -Werror -Wno-missing-braces -I$(BUILD)/gen $(shell $(PKG_CONFIG) --cflags libprotobuf-c 2>/dev/null)
 
 ifeq ($(V),1)
@@ -123,18 +124,21 @@ demo: deps all
 # libFuzzer targets, each built from only the sources it needs, then run briefly.
 FUZZ_SECONDS ?= 30
 FUZZ_CC      := clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -I.
-FUZZ_LIBS    := $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null)
+FUZZ_LIBS    := $(shell $(PKG_CONFIG) --libs openssl jansson 2>/dev/null)
 FUZZ_hcl      := common/hcl.c common/err.c
 FUZZ_spiffeid := common/spiffeid.c common/err.c
 FUZZ_x509     := common/x509.c common/spiffeid.c common/err.c common/log.c
 FUZZ_config   := common/config.c common/hcl.c common/strparse.c common/spiffeid.c common/key.c \
-                 common/fsutil.c common/log.c common/err.c
-FUZZERS := hcl spiffeid x509 config
+                 common/fsutil.c common/log.c common/err.c common/jwt.c common/bundle.c common/x509.c
+FUZZ_bundle   := common/bundle.c common/x509.c common/spiffeid.c common/err.c common/log.c
+FUZZ_jwt      := common/jwt.c $(FUZZ_bundle) common/key.c common/fsutil.c
+FUZZERS := hcl spiffeid x509 config bundle jwt
 fuzz:
 	@mkdir -p $(BUILD)/fuzz
 	@set -e; for f in $(FUZZERS); do \
 	    case $$f in hcl) src="$(FUZZ_hcl)";; spiffeid) src="$(FUZZ_spiffeid)";; \
-	        x509) src="$(FUZZ_x509)";; config) src="$(FUZZ_config)";; esac; \
+	        x509) src="$(FUZZ_x509)";; config) src="$(FUZZ_config)";; \
+	        bundle) src="$(FUZZ_bundle)";; jwt) src="$(FUZZ_jwt)";; esac; \
 	    echo "  FUZZ    $$f ($(FUZZ_SECONDS)s)"; \
 	    $(FUZZ_CC) -o $(BUILD)/fuzz/fuzz_$$f test/fuzz/fuzz_$$f.c $$src $(FUZZ_LIBS) -lgpr; \
 	    mkdir -p $(BUILD)/fuzz/corpus_$$f; \

@@ -78,8 +78,9 @@ const sg_jwt_key *sg_bundle_find_jwt_key(const sg_bundle *b, const char *kid);
  * base64 with padding (x5c, RFC 7517 section 4.7). *out is malloc'd and
  * NUL-terminated. Decoding is strict: only the alphabet of the variant,
  * padding exactly as the variant requires, no whitespace, no non-zero
- * trailing bits; SG_EINVAL otherwise. *out of decode is malloc'd (at
- * least one byte, so an empty input still gives a freeable pointer).
+ * trailing bits; SG_EINVAL otherwise. *out of decode is malloc'd with a
+ * NUL byte after its *outlen bytes (so an empty input still gives a
+ * freeable pointer, and decoded text is a C string).
  */
 int sg_bundle_b64_encode(const uint8_t *in, size_t len, bool url, char **out, sg_err *err);
 int sg_bundle_b64_decode(const char *in, size_t len, bool url, uint8_t **out, size_t *outlen,
