@@ -48,14 +48,22 @@
 
 typedef struct node_job node_job;
 
+/* Another caller waiting for the same (entry, audience set) as a jwt_req. */
+typedef struct jwt_waiter {
+    struct jwt_waiter *next;
+    sg_jwt_mint_cb cb;
+    void *user;
+} jwt_waiter;
+
 /* A JWT-SVID request waiting for (or in) a node job. */
 typedef struct jwt_req {
     struct jwt_req *next;
     char *entry_id;
-    char **aud;
+    char **aud; /* sorted, without duplicates */
     size_t naud;
     sg_jwt_mint_cb cb;
     void *user;
+    jwt_waiter *waiters; /* loop thread only, also while the job runs */
     int rc;
     sg_err err;
     sg_node_jwt_svid svid;
@@ -227,6 +235,11 @@ struct node_job {
 
 static void jwt_req_free(jwt_req *r)
 {
+    while (r->waiters != NULL) {
+        jwt_waiter *next = r->waiters->next;
+        free(r->waiters);
+        r->waiters = next;
+    }
     free(r->entry_id);
     for (size_t i = 0; i < r->naud; i++)
         free(r->aud[i]);
@@ -240,7 +253,10 @@ static void jwt_reqs_answer(jwt_req *r)
 {
     while (r != NULL) {
         jwt_req *next = r->next;
-        r->cb(r->user, r->rc, &r->err, r->rc == 0 ? &r->svid : NULL);
+        const sg_node_jwt_svid *sv = r->rc == 0 ? &r->svid : NULL;
+        r->cb(r->user, r->rc, &r->err, sv);
+        for (jwt_waiter *wt = r->waiters; wt != NULL; wt = wt->next)
+            wt->cb(wt->user, r->rc, &r->err, sv);
         jwt_req_free(r);
         r = next;
     }
@@ -429,6 +445,34 @@ static void start_jwt_job(sg_agent *a)
     }
 }
 
+static int str_ptr_cmp(const void *x, const void *y)
+{
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static bool jwt_req_same(const jwt_req *x, const jwt_req *y)
+{
+    if (x->naud != y->naud || strcmp(x->entry_id, y->entry_id) != 0)
+        return false;
+    for (size_t i = 0; i < x->naud; i++)
+        if (strcmp(x->aud[i], y->aud[i]) != 0)
+            return false;
+    return true;
+}
+
+/* A queued or running request for the same token as r, or NULL. */
+static jwt_req *jwt_find_same(sg_agent *a, const jwt_req *r)
+{
+    for (jwt_req *q = a->jwt_head; q != NULL; q = q->next)
+        if (jwt_req_same(q, r))
+            return q;
+    if (a->job != NULL && a->job->kind == JOB_JWT)
+        for (jwt_req *q = a->job->jwt; q != NULL; q = q->next)
+            if (jwt_req_same(q, r))
+                return q;
+    return NULL;
+}
+
 static int agent_mint_jwt(void *ctx, const char *entry_id, const char *const *aud, size_t naud,
                           sg_jwt_mint_cb cb, void *user, sg_err *err)
 {
@@ -450,6 +494,29 @@ static int agent_mint_jwt(void *ctx, const char *entry_id, const char *const *au
         if (r->aud[i] == NULL)
             goto oom;
         r->naud++;
+    }
+    /* One server call per token however many callers wait for it. */
+    qsort(r->aud, r->naud, sizeof(*r->aud), str_ptr_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < r->naud; i++) {
+        if (k > 0 && strcmp(r->aud[k - 1], r->aud[i]) == 0) {
+            free(r->aud[i]);
+            continue;
+        }
+        r->aud[k++] = r->aud[i];
+    }
+    r->naud = k;
+    jwt_req *same = jwt_find_same(a, r);
+    if (same != NULL) {
+        jwt_waiter *wt = calloc(1, sizeof(*wt));
+        if (wt == NULL)
+            goto oom;
+        wt->cb = cb;
+        wt->user = user;
+        wt->next = same->waiters;
+        same->waiters = wt;
+        jwt_req_free(r);
+        return 0;
     }
     r->cb = cb;
     r->user = user;

@@ -135,6 +135,27 @@ def test_jwt_fetch_cached_per_audience_set(jwt_agent, env):
     assert jwt.decode(t3, options={"verify_signature": False})["aud"] in ("x-aud", ["x-aud"])
 
 
+def test_jwt_fetch_concurrent_cold_requests_share_one_token(jwt_agent, env):
+    import threading
+
+    aud = ["burst-%d" % os.getpid(), "burst-b"]
+    out = []
+
+    def one(i):
+        with sigil.Workload(env.wl, jwt_agent.sock) as w:
+            code, details, resp = fetch_jwt(w, aud if i % 2 else list(reversed(aud)), ID_A)
+        out.append((code, details, resp.svids[0].svid if resp else None))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(out) == 24
+    assert all(c == grpc.StatusCode.OK for c, _, _ in out), out
+    assert len({tok for _, _, tok in out}) == 1, "one server call per (entry, audience set)"
+
+
 def test_jwt_fetch_identity_not_held_permission_denied(jwt_agent, env):
     with sigil.Workload(env.wl, jwt_agent.sock) as w:
         code, details, _ = fetch_jwt(w, [AUD], sigil.TD_ID + "/not/mine")
