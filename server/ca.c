@@ -151,6 +151,7 @@ struct sg_ca {
     bool have_upstream;
     upstream u;
     char *up_key, *up_cert, *up_bundle; /* the upstream files, read again on prepare */
+    uint64_t up_stamp; /* of the upstream files when last read (inode, size, mtime) */
     uproot ups[UPROOTS_MAX];
     size_t nups;
     STACK_OF(X509) * extra;                     /* upstream certificates carried in SVID chains */
@@ -1561,6 +1562,27 @@ static void upstream_root_id(const upstream *u, char *out, size_t len)
         root_of(u->bundle, top, out, len);
 }
 
+/* A hash of the upstream files' inode, size and mtime: tells the schedule they were replaced. */
+static uint64_t upstream_stamp(const sg_ca *ca)
+{
+    const char *paths[3] = {ca->up_key, ca->up_cert, ca->up_bundle};
+    uint64_t h = 1469598103934665603ULL;
+
+    for (size_t i = 0; i < 3; i++) {
+        struct stat st;
+        uint64_t v[4] = {0, 0, 0, 0};
+        if (paths[i] != NULL && stat(paths[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        for (size_t k = 0; k < 4; k++)
+            h = (h ^ v[k]) * 1099511628211ULL;
+    }
+    return h;
+}
+
 /* Refuses upstream material that chains to a tainted or revoked upstream root. */
 static int upstream_usable(sg_ca *ca, const upstream *u, sg_err *err)
 {
@@ -1593,6 +1615,7 @@ static int upstream_refresh(sg_ca *ca, bool *changed, sg_err *err)
     o.upstream_key_file = ca->up_key;
     o.upstream_cert_file = ca->up_cert;
     o.upstream_bundle_file = ca->up_bundle;
+    ca->up_stamp = upstream_stamp(ca);
     rc = upstream_load(&o, &nu, err);
     if (rc < 0)
         return rc;
@@ -1695,6 +1718,7 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
     ca->have_upstream = opts->upstream_key_file != NULL || opts->upstream_cert_file != NULL ||
                         opts->upstream_bundle_file != NULL;
     if (ca->have_upstream) {
+        ca->up_stamp = upstream_stamp(ca);
         rc = upstream_load(opts, &ca->u, err);
         if (rc < 0)
             goto fail;
@@ -1981,7 +2005,7 @@ static int rotate_locked(sg_ca *ca, int64_t now, bool *changed, sg_err *err)
     prep = find_state(ca, SG_CA_PREPARED);
     if (prep == NULL && remaining < prep_at) {
         slot sl;
-        if (ca->have_upstream) {
+        if (ca->have_upstream && upstream_stamp(ca) != ca->up_stamp) {
             /* Sign the next authority with the upstream files as they are now. */
             bool uch = false;
             sg_err e2;

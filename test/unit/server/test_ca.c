@@ -1627,3 +1627,35 @@ TEST(ca_upstream_replaced_before_restart_keeps_old_authority)
     sg_ca_ids_free(ids, nids);
     sg_ca_free(ca);
 }
+
+TEST(ca_upstream_schedule_uses_replaced_files)
+{
+    up_env e;
+    sg_ca *ca = NULL;
+    sg_ca_authority v[4];
+    int64_t t0 = (int64_t)time(NULL);
+    bool ch = false;
+    sg_err err;
+
+    up_env_init(&e);
+    if (up_ca(&e, 10, &ca, &err) != 0)
+        SG__FAIL("sg_ca_new: %s", err.msg);
+    copy_file(e.k2, e.key, false);
+    copy_file(e.c2, e.crt, false);
+    copy_file(e.c2, e.bundle, true);
+    /* The scheduled prepare (under ca_ttl/2 left) signs with the new upstream key. */
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 1900, &ch, &err));
+    ASSERT(ch);
+    ASSERT_EQ(auths(ca, v, 4), 2);
+    ASSERT_EQ(v[1].state, SG_CA_PREPARED);
+    ASSERT_STREQ(v[1].upstream_id, e.r2);
+    ASSERT_EQ(bundle_len(ca), 2);
+    /* Unreadable upstream files: an explicit prepare says why, the schedule keeps going. */
+    write_file(e.crt, "not a certificate");
+    ASSERT(sg_ca_prepare(ca, t0, NULL, &err) < 0);
+    ASSERT(strstr(err.msg, e.crt) != NULL);
+    ASSERT_OK(sg_ca_rotate(ca, t0 + 3100, &ch, &err));
+    ASSERT_EQ(v[1].state, SG_CA_PREPARED);
+    ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), v[1].id);
+    sg_ca_free(ca);
+}
