@@ -380,8 +380,13 @@ static int pkey_fromdata(OSSL_PARAM_BLD *bld, const char *type, size_t i, EVP_PK
             err->code = SG_EINVAL;
     }
     EVP_PKEY_CTX_free(ctx);
-    if (rc == 0) {
-        /* The point is on the curve, the modulus and exponent are sane. */
+    /*
+     * EC: the point is on the curve. RSA is left to the size, parity and
+     * exponent checks of jwk_public_key: OpenSSL's RSA public check runs
+     * Miller-Rabin rounds on the modulus, which a hostile bundle with many
+     * large keys would turn into minutes of work.
+     */
+    if (rc == 0 && strcmp(type, "EC") == 0) {
         ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
         if (ctx == NULL || EVP_PKEY_public_check(ctx) != 1) {
             sg_err_ssl(err, "keys[%zu]: %s public key fails its consistency check", i, type);
@@ -472,6 +477,10 @@ static int jwk_public_key(json_t *k, size_t i, const char *kty, EVP_PKEY **out, 
             rc = sg_err_set(err, SG_EINVAL, "keys[%zu]: RSA modulus of %d bits (%d..%d allowed)", i,
                             alen > RSA_MAX_BITS / 8 + 1 ? (int)(alen * 8) : BN_num_bits(n),
                             RSA_MIN_BITS, RSA_MAX_BITS);
+            goto done;
+        }
+        if (!BN_is_odd(n)) {
+            rc = sg_err_set(err, SG_EINVAL, "keys[%zu]: RSA modulus is even", i);
             goto done;
         }
         if (blen > 8 || !BN_is_odd(e) || BN_is_one(e)) {

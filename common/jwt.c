@@ -389,6 +389,11 @@ int sg_jwt_sign(EVP_PKEY *key, sg_jwt_alg alg, const char *kid, const sg_jwt_cla
         (rc = sg_bundle_b64_encode(sig, siglen, true, &s64, err)) < 0)
         goto done;
     size_t slen = strlen(s64);
+    if (n + 1 + slen > SG_JWT_MAX_LEN) {
+        rc = sg_err_set(err, SG_EINVAL, "JWT sign: the token would be %zu bytes (limit %d)",
+                        n + 1 + slen, SG_JWT_MAX_LEN);
+        goto done;
+    }
     char *full = realloc(tok, n + 1 + slen + 1);
     if (full == NULL) {
         rc = sg_err_set(err, SG_ENOMEM, "JWT: out of memory");

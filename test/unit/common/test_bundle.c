@@ -343,6 +343,24 @@ TEST(bundle_hostile_documents)
     expect_bad("{\"keys\":[{\"use\":\"jwt-svid\",\"kty\":\"RSA\",\"kid\":\"a\",\"n\":\"AQAB\","
                "\"e\":\"AQAB\"}]}",
                "RSA modulus");
+    /* An 8192-bit even modulus (0x80 then zeros) and one of 8392 bits. */
+    char rsa[1600], n64[1400];
+    memset(n64, 'A', 1368);
+    n64[0] = 'g';
+    n64[1366] = '\0';
+    snprintf(rsa, sizeof rsa,
+             "{\"keys\":[{\"use\":\"jwt-svid\",\"kty\":\"RSA\",\"kid\":\"a\",\"n\":\"%s\","
+             "\"e\":\"AQAB\"}]}",
+             n64);
+    expect_bad(rsa, "even");
+    memset(n64, 'A', 1399);
+    n64[0] = 'g';
+    n64[1399] = '\0';
+    snprintf(rsa, sizeof rsa,
+             "{\"keys\":[{\"use\":\"jwt-svid\",\"kty\":\"RSA\",\"kid\":\"a\",\"n\":\"%s\","
+             "\"e\":\"AQAB\"}]}",
+             n64);
+    expect_bad(rsa, "RSA modulus of");
     expect_bad("{\"keys\":[{\"use\":\"jwt-svid\",\"kty\":\"EC\",\"kid\":\"a\",\"d\":\"AA\"}]}",
                "private key");
     /* x509-svid keys */

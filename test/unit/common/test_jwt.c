@@ -296,6 +296,19 @@ TEST(jwt_sign_refuses_bad_input)
     c.sub = "spiffe://example.org/w";
     c.exp = NOW;
     ASSERT_EQ(sg_jwt_sign(f.key, f.alg, f.kid, &c, &tok, &err), SG_EINVAL);
+    /* A token no validator would accept is not produced. */
+    c.exp = NOW + 60;
+    static const char *many[400];
+    for (size_t i = 0; i < 400; i++)
+        many[i] = "spiffe://example.org/an/audience/of/some/length";
+    c.aud = many;
+    c.naud = 400;
+    ASSERT_EQ(sg_jwt_sign(f.key, f.alg, f.kid, &c, &tok, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "limit 16384") != NULL);
+    c.naud = 100;
+    ASSERT_OK(sg_jwt_sign(f.key, f.alg, f.kid, &c, &tok, &err));
+    free(tok);
+    tok = NULL;
     ASSERT(tok == NULL);
     fixture_cleanup(&f);
 }
