@@ -1073,12 +1073,16 @@ static slot *find_id(sg_ca *ca, const char *id)
 }
 
 /* Creates a new authority valid from now (a root, or an intermediate under the upstream key). */
+static int upstream_usable(sg_ca *ca, const upstream *u, sg_err *err);
+
 static int new_authority(sg_ca *ca, int64_t now, sg_ca_state st, slot *out, sg_err *err)
 {
     EVP_PKEY *key = NULL;
     X509 *cert = NULL;
-    int rc = sg_key_generate(ca->o.key_type, &key, err);
+    int rc = ca->have_upstream ? upstream_usable(ca, &ca->u, err) : 0;
 
+    if (rc == 0)
+        rc = sg_key_generate(ca->o.key_type, &key, err);
     if (rc < 0)
         return rc;
     rc = make_ca_cert(&ca->o, ca->td, now, key,
