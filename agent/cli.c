@@ -976,11 +976,14 @@ static int cmd_fetch_jwt(const cli_opts *o)
         ret = print_jwt_json(sv, bundles) < 0 ? 1 : 0;
         goto done;
     }
-    for (size_t i = 0; i < sv->n_svids; i++)
-        printf("token(%s):\n\t%s\n\n", sv->svids[i]->spiffe_id, sv->svids[i]->svid);
+    for (size_t i = 0; i < sv->n_svids; i++) {
+        printf("token(%s):\n\t%s\n", sv->svids[i]->spiffe_id, sv->svids[i]->svid);
+        if (sv->svids[i]->hint != NULL && sv->svids[i]->hint[0] != '\0')
+            printf("hint(%s):\n\t%s\n", sv->svids[i]->spiffe_id, sv->svids[i]->hint);
+    }
     qsort(bundles->bundles, bundles->n_bundles, sizeof(*bundles->bundles), bundle_key_cmp);
     for (size_t i = 0; i < bundles->n_bundles; i++)
-        printf("bundle(%s):\n\t%.*s\n\n", bundles->bundles[i]->key,
+        printf("bundle(%s):\n\t%.*s\n", bundles->bundles[i]->key,
                (int)bundles->bundles[i]->value.len, (const char *)bundles->bundles[i]->value.data);
     ret = 0;
 done:

@@ -340,6 +340,8 @@ def test_jwt_cli_fetch_and_validate(jwt_agent):
     assert "token(%s):" % ID_A in p.stdout
     assert "bundle(%s):" % sigil.TD_ID in p.stdout
     token = re.search(r"token\(%s\):\s+(\S+)" % re.escape(ID_A), p.stdout).group(1)
+    # Scripts written for spire-agent take the token from the second line (`sed -n 2p`).
+    assert p.stdout.splitlines()[1] == "\t" + token
     p = jwt_agent.cli("api validate jwt", "-audience", AUD, "-svid", token)
     assert p.returncode == 0, p.out
     assert "SVID is valid." in p.stdout and ID_A in p.stdout
