@@ -7,6 +7,7 @@
  */
 #include "agent/workload_api_int.h"
 
+#include "common/bundle.h"
 #include "common/jwt.h"
 #include "common/log.h"
 #include "common/spiffeid.h"
@@ -171,6 +172,28 @@ static void item_settle(jwt_item *it)
         fetch_complete(f);
 }
 
+/*
+ * The kid in a token's protected header, for servers that do not state it
+ * beside the token (taint then still finds the token). "" when none.
+ */
+static void header_kid(const char *token, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    const char *dot = strchr(token, '.');
+    uint8_t *raw = NULL;
+    size_t rawlen = 0;
+    if (dot == NULL || (size_t)(dot - token) > 4096 ||
+        sg_bundle_b64_decode(token, (size_t)(dot - token), true, &raw, &rawlen, NULL) != 0)
+        return;
+    json_error_t jerr;
+    json_t *h = json_loadb((const char *)raw, rawlen, 0, &jerr);
+    free(raw);
+    const char *kid = json_string_value(json_object_get(h, "kid"));
+    if (kid != NULL)
+        snprintf(out, outlen, "%s", kid);
+    json_decref(h);
+}
+
 static void on_minted(void *user, int rc, const sg_err *err, const sg_node_jwt_svid *svid)
 {
     jwt_item *it = user;
@@ -187,16 +210,21 @@ static void on_minted(void *user, int rc, const sg_err *err, const sg_node_jwt_s
     if (rc == 0) {
         sg_err e;
         sg_err_clear(&e);
+        char kid[257];
+        if (svid->kid != NULL && svid->kid[0] != '\0')
+            snprintf(kid, sizeof(kid), "%s", svid->kid);
+        else
+            header_kid(svid->token, kid, sizeof(kid));
         if (jc != NULL &&
             sg_jwt_cache_put(jc, it->entry_id, it->revision, aud, w->naud, svid->spiffe_id,
-                             svid->token, svid->kid, svid->issued_at, svid->expires_at, &e) != 0)
+                             svid->token, kid, svid->issued_at, svid->expires_at, &e) != 0)
             sg_log_debug("cannot cache a JWT-SVID: %s", e.msg);
         it->token = strdup(svid->token);
         if (it->token == NULL) {
             it->rc = sg_err_set(&it->err, SG_ENOMEM, "out of memory");
         } else {
             sg_log_info("minted JWT-SVID %s (entry %s, kid %s) expires %lld", svid->spiffe_id,
-                        it->entry_id, svid->kid, (long long)svid->expires_at);
+                        it->entry_id, kid, (long long)svid->expires_at);
         }
         item_settle(it);
         return;

@@ -460,6 +460,39 @@ def test_jwt_agent_still_serves(jwt_agent, env):
     assert jwt_agent.daemon.alive()
 
 
+def test_jwt_tainted_key_tokens_dropped(jwt_agent, cluster, env):
+    """Taint the JWT authority that signed a cached token: the agent stops serving it."""
+    aud = ["taint-audience"]
+    with sigil.Workload(env.wl, jwt_agent.sock) as w:
+        code, details, resp = fetch_jwt(w, aud, ID_A)
+        assert code == grpc.StatusCode.OK, (code, details)
+    old = resp.svids[0].svid
+    old_kid = jwt.get_unverified_header(old)["kid"]
+    p = cluster.server_cli("localauthority jwt prepare")
+    if p.returncode != 0 and "unknown" in p.out.lower():
+        pytest.skip("this sigil-server has no localauthority jwt")
+    assert p.returncode == 0, p.out
+    new_kid = re.search(r"Authority ID:\s*(\S+)", p.stdout).group(1)
+    p = cluster.server_cli("localauthority jwt activate", "-authorityID", new_kid)
+    assert p.returncode == 0, p.out
+    p = cluster.server_cli("localauthority jwt taint", "-authorityID", old_kid)
+    assert p.returncode == 0, p.out
+
+    def reminted():
+        with sigil.Workload(env.wl, jwt_agent.sock) as w2:
+            c, _, r = fetch_jwt(w2, aud, ID_A)
+        return c == grpc.StatusCode.OK and r.svids[0].svid != old and r.svids[0].svid
+
+    token = sigil.wait_until(reminted, 20, what="a JWT-SVID not signed by the tainted key")
+    assert jwt.get_unverified_header(token)["kid"] == new_kid
+    with sigil.Workload(env.wl, jwt_agent.sock) as w:
+        code, details, b = w.call("FetchJWTBundles")
+        assert code == grpc.StatusCode.OK, (code, details)
+        assert new_kid in [k["kid"] for k in jwks_of(b, sigil.TD_ID)["keys"]]
+        code, details, v = validate(w, aud[0], token)
+        assert code == grpc.StatusCode.OK, (code, details)
+
+
 def test_jwt_server_unreachable(jwt_agent, cluster, env):
     """Cached tokens keep being served; a cold audience is Unavailable, quickly."""
     with sigil.Workload(env.wl, jwt_agent.sock) as w:
