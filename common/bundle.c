@@ -27,6 +27,20 @@
 #define RSA_MIN_BITS    2048
 #define RSA_MAX_BITS    8192
 
+/*
+ * Copies up to max bytes of untrusted s into out (at least max + 1 bytes)
+ * for an error message, replacing anything but printable ASCII with '?'.
+ */
+static const char *quote(const char *s, size_t max, char *out)
+{
+    size_t i;
+
+    for (i = 0; s != NULL && s[i] != '\0' && i < max; i++)
+        out[i] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
+    out[i] = '\0';
+    return out;
+}
+
 /* ---- base64 ---- */
 
 static const char B64_STD[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -408,6 +422,7 @@ static int pkey_fromdata(OSSL_PARAM_BLD *bld, const char *type, size_t i, EVP_PK
 /* Builds the public key that JWK i describes (kty EC or RSA), checking the size policy. */
 static int jwk_public_key(json_t *k, size_t i, const char *kty, EVP_PKEY **out, sg_err *err)
 {
+    char q[72];
     OSSL_PARAM_BLD *bld = NULL;
     uint8_t *a = NULL, *b = NULL, *pt = NULL;
     size_t alen = 0, blen = 0;
@@ -432,8 +447,8 @@ static int jwk_public_key(json_t *k, size_t i, const char *kty, EVP_PKEY **out, 
                 break;
         if (c == sizeof CURVES / sizeof CURVES[0]) {
             rc = sg_err_set(err, SG_EINVAL,
-                            "keys[%zu]: unsupported curve \"%.40s\" (P-256, P-384 or P-521)", i,
-                            json_string_value(crv));
+                            "keys[%zu]: unsupported curve \"%s\" (P-256, P-384 or P-521)", i,
+                            quote(json_string_value(crv), 40, q));
             goto done;
         }
         if ((rc = jwk_b64(k, i, "x", &a, &alen, err)) < 0 ||
@@ -542,6 +557,7 @@ done:
 
 static int jwk_for_jwt_key(const sg_jwt_key *k, size_t i, json_t **out, sg_err *err)
 {
+    char q[72];
     const unsigned char *p = k->spki.data;
     EVP_PKEY *pk = NULL;
     json_t *o;
@@ -554,8 +570,8 @@ static int jwk_for_jwt_key(const sg_jwt_key *k, size_t i, json_t **out, sg_err *
         pk = d2i_PUBKEY(NULL, &p, (long)k->spki.len);
     if (pk == NULL || p != k->spki.data + k->spki.len) {
         EVP_PKEY_free(pk);
-        return sg_err_ssl(err, "bundle: JWT authority \"%.64s\": public key is not valid DER",
-                          k->kid);
+        return sg_err_ssl(err, "bundle: JWT authority \"%s\": public key is not valid DER",
+                          quote(k->kid, 64, q));
     }
     o = json_object();
     if (o == NULL || json_object_set_new(o, "use", json_string("jwt-svid")) < 0 ||
@@ -564,7 +580,8 @@ static int jwk_for_jwt_key(const sg_jwt_key *k, size_t i, json_t **out, sg_err *
         goto done;
     }
     if ((rc = jwk_set_public(o, pk, &e)) < 0)
-        rc = sg_err_set(err, e.code, "bundle: JWT authority \"%.64s\": %.150s", k->kid, e.msg);
+        rc = sg_err_set(err, e.code, "bundle: JWT authority \"%s\": %.150s", quote(k->kid, 64, q),
+                        e.msg);
 done:
     EVP_PKEY_free(pk);
     if (rc < 0) {
@@ -732,6 +749,7 @@ done:
 
 static int decode_jwt_key(json_t *k, size_t i, const char *kty, sg_bundle *b, sg_err *err)
 {
+    char q[72];
     json_t *kid = json_object_get(k, "kid");
     EVP_PKEY *pk = NULL;
     unsigned char *der = NULL;
@@ -743,8 +761,8 @@ static int decode_jwt_key(json_t *k, size_t i, const char *kty, sg_bundle *b, sg
         strlen(json_string_value(kid)) != json_string_length(kid))
         return sg_err_set(err, SG_EINVAL, "keys[%zu]: \"kid\" is longer than %d bytes", i, KID_MAX);
     if (sg_bundle_find_jwt_key(b, json_string_value(kid)) != NULL)
-        return sg_err_set(err, SG_EINVAL, "keys[%zu]: duplicate kid \"%.64s\"", i,
-                          json_string_value(kid));
+        return sg_err_set(err, SG_EINVAL, "keys[%zu]: duplicate kid \"%s\"", i,
+                          quote(json_string_value(kid), 64, q));
     if ((rc = jwk_public_key(k, i, kty, &pk, err)) < 0)
         return rc;
     len = i2d_PUBKEY(pk, &der);
