@@ -315,6 +315,247 @@ static int set_ca_subject(cfgctx *c, const sg_hcl_node *n, void *field)
     return apply_keys(c, n, "ca_subject {}", ca_subject_keys, NKEYS(ca_subject_keys), NULL, base);
 }
 
+/* ------------------------------------------------------------ federation */
+
+/* A block member with exactly one label (profile "https_web" { }); its label in *label. */
+static int one_label(cfgctx *c, const sg_hcl_node *m, const char *where, const char **label)
+{
+    if (m->nlabels != 1)
+        return cerr(c, m->line, "%s in %s needs exactly one label (%s \"<name>\" { ... })", m->key,
+                    where, m->key);
+    if (m->type != SG_HCL_OBJECT)
+        return cerr(c, m->line, "%s \"%.*s\" must be a block { ... }", m->key, QUOTE_MAX,
+                    m->labels[0]);
+    *label = m->labels[0];
+    return 0;
+}
+
+static const keydef serving_cert_keys[] = {
+    SK("cert_file_path", set_nonempty, fed_endpoint_cert_file),
+    SK("key_file_path", set_nonempty, fed_endpoint_key_file),
+};
+static const char *const serving_cert_ignored[] = {"file_sync_interval", NULL};
+
+/* bundle_endpoint { profile "https_web" { serving_cert_file { } } }; base is the server config. */
+static int fed_endpoint_profile(cfgctx *c, const sg_hcl_node *m, sg_server_config *s)
+{
+    const char *name;
+    int rc = one_label(c, m, "bundle_endpoint {}", &name);
+
+    if (rc < 0)
+        return rc;
+    if (strcmp(name, "https_spiffe") == 0) {
+        if (m->n > 0)
+            return cerr(c, m->items[0]->line,
+                        "unknown key \"%.*s\" in profile \"https_spiffe\" (it takes none)",
+                        QUOTE_MAX, m->items[0]->key);
+        s->fed_endpoint_https_web = false;
+        return 0;
+    }
+    if (strcmp(name, "https_web") != 0)
+        return cerr(c, m->line,
+                    "bundle endpoint profile \"%.*s\" is unknown (use \"https_spiffe\" "
+                    "or \"https_web\")",
+                    QUOTE_MAX, name);
+    s->fed_endpoint_https_web = true;
+    for (size_t i = 0; i < m->n; i++) {
+        const sg_hcl_node *k = m->items[i];
+        if (strcmp(k->key, "serving_cert_file") == 0) {
+            rc = apply_keys(c, k, "serving_cert_file {}", serving_cert_keys,
+                            NKEYS(serving_cert_keys), serving_cert_ignored, s);
+            if (rc < 0)
+                return rc;
+        } else if (strcmp(k->key, "acme") == 0) {
+            return cerr(c, k->line,
+                        "profile \"https_web\" acme { } is not supported by sigil; use "
+                        "serving_cert_file { cert_file_path, key_file_path }");
+        } else {
+            return cerr(c, k->line, "unknown key \"%.*s\" in profile \"https_web\"", QUOTE_MAX,
+                        k->key);
+        }
+    }
+    if (s->fed_endpoint_cert_file == NULL || s->fed_endpoint_key_file == NULL)
+        return cerr(c, m->line,
+                    "profile \"https_web\" needs serving_cert_file { cert_file_path, "
+                    "key_file_path }");
+    return 0;
+}
+
+static int set_fed_address(cfgctx *c, const sg_hcl_node *n, void *field)
+{
+    return set_nonempty(c, n, field);
+}
+
+static const keydef bundle_endpoint_keys[] = {
+    SK("address", set_fed_address, fed_endpoint_address),
+    SK("port", set_port, fed_endpoint_port),
+    SK("refresh_hint", set_ttl, fed_endpoint_refresh_hint_s),
+};
+
+static int fed_bundle_endpoint(cfgctx *c, const sg_hcl_node *m, sg_server_config *s)
+{
+    bool have_profile = false;
+
+    if (m->nlabels > 0)
+        return cerr(c, m->line, "bundle_endpoint takes no label");
+    if (m->type != SG_HCL_OBJECT)
+        return cerr(c, m->line, "bundle_endpoint must be a block { ... }");
+    s->fed_endpoint_enabled = true;
+    for (size_t i = 0; i < m->n; i++) {
+        const sg_hcl_node *k = m->items[i];
+        int rc;
+        if (strcmp(k->key, "profile") == 0) {
+            if (have_profile)
+                return cerr(c, k->line, "bundle_endpoint has more than one profile");
+            have_profile = true;
+            rc = fed_endpoint_profile(c, k, s);
+        } else if (strcmp(k->key, "acme") == 0) {
+            rc = cerr(c, k->line,
+                      "bundle_endpoint acme { } is not supported by sigil; use "
+                      "profile \"https_web\" { serving_cert_file { ... } }");
+        } else {
+            sg_hcl_node one = *m;
+            one.items = (sg_hcl_node **)&m->items[i];
+            one.n = 1;
+            rc = apply_keys(c, &one, "bundle_endpoint {}", bundle_endpoint_keys,
+                            NKEYS(bundle_endpoint_keys), NULL, s);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int fed_federates_with(cfgctx *c, const sg_hcl_node *m, sg_server_config *s)
+{
+    sg_config_federates_with fw, *nv;
+    const char *label;
+    bool have_profile = false;
+    sg_err e;
+    int rc = one_label(c, m, "federation {}", &label);
+
+    if (rc < 0)
+        return rc;
+    memset(&fw, 0, sizeof fw);
+    if (sg_trust_domain_parse(label, fw.trust_domain, &e) < 0)
+        return cerr(c, m->line, "federates_with \"%.*s\": %s", QUOTE_MAX, label, e.msg);
+    if (s->trust_domain[0] != '\0' && strcmp(fw.trust_domain, s->trust_domain) == 0)
+        return cerr(c, m->line, "federates_with \"%.*s\" names this server's own trust domain",
+                    QUOTE_MAX, label);
+    for (size_t i = 0; i < s->nfederates_with; i++)
+        if (strcmp(s->federates_with[i].trust_domain, fw.trust_domain) == 0)
+            return cerr(c, m->line, "duplicate federates_with \"%s\"", fw.trust_domain);
+    for (size_t i = 0; rc == 0 && i < m->n; i++) {
+        const sg_hcl_node *k = m->items[i];
+        const char *pname;
+        if (strcmp(k->key, "bundle_endpoint_url") == 0) {
+            if (k->nlabels > 0)
+                rc = cerr(c, k->line, "bundle_endpoint_url takes no label");
+            else if (fw.bundle_endpoint_url != NULL)
+                rc = cerr(c, k->line, "duplicate key \"bundle_endpoint_url\"");
+            else
+                rc = set_nonempty(c, k, &fw.bundle_endpoint_url);
+            if (rc == 0 && strncmp(fw.bundle_endpoint_url, "https://", 8) != 0)
+                rc = cerr(c, k->line, "bundle_endpoint_url \"%.*s\" must start with https://",
+                          QUOTE_MAX, fw.bundle_endpoint_url);
+        } else if (strcmp(k->key, "bundle_endpoint_profile") == 0) {
+            rc = have_profile ? cerr(c, k->line,
+                                     "federates_with \"%s\" has more than one "
+                                     "bundle_endpoint_profile",
+                                     fw.trust_domain)
+                              : one_label(c, k, "federates_with {}", &pname);
+            have_profile = true;
+            if (rc < 0)
+                break;
+            if (strcmp(pname, "https_web") == 0) {
+                fw.https_web = true;
+                if (k->n > 0)
+                    rc = cerr(c, k->items[0]->line,
+                              "unknown key \"%.*s\" in "
+                              "bundle_endpoint_profile \"https_web\"",
+                              QUOTE_MAX, k->items[0]->key);
+            } else if (strcmp(pname, "https_spiffe") == 0) {
+                for (size_t j = 0; rc == 0 && j < k->n; j++) {
+                    const sg_hcl_node *v = k->items[j];
+                    if (strcmp(v->key, "endpoint_spiffe_id") != 0)
+                        rc = cerr(c, v->line,
+                                  "unknown key \"%.*s\" in bundle_endpoint_profile "
+                                  "\"https_spiffe\"",
+                                  QUOTE_MAX, v->key);
+                    else
+                        rc = set_nonempty(c, v, &fw.endpoint_spiffe_id);
+                }
+                if (rc == 0 && fw.endpoint_spiffe_id == NULL)
+                    rc = cerr(c, k->line,
+                              "bundle_endpoint_profile \"https_spiffe\" needs "
+                              "endpoint_spiffe_id");
+                if (rc == 0) {
+                    sg_spiffeid sid;
+                    if (sg_spiffeid_parse(fw.endpoint_spiffe_id, &sid, &e) < 0)
+                        rc = cerr(c, k->line, "endpoint_spiffe_id: %s", e.msg);
+                }
+            } else {
+                rc = cerr(c, k->line,
+                          "bundle_endpoint_profile \"%.*s\" is unknown (use "
+                          "\"https_spiffe\" or \"https_web\")",
+                          QUOTE_MAX, pname);
+            }
+        } else {
+            rc = cerr(c, k->line, "unknown key \"%.*s\" in federates_with \"%s\"", QUOTE_MAX,
+                      k->key, fw.trust_domain);
+        }
+    }
+    if (rc == 0 && fw.bundle_endpoint_url == NULL)
+        rc = cerr(c, m->line, "federates_with \"%s\" needs bundle_endpoint_url", fw.trust_domain);
+    if (rc == 0 && !have_profile)
+        rc = cerr(c, m->line,
+                  "federates_with \"%s\" needs bundle_endpoint_profile "
+                  "\"https_spiffe\" { endpoint_spiffe_id = ... } or \"https_web\" {}",
+                  fw.trust_domain);
+    if (rc == 0) {
+        nv = realloc(s->federates_with, (s->nfederates_with + 1) * sizeof *nv);
+        if (nv == NULL) {
+            rc = cerr(c, m->line, "out of memory");
+        } else {
+            s->federates_with = nv;
+            nv[s->nfederates_with++] = fw;
+            return 0;
+        }
+    }
+    free(fw.bundle_endpoint_url);
+    free(fw.endpoint_spiffe_id);
+    return rc;
+}
+
+/* server { federation { } }; field is the first federation field of the server config. */
+static int set_federation(cfgctx *c, const sg_hcl_node *n, void *field)
+{
+    sg_server_config *s =
+        (sg_server_config *)(void *)((char *)field -
+                                     offsetof(sg_server_config, fed_endpoint_enabled));
+    bool have_endpoint = false;
+
+    if (n->type != SG_HCL_OBJECT)
+        return cerr(c, n->line, "federation must be a block { ... }");
+    for (size_t i = 0; i < n->n; i++) {
+        const sg_hcl_node *m = n->items[i];
+        int rc;
+        if (strcmp(m->key, "bundle_endpoint") == 0) {
+            if (have_endpoint)
+                return cerr(c, m->line, "duplicate key \"bundle_endpoint\" in federation {}");
+            have_endpoint = true;
+            rc = fed_bundle_endpoint(c, m, s);
+        } else if (strcmp(m->key, "federates_with") == 0) {
+            rc = fed_federates_with(c, m, s);
+        } else {
+            rc = cerr(c, m->line, "unknown key \"%.*s\" in federation {}", QUOTE_MAX, m->key);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static const keydef server_keys[] = {
     SK("bind_address", set_nonempty, bind_address),
     SK("bind_port", set_port, bind_port),
@@ -327,6 +568,7 @@ static const keydef server_keys[] = {
     SK("default_x509_svid_ttl", set_ttl, default_x509_svid_ttl_s),
     SK("agent_ttl", set_ttl, agent_ttl_s),
     SK("ca_subject", set_ca_subject, ca_subject_country),
+    SK("federation", set_federation, fed_endpoint_enabled),
 };
 
 /* SPIRE server keys that change nothing sigil does yet. */
@@ -808,6 +1050,14 @@ void sg_server_config_cleanup(sg_server_config *s)
     free(s->upstream_key_file);
     free(s->upstream_cert_file);
     free(s->upstream_bundle_file);
+    free(s->fed_endpoint_address);
+    free(s->fed_endpoint_cert_file);
+    free(s->fed_endpoint_key_file);
+    for (size_t i = 0; i < s->nfederates_with; i++) {
+        free(s->federates_with[i].bundle_endpoint_url);
+        free(s->federates_with[i].endpoint_spiffe_id);
+    }
+    free(s->federates_with);
     memset(s, 0, sizeof *s);
 }
 
@@ -925,6 +1175,8 @@ int sg_server_config_load_with(const char *path, bool expand_env_vars,
     s.ca_key_type = SG_KEY_EC_P256;
     s.ca_ttl_s = 24 * 3600;
     s.default_x509_svid_ttl_s = 3600;
+    s.fed_endpoint_port = 443;
+    s.fed_endpoint_refresh_hint_s = 300;
     /* Set before parsing so an explicit `organization = []` can clear it. */
     s.ca_subject_organization = strdup("SPIFFE");
     if (s.ca_subject_organization == NULL)
@@ -947,7 +1199,8 @@ int sg_server_config_load_with(const char *path, bool expand_env_vars,
                                  plugins != NULL ? plugins->line : 0);
     if (rc == 0)
         rc = server_validate(&c, &s, sec, plugins);
-    if (rc == 0 && (dup_default(&s.bind_address, "0.0.0.0") < 0 ||
+    if (rc == 0 && (dup_default(&s.fed_endpoint_address, "0.0.0.0") < 0 ||
+                    dup_default(&s.bind_address, "0.0.0.0") < 0 ||
                     dup_default(&s.socket_path, "/tmp/spire-server/private/api.sock") < 0))
         rc = cerr(&c, 0, "out of memory");
     sg_hcl_free(root);

@@ -16,6 +16,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* server { federation { federates_with "<td>" { } } }: one relationship from the config. */
+typedef struct sg_config_federates_with {
+    char trust_domain[SG_TRUST_DOMAIN_MAX + 1]; /* the name, without spiffe:// */
+    char *bundle_endpoint_url;                  /* https://... */
+    bool https_web;                             /* bundle_endpoint_profile "https_web" */
+    char *endpoint_spiffe_id;                   /* "https_spiffe" { endpoint_spiffe_id } */
+} sg_config_federates_with;
+
 /* Every string below is heap-owned by the struct; free with the matching cleanup. */
 typedef struct sg_server_config {
     /* server { } */
@@ -45,6 +53,16 @@ typedef struct sg_server_config {
     char *upstream_key_file;
     char *upstream_cert_file;
     char *upstream_bundle_file; /* may be NULL: cert_file's chain is used */
+    /* server { federation { bundle_endpoint { } federates_with "td" { } } } */
+    bool fed_endpoint_enabled;          /* bundle_endpoint { } present */
+    char *fed_endpoint_address;         /* default "0.0.0.0" */
+    int fed_endpoint_port;              /* default 443 */
+    int64_t fed_endpoint_refresh_hint_s; /* default 300 */
+    bool fed_endpoint_https_web;        /* profile "https_web"; default https_spiffe */
+    char *fed_endpoint_cert_file;       /* https_web serving_cert_file { cert_file_path } */
+    char *fed_endpoint_key_file;        /* https_web serving_cert_file { key_file_path } */
+    sg_config_federates_with *federates_with;
+    size_t nfederates_with;
 } sg_server_config;
 
 typedef struct sg_agent_config {

@@ -8,6 +8,8 @@
  */
 #include "server/admin_api.h"
 
+#include "server/admin_jwt.h"
+
 #include "common/selector.h"
 #include "common/spiffeid.h"
 #include "sigil/admin/v1/admin.pb-c.h"
@@ -686,6 +688,7 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     sg_ca *ca = sg_server_ca(s);
     sg_der *certs = NULL;
     ProtobufCBinaryData *bins = NULL;
+    sg_admin_jwt_keys jk = {0};
     size_t n = 0;
     sg_err err;
     int rc;
@@ -697,7 +700,7 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
         sg_rpc_call_finish_err(call, &err);
         return;
     }
-    resp.sequence = sg_ca_bundle_sequence(ca);
+    resp.sequence = sg_server_bundle_sequence(s);
     rc = sg_ca_bundle_der(ca, &certs, &n, &err);
     if (rc < 0) {
         fail(call, &err, rc);
@@ -717,8 +720,13 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     resp.n_x509_authorities = n;
     resp.x509_authorities = bins;
     resp.refresh_hint = BUNDLE_REFRESH_S;
-    reply(call, &resp.base);
+    rc = sg_admin_jwt_bundle_keys(s, &resp, &jk, &err);
+    if (rc < 0)
+        fail(call, &err, rc);
+    else
+        reply(call, &resp.base);
 out:
+    sg_admin_jwt_keys_cleanup(&jk);
     free(bins);
     for (size_t i = 0; i < n; i++)
         sg_der_cleanup(&certs[i]);
@@ -925,6 +933,10 @@ static const struct {
 
 int sg_admin_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
 {
+    int jrc = sg_admin_jwt_register(srv, s, err);
+
+    if (jrc < 0)
+        return jrc;
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
         int rc =
             sg_rpc_server_add_method(srv, &sigil__admin__v1__admin__descriptor, methods[i].method,

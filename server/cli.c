@@ -10,6 +10,7 @@
  */
 #include "server/cli.h"
 
+#include "common/bundle.h"
 #include "common/fsutil.h"
 #include "common/key.h"
 #include "common/rpc.h"
@@ -24,7 +25,6 @@
 #include <grpc/grpc_security.h>
 #include <jansson.h>
 #include <openssl/bn.h>
-#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -1450,134 +1450,43 @@ static int cmd_agent_ban(cli_ctx *c)
 
 /* ------------------------------------------------------------ bundle */
 
-static char *b64(const uint8_t *data, size_t len, bool url)
+/*
+ * The SPIFFE bundle (JWKS) of a GetBundle reply: x509-svid and jwt-svid
+ * keys, spiffe_sequence and spiffe_refresh_hint. *json malloc'd.
+ */
+static int bundle_jwks(const Sigil__Admin__V1__Bundle *b, char **json, sg_err *err)
 {
-    size_t cap = 4 * ((len + 2) / 3) + 1;
-    char *out = malloc(cap);
-    int n;
+    sg_bundle sb;
+    int rc;
 
-    if (out == NULL)
-        return NULL;
-    n = EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-    if (n < 0) {
-        free(out);
-        return NULL;
+    /* Every member is borrowed from the reply: never sg_bundle_cleanup'd. */
+    memset(&sb, 0, sizeof sb);
+    sb.trust_domain = b->trust_domain;
+    sb.x509 = calloc(b->n_x509_authorities ? b->n_x509_authorities : 1, sizeof *sb.x509);
+    sb.jwt = calloc(b->n_jwt_authorities ? b->n_jwt_authorities : 1, sizeof *sb.jwt);
+    if (sb.x509 == NULL || sb.jwt == NULL) {
+        free(sb.x509);
+        free(sb.jwt);
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
     }
-    out[n] = '\0';
-    if (url) {
-        for (int i = 0; i < n; i++) {
-            if (out[i] == '+')
-                out[i] = '-';
-            else if (out[i] == '/')
-                out[i] = '_';
-        }
-        while (n > 0 && out[n - 1] == '=')
-            out[--n] = '\0';
+    for (size_t i = 0; i < b->n_x509_authorities; i++) {
+        sb.x509[i].data = b->x509_authorities[i].data;
+        sb.x509[i].len = b->x509_authorities[i].len;
     }
-    return out;
-}
-
-static int set_b64url(json_t *o, const char *key, const uint8_t *d, size_t len)
-{
-    char *s = b64(d, len, true);
-
-    if (s == NULL)
-        return -1;
-    json_object_set_new(o, key, json_string(s));
-    free(s);
-    return 0;
-}
-
-static int set_bn(json_t *o, const char *key, EVP_PKEY *pk, const char *param)
-{
-    BIGNUM *bn = NULL;
-    uint8_t *buf;
-    int len, rc = -1;
-
-    if (EVP_PKEY_get_bn_param(pk, param, &bn) != 1)
-        return -1;
-    len = BN_num_bytes(bn);
-    buf = malloc(len > 0 ? (size_t)len : 1);
-    if (buf != NULL) {
-        BN_bn2bin(bn, buf);
-        rc = set_b64url(o, key, buf, (size_t)len);
-        free(buf);
+    sb.nx509 = b->n_x509_authorities;
+    for (size_t i = 0; i < b->n_jwt_authorities; i++) {
+        sb.jwt[i].kid = b->jwt_authorities[i]->kid;
+        sb.jwt[i].spki.data = b->jwt_authorities[i]->public_key.data;
+        sb.jwt[i].spki.len = b->jwt_authorities[i]->public_key.len;
+        sb.jwt[i].expires_at = b->jwt_authorities[i]->expires_at;
     }
-    BN_free(bn);
+    sb.njwt = b->n_jwt_authorities;
+    sb.sequence = b->sequence;
+    sb.refresh_hint = b->refresh_hint;
+    rc = sg_bundle_to_jwks(&sb, json, err);
+    free(sb.x509);
+    free(sb.jwt);
     return rc;
-}
-
-/* One JWK (use "x509-svid") for a DER CA certificate, per the SPIFFE bundle format. */
-static json_t *jwk_for_cert(const uint8_t *der, size_t len, char *why, size_t whylen)
-{
-    const unsigned char *p = der;
-    X509 *x = d2i_X509(NULL, &p, (long)len);
-    EVP_PKEY *pk;
-    json_t *o = NULL;
-    char *x5c = NULL;
-
-    if (x == NULL) {
-        snprintf(why, whylen, "bundle holds a certificate that does not parse");
-        return NULL;
-    }
-    pk = X509_get0_pubkey(x);
-    o = json_object();
-    x5c = b64(der, len, false);
-    if (pk == NULL || o == NULL || x5c == NULL) {
-        snprintf(why, whylen, "cannot read a bundle certificate's public key");
-        goto fail;
-    }
-    json_object_set_new(o, "use", json_string("x509-svid"));
-    if (EVP_PKEY_is_a(pk, "EC")) {
-        char group[64];
-        uint8_t pt[256];
-        size_t ptlen = 0, clen;
-        const char *crv = NULL;
-        if (EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
-                                           NULL) != 1 ||
-            EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt, sizeof pt,
-                                            &ptlen) != 1 ||
-            ptlen < 3 || pt[0] != 0x04) {
-            snprintf(why, whylen, "cannot encode an EC bundle key");
-            goto fail;
-        }
-        if (strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0)
-            crv = "P-256";
-        else if (strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0)
-            crv = "P-384";
-        else if (strcmp(group, "secp521r1") == 0 || strcmp(group, "P-521") == 0)
-            crv = "P-521";
-        else {
-            snprintf(why, whylen, "unsupported curve \"%s\" in the bundle", group);
-            goto fail;
-        }
-        clen = (ptlen - 1) / 2;
-        json_object_set_new(o, "kty", json_string("EC"));
-        json_object_set_new(o, "crv", json_string(crv));
-        if (set_b64url(o, "x", pt + 1, clen) < 0 || set_b64url(o, "y", pt + 1 + clen, clen) < 0) {
-            snprintf(why, whylen, "out of memory");
-            goto fail;
-        }
-    } else if (EVP_PKEY_is_a(pk, "RSA")) {
-        json_object_set_new(o, "kty", json_string("RSA"));
-        if (set_bn(o, "n", pk, OSSL_PKEY_PARAM_RSA_N) < 0 ||
-            set_bn(o, "e", pk, OSSL_PKEY_PARAM_RSA_E) < 0) {
-            snprintf(why, whylen, "cannot encode an RSA bundle key");
-            goto fail;
-        }
-    } else {
-        snprintf(why, whylen, "unsupported key type in the bundle");
-        goto fail;
-    }
-    json_object_set_new(o, "x5c", json_pack("[s]", x5c));
-    free(x5c);
-    X509_free(x);
-    return o;
-fail:
-    free(x5c);
-    json_decref(o);
-    X509_free(x);
-    return NULL;
 }
 
 static int cmd_bundle_show(cli_ctx *c)
@@ -1599,31 +1508,12 @@ static int cmd_bundle_show(cli_ctx *c)
         return fail_err(&err);
     b = (Sigil__Admin__V1__Bundle *)resp;
     if (strcmp(format, "spiffe") == 0 || c->json) {
-        json_t *keys = json_array();
-        char why[160] = "";
-        for (size_t i = 0; keys != NULL && i < b->n_x509_authorities; i++) {
-            json_t *k = jwk_for_cert(b->x509_authorities[i].data, b->x509_authorities[i].len, why,
-                                     sizeof why);
-            if (k == NULL) {
-                rc = fail_msg(why);
-                break;
-            }
-            json_array_append_new(keys, k);
-        }
-        if (rc == 0) {
-            json_t *doc =
-                json_pack("{s:o,s:I,s:I}", "keys", keys, "spiffe_sequence", (json_int_t)b->sequence,
-                          "spiffe_refresh_hint", (json_int_t)b->refresh_hint);
-            char *s = doc ? json_dumps(doc, JSON_INDENT(4)) : NULL;
-            json_decref(doc);
-            if (s == NULL) {
-                rc = fail_msg("out of memory");
-            } else {
-                printf("%s\n", s);
-                free(s);
-            }
+        char *doc = NULL;
+        if (bundle_jwks(b, &doc, &err) < 0) {
+            rc = fail_err(&err);
         } else {
-            json_decref(keys);
+            printf("%s\n", doc);
+            free(doc);
         }
     } else {
         for (size_t i = 0; i < b->n_x509_authorities; i++) {
@@ -2138,9 +2028,8 @@ static int upstream_action(cli_ctx *c, const char *method, const char *title)
         return fail_msg("a Subject Key ID is required (-subjectKeyID)");
     req.subject_key_id = (char *)(uintptr_t)id;
     sg_err_clear(&err);
-    if (admin_call(c, method, &req.base,
-                   &sigil__admin__v1__upstream_authority_response__descriptor, CALL_TIMEOUT_MS,
-                   &resp, &err) < 0)
+    if (admin_call(c, method, &req.base, &sigil__admin__v1__upstream_authority_response__descriptor,
+                   CALL_TIMEOUT_MS, &resp, &err) < 0)
         return fail_err(&err);
     r = (Sigil__Admin__V1__UpstreamAuthorityResponse *)resp;
     if (c->json) {

@@ -37,11 +37,15 @@ static int64_t agent_ttl(sg_server *s)
 
 /* ------------------------------------------------------------ bundle */
 
-/* A node.v1.Bundle with borrowed data from certs; free with bundle_cleanup. */
+/* A node.v1.Bundle with borrowed data from certs and keys; free with bundle_cleanup. */
 typedef struct bundle_msg {
     Sigil__Node__V1__Bundle msg;
     sg_der *certs;
     size_t n;
+    sg_jwt_key *keys;
+    size_t nkeys;
+    Sigil__Node__V1__JWTKey *jwt;
+    Sigil__Node__V1__JWTKey **jwtp;
 } bundle_msg;
 
 static int bundle_build(sg_server *s, bundle_msg *b, sg_err *err)
@@ -61,8 +65,26 @@ static int bundle_build(sg_server *s, bundle_msg *b, sg_err *err)
     }
     b->msg.n_x509_authorities = b->n;
     b->msg.trust_domain = (char *)sg_server_config_get(s)->trust_domain;
-    b->msg.sequence = sg_ca_bundle_sequence(ca);
+    b->msg.sequence = sg_server_bundle_sequence(s);
     b->msg.refresh_hint = BUNDLE_REFRESH_HINT_S;
+    /* Every published JWT key, so agents validate tokens of old keys too. */
+    rc = sg_jwt_authority_keys(sg_server_jwt(s), &b->keys, &b->nkeys, err);
+    if (rc < 0)
+        return rc;
+    b->jwt = calloc(b->nkeys ? b->nkeys : 1, sizeof(*b->jwt));
+    b->jwtp = calloc(b->nkeys ? b->nkeys : 1, sizeof(*b->jwtp));
+    if (!b->jwt || !b->jwtp)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < b->nkeys; i++) {
+        sigil__node__v1__jwtkey__init(&b->jwt[i]);
+        b->jwt[i].kid = b->keys[i].kid;
+        b->jwt[i].public_key.data = b->keys[i].spki.data;
+        b->jwt[i].public_key.len = b->keys[i].spki.len;
+        b->jwt[i].expires_at = b->keys[i].expires_at;
+        b->jwtp[i] = &b->jwt[i];
+    }
+    b->msg.jwt_authorities = b->jwtp;
+    b->msg.n_jwt_authorities = b->nkeys;
     return 0;
 }
 
@@ -72,6 +94,9 @@ static void bundle_cleanup(bundle_msg *b)
         sg_der_cleanup(&b->certs[i]);
     free(b->certs);
     free(b->msg.x509_authorities);
+    sg_jwt_authority_keys_free(b->keys, b->nkeys);
+    free(b->jwt);
+    free(b->jwtp);
     memset(b, 0, sizeof(*b));
 }
 
@@ -775,8 +800,8 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     Sigil__Node__V1__Selector **sptrs = calloc(nsel ? nsel : 1, sizeof(*sptrs));
     bundle_msg b;
     memset(&b, 0, sizeof(b));
-    char **tainted = NULL;
-    size_t ntainted = 0;
+    char **tainted = NULL, **tainted_jwt = NULL;
+    size_t ntainted = 0, ntainted_jwt = 0;
     int rc = 0;
     if (!ents || !eptrs || !sels || !sptrs) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory building the sync response");
@@ -814,11 +839,15 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     if (rc < 0)
         goto out;
     rc = sg_ca_tainted_ids(sg_server_ca(s), &tainted, &ntainted, err);
+    if (rc == 0)
+        rc = sg_jwt_authority_tainted(sg_server_jwt(s), &tainted_jwt, &ntainted_jwt, err);
     if (rc < 0)
         goto out;
     Sigil__Node__V1__SyncResponse resp = SIGIL__NODE__V1__SYNC_RESPONSE__INIT;
     resp.tainted_authority_ids = tainted;
     resp.n_tainted_authority_ids = ntainted;
+    resp.tainted_jwt_key_ids = tainted_jwt;
+    resp.n_tainted_jwt_key_ids = ntainted_jwt;
     resp.entries = eptrs;
     resp.n_entries = n;
     resp.bundle = &b.msg;
@@ -828,6 +857,7 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
         sg_err_set(err, rc, "sync response not sent: call is over");
 out:
     sg_ca_ids_free(tainted, ntainted);
+    sg_jwt_authority_kids_free(tainted_jwt, ntainted_jwt);
     bundle_cleanup(&b);
     free(ents);
     free(eptrs);
@@ -844,7 +874,7 @@ static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
     sg_authz_view *view = NULL;
     sg_err e;
     sg_err_clear(&e);
-    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    uint64_t seq = sg_server_bundle_sequence(s);
     uint64_t tfp = tainted_fp(sg_server_ca(s));
     int rc =
         sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view, &e);
@@ -887,7 +917,7 @@ static void sync_end(void *ctx, void *stream, const sg_err *err)
 static bool sync_poll(void *ctx)
 {
     sync_ctx *c = ctx;
-    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(c->s));
+    uint64_t seq = sg_server_bundle_sequence(c->s);
     uint64_t tfp = tainted_fp(sg_server_ca(c->s));
     if (seq == c->seq && tfp == c->tainted)
         return false;
@@ -913,7 +943,7 @@ int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
     if (!c)
         return sg_err_set(err, SG_ENOMEM, "out of memory");
     c->s = s;
-    c->seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    c->seq = sg_server_bundle_sequence(s);
     c->tainted = tainted_fp(sg_server_ca(s));
     sg_sync_hub_ops ops = {.push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
     int rc = sg_sync_hub_new(out, &ops, c, NULL, err);
@@ -933,7 +963,7 @@ static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
     sg_sync_hub *hub = sg_server_sync_hub(s);
     /* Read before the snapshot: a change after this point is pushed. */
     uint64_t gen = hub ? sg_sync_hub_gen(hub) : 0;
-    uint64_t seq = sg_ca_bundle_sequence(sg_server_ca(s));
+    uint64_t seq = sg_server_bundle_sequence(s);
     uint64_t tfp = tainted_fp(sg_server_ca(s));
     if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
         0) {
@@ -1088,6 +1118,60 @@ out:
     sg_authz_view_release(view);
 }
 
+/* ------------------------------------------------------------ MintJWTSVID */
+
+/* Identity and TTL come from the entry; the request names the entry and the audience. */
+static void h_mint_jwt(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
+{
+    sg_server *s = user;
+    const Sigil__Node__V1__MintJWTSVIDRequest *req =
+        (const Sigil__Node__V1__MintJWTSVIDRequest *)reqm;
+    char agent_id[SG_SPIFFEID_MAX + 1], serial[64];
+    sg_authz_view *view = NULL;
+    sg_jwt_svid svid = {0};
+    sg_err err;
+    sg_err_clear(&err);
+    int rc = sg_jwt_audience_check((const char *const *)req->audience, req->n_audience, &err);
+    if (rc < 0) {
+        sg_rpc_call_finish_err(call, &err);
+        return;
+    }
+    if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
+        0) {
+        refuse(call, "MintJWTSVID", &err);
+        return;
+    }
+    const sg_entry *e = sg_authz_view_find(view, req->entry_id);
+    if (!e)
+        rc = sg_err_set(&err, SG_EPERM, "entry %.64s is not authorised for %s", req->entry_id,
+                        agent_id);
+    else if (reserved_id(e->spiffe_id))
+        rc = sg_err_set(&err, SG_EPERM, "entry %.64s has the reserved SPIFFE ID %.128s",
+                        req->entry_id, e->spiffe_id);
+    else
+        rc = sg_jwt_authority_sign(sg_server_jwt(s), e->spiffe_id,
+                                   (const char *const *)req->audience, req->n_audience,
+                                   e->jwt_svid_ttl, now_s(), &svid, &err);
+    if (rc < 0) {
+        sg_rpc_call_finish_err(call, &err);
+    } else {
+        Sigil__Node__V1__JWTSVID m = SIGIL__NODE__V1__JWTSVID__INIT;
+        Sigil__Node__V1__MintJWTSVIDResponse resp = SIGIL__NODE__V1__MINT_JWTSVIDRESPONSE__INIT;
+        m.spiffe_id = e->spiffe_id;
+        m.token = svid.token;
+        m.expires_at = svid.expires_at;
+        m.issued_at = svid.issued_at;
+        m.kid = svid.kid;
+        resp.svid = &m;
+        sg_rpc_call_send(call, &resp.base);
+        sg_rpc_call_finish(call, GRPC_STATUS_OK, "");
+        sg_log_debug("minted JWT-SVID agent_id=%s entry_id=%s kid=%s", agent_id, req->entry_id,
+                     svid.kid);
+    }
+    sg_jwt_svid_cleanup(&svid);
+    sg_authz_view_release(view);
+}
+
 /* ------------------------------------------------------------ registration */
 
 int sg_node_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
@@ -1097,10 +1181,9 @@ int sg_node_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
         sg_rpc_kind kind;
         sg_rpc_handler fn;
     } methods[] = {
-        {"AttestAgent", SG_RPC_BIDI_STREAM, h_attest},
-        {"RenewAgent", SG_RPC_UNARY, h_renew},
-        {"Sync", SG_RPC_SERVER_STREAM, h_sync},
-        {"MintX509SVIDs", SG_RPC_UNARY, h_mint},
+        {"AttestAgent", SG_RPC_BIDI_STREAM, h_attest}, {"RenewAgent", SG_RPC_UNARY, h_renew},
+        {"Sync", SG_RPC_SERVER_STREAM, h_sync},        {"MintX509SVIDs", SG_RPC_UNARY, h_mint},
+        {"MintJWTSVID", SG_RPC_UNARY, h_mint_jwt},
     };
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
         int rc = sg_rpc_server_add_method(srv, &sigil__node__v1__node__descriptor, methods[i].name,

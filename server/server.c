@@ -44,6 +44,7 @@ struct sg_server {
     const sg_server_config *cfg;
     sg_datastore *ds;
     sg_ca *ca;
+    sg_jwt_authority *jwt;
     sg_authz *authz;
     /* Set by entry writes; the index is reloaded on its next use, so a burst
      * of admin writes costs one reload, not one each. */
@@ -91,6 +92,17 @@ sg_ca *sg_server_ca(sg_server *s)
 const sg_server_config *sg_server_config_get(sg_server *s)
 {
     return s->cfg;
+}
+
+sg_jwt_authority *sg_server_jwt(sg_server *s)
+{
+    return s->jwt;
+}
+
+uint64_t sg_server_bundle_sequence(sg_server *s)
+{
+    /* Both parts only ever grow (and persist with KeyManager "disk"). */
+    return sg_ca_bundle_sequence(s->ca) + (s->jwt ? sg_jwt_authority_generation(s->jwt) : 0);
 }
 
 sg_authz *sg_server_authz(sg_server *s)
@@ -204,6 +216,12 @@ static void *timer_main(void *arg)
         else if (bundle_changed)
             sg_log_info("trust bundle changed sequence=%llu",
                         (unsigned long long)sg_ca_bundle_sequence(s->ca));
+        bool jwt_changed = false;
+        if (sg_jwt_authority_rotate(s->jwt, now, &jwt_changed, &rerr) < 0)
+            sg_log_error("JWT authority rotation failed: %s", rerr.msg);
+        else if (jwt_changed)
+            sg_log_info("JWT keys changed sequence=%llu",
+                        (unsigned long long)sg_server_bundle_sequence(s));
         pthread_mutex_lock(&s->mu);
         int64_t renew_at = s->svid_issued_at + (s->svid_not_after - s->svid_issued_at) / 2;
         bool renew = now >= renew_at || sg_ca_bundle_sequence(s->ca) != s->bundle_seq;
@@ -295,6 +313,19 @@ int sg_server_new(sg_server **out, const sg_server_config *cfg, sg_err *err)
                               : cfg->default_x509_svid_ttl_s,
     };
     rc = sg_ca_new(&s->ca, &co, err);
+    if (rc < 0)
+        goto fail;
+    sg_jwt_authority_options jo = {
+        .trust_domain = cfg->trust_domain,
+        .key_type = cfg->jwt_key_type,
+        .alg = cfg->jwt_alg,
+        .key_ttl_s = cfg->ca_ttl_s,
+        .default_svid_ttl_s = cfg->default_jwt_svid_ttl_s,
+        .max_svid_ttl_s = cfg->default_jwt_svid_ttl_s,
+        .keys_dir = keys_dir,
+        .issuer = cfg->jwt_issuer,
+    };
+    rc = sg_jwt_authority_new(&s->jwt, &jo, now_s(), err);
     if (rc < 0)
         goto fail;
 
@@ -599,6 +630,7 @@ void sg_server_free(sg_server *s)
     if (s->jt)
         s->jt->destroy(s->jt_state);
     sg_authz_free(s->authz);
+    sg_jwt_authority_free(s->jwt);
     sg_ca_free(s->ca);
     sg_datastore_close(s->ds);
     pthread_cond_destroy(&s->cv);

@@ -574,3 +574,49 @@ TEST(config_overrides_apply_before_checks)
     ASSERT_EQ(sg_server_config_load_with(path, false, bad, 2, &s, &err), SG_ECONFIG);
     ASSERT(strstr(err.msg, "99999") != NULL || strstr(err.msg, "port") != NULL);
 }
+
+TEST(config_server_jwt_keys)
+{
+    const char *td = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n";
+    char body[1024];
+    sg_server_config s;
+    sg_err err;
+
+    /* Defaults: SPIRE's five minutes, no issuer, the key type of ca_key_type. */
+    ASSERT_OK(load_server(td, &s, &err));
+    ASSERT_EQ(s.default_jwt_svid_ttl_s, 300);
+    ASSERT(s.jwt_issuer == NULL);
+    ASSERT_EQ(s.jwt_key_type, SG_KEY_EC_P256);
+    ASSERT_EQ(s.jwt_alg, SG_JWT_ES256);
+    sg_server_config_cleanup(&s);
+    snprintf(body, sizeof body, "%sca_key_type = \"ec-p384\"\n", td);
+    ASSERT_OK(load_server(body, &s, &err));
+    ASSERT_EQ(s.jwt_key_type, SG_KEY_EC_P384);
+    ASSERT_EQ(s.jwt_alg, SG_JWT_ES384);
+    sg_server_config_cleanup(&s);
+
+    snprintf(body, sizeof body,
+             "%sjwt_key_type = \"PS256\"\ndefault_jwt_svid_ttl = \"10m\"\n"
+             "jwt_issuer = \"https://oidc.example.org\"\n",
+             td);
+    ASSERT_OK(load_server(body, &s, &err));
+    ASSERT_EQ(s.jwt_key_type, SG_KEY_RSA_2048);
+    ASSERT_EQ(s.jwt_alg, SG_JWT_PS256);
+    ASSERT_EQ(s.default_jwt_svid_ttl_s, 600);
+    ASSERT_STREQ(s.jwt_issuer, "https://oidc.example.org");
+    sg_server_config_cleanup(&s);
+
+    snprintf(body, sizeof body, "%sjwt_key_type = \"HS256\"\n", td);
+    server_body_bad(body, "server.conf:4: jwt_key_type: invalid jwt_key_type \"HS256\"");
+    snprintf(body, sizeof body, "%sdefault_jwt_svid_ttl = \"5x\"\n", td);
+    server_body_bad(body, "server.conf:4: default_jwt_svid_ttl: unknown unit");
+    snprintf(body, sizeof body,
+             "%sca_ttl = \"2h\"\ndefault_x509_svid_ttl = \"1h\"\ndefault_jwt_svid_ttl = \"2h\"\n",
+             td);
+    server_body_bad(body, "server.conf:6: default_jwt_svid_ttl (7200s) must be shorter than "
+                          "ca_ttl (7200s)");
+    snprintf(body, sizeof body, "%sjwt_issuer = \"\"\n", td);
+    server_body_bad(body, "server.conf:4: jwt_issuer must not be empty");
+    snprintf(body, sizeof body, "%sjwt_issuer = 3\n", td);
+    server_body_bad(body, "server.conf:4: jwt_issuer must be a string");
+}
