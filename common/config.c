@@ -193,6 +193,23 @@ static int set_key_type(cfgctx *c, const sg_hcl_node *n, void *field)
     return 0;
 }
 
+/* jwt_key_type: the key and the alg; field is jwt_key_type in the server config. */
+static int set_jwt_key_type(cfgctx *c, const sg_hcl_node *n, void *field)
+{
+    sg_server_config *s =
+        (sg_server_config *)((char *)field - offsetof(sg_server_config, jwt_key_type));
+    const char *v = NULL;
+    sg_err e;
+    int rc = want_string(c, n, &v);
+
+    if (rc < 0)
+        return rc;
+    if (sg_jwt_key_type_parse(v, &s->jwt_key_type, &s->jwt_alg, &e) < 0)
+        return cerr(c, n->line, "jwt_key_type: %s", e.msg);
+    s->jwt_key_type_set = true;
+    return 0;
+}
+
 static int set_trust_domain(cfgctx *c, const sg_hcl_node *n, void *field)
 {
     const char *s = NULL;
@@ -567,17 +584,17 @@ static const keydef server_keys[] = {
     SK("ca_ttl", set_ttl, ca_ttl_s),
     SK("default_x509_svid_ttl", set_ttl, default_x509_svid_ttl_s),
     SK("agent_ttl", set_ttl, agent_ttl_s),
+    SK("jwt_key_type", set_jwt_key_type, jwt_key_type),
+    SK("default_jwt_svid_ttl", set_ttl, default_jwt_svid_ttl_s),
+    SK("jwt_issuer", set_nonempty, jwt_issuer),
     SK("ca_subject", set_ca_subject, ca_subject_country),
     SK("federation", set_federation, fed_endpoint_enabled),
 };
 
 /* SPIRE server keys that change nothing sigil does yet. */
 static const char *const server_ignored[] = {
-    "log_format",        "log_file",
-    "audit_log_enabled", "profiling_enabled",
-    "profiling_port",    "profiling_freq",
-    "profiling_names",   "default_jwt_svid_ttl",
-    "jwt_issuer",        NULL,
+    "log_format",     "log_file",       "audit_log_enabled", "profiling_enabled",
+    "profiling_port", "profiling_freq", "profiling_names",   NULL,
 };
 
 static const keydef agent_keys[] = {
@@ -1044,6 +1061,7 @@ void sg_server_config_cleanup(sg_server_config *s)
     free(s->ca_subject_country);
     free(s->ca_subject_organization);
     free(s->ca_subject_common_name);
+    free(s->jwt_issuer);
     free(s->db_type);
     free(s->db_connection_string);
     free(s->keys_path);
@@ -1078,6 +1096,29 @@ static int server_validate(cfgctx *c, sg_server_config *s, const sg_hcl_node *se
         return cerr(c, line_of(sec, "agent_ttl"),
                     "agent_ttl (%llds) must be shorter than ca_ttl (%llds)",
                     (long long)s->agent_ttl_s, (long long)s->ca_ttl_s);
+    /* JWT signing keys live as long as CA certificates (ca_ttl). */
+    if (s->default_jwt_svid_ttl_s >= s->ca_ttl_s)
+        return cerr(c, line_of(sec, "default_jwt_svid_ttl"),
+                    "default_jwt_svid_ttl (%llds) must be shorter than ca_ttl (%llds)",
+                    (long long)s->default_jwt_svid_ttl_s, (long long)s->ca_ttl_s);
+    if (s->jwt_issuer != NULL) {
+        size_t n = strlen(s->jwt_issuer);
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)s->jwt_issuer[i] < 0x20 || s->jwt_issuer[i] == 0x7f)
+                return cerr(c, line_of(sec, "jwt_issuer"),
+                            "jwt_issuer \"%.*s\" contains a control character", QUOTE_MAX,
+                            s->jwt_issuer);
+        if (n > 1024)
+            return cerr(c, line_of(sec, "jwt_issuer"),
+                        "jwt_issuer is too long: %zu bytes (at most 1024)", n);
+    }
+    if (!s->jwt_key_type_set) {
+        /* As SPIRE: the JWT key type defaults to ca_key_type. */
+        sg_err e;
+        if (sg_jwt_key_type_parse(sg_key_type_name(s->ca_key_type), &s->jwt_key_type, &s->jwt_alg,
+                                  &e) < 0)
+            return cerr(c, line_of(sec, "ca_key_type"), "ca_key_type: %s", e.msg);
+    }
     pl = plugin_line(plugins, "DataStore", "sql");
     if (s->db_type == NULL)
         return cerr(c, pl, "DataStore \"sql\" needs database_type (\"sqlite3\")");
@@ -1175,6 +1216,7 @@ int sg_server_config_load_with(const char *path, bool expand_env_vars,
     s.ca_key_type = SG_KEY_EC_P256;
     s.ca_ttl_s = 24 * 3600;
     s.default_x509_svid_ttl_s = 3600;
+    s.default_jwt_svid_ttl_s = 300;
     s.fed_endpoint_port = 443;
     s.fed_endpoint_refresh_hint_s = 300;
     /* Set before parsing so an explicit `organization = []` can clear it. */

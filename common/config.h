@@ -9,6 +9,7 @@
 #define SG_COMMON_CONFIG_H
 
 #include "common/err.h"
+#include "common/jwt.h"
 #include "common/key.h"
 #include "common/log.h"
 #include "common/spiffeid.h"
@@ -40,6 +41,11 @@ typedef struct sg_server_config {
     char *ca_subject_country;                   /* ca_subject { country = ["US"] }, may be NULL */
     char *ca_subject_organization;              /* default "SPIFFE" */
     char *ca_subject_common_name;               /* may be NULL */
+    sg_key_type jwt_key_type;                   /* jwt_key_type; default: ca_key_type's */
+    sg_jwt_alg jwt_alg;                         /* the alg jwt_key_type signs with */
+    bool jwt_key_type_set;
+    int64_t default_jwt_svid_ttl_s;             /* default 5m */
+    char *jwt_issuer;                           /* iss claim of JWT-SVIDs; may be NULL */
     /* plugins { DataStore "sql" } */
     char *db_type;              /* "sqlite3" */
     char *db_connection_string; /* path of the SQLite file */
