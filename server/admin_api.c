@@ -8,6 +8,8 @@
  */
 #include "server/admin_api.h"
 
+#include "server/admin_federation.h"
+
 #include "server/admin_jwt.h"
 
 #include "common/selector.h"
@@ -196,8 +198,9 @@ static int entry_from_pb(const Sigil__Admin__V1__Entry *pb, const char *td, bool
         return sg_err_set(err, SG_EINVAL, "x509_svid_ttl %d is negative", (int)pb->x509_svid_ttl);
     if (pb->jwt_svid_ttl < 0)
         return sg_err_set(err, SG_EINVAL, "jwt_svid_ttl %d is negative", (int)pb->jwt_svid_ttl);
-    if (pb->n_federates_with > 0)
-        return sg_err_set(err, SG_EUNSUPPORTED, "federates_with is not supported yet");
+    rc = sg_admin_federates_with_check(pb->federates_with, pb->n_federates_with, td, err);
+    if (rc < 0)
+        return rc;
     if (pb->hint != NULL && strlen(pb->hint) > HINT_MAX)
         return sg_err_set(err, SG_EINVAL, "hint is longer than %d bytes", HINT_MAX);
     for (size_t i = 0; i < pb->n_dns_names; i++) {
@@ -225,6 +228,9 @@ static int entry_from_pb(const Sigil__Admin__V1__Entry *pb, const char *td, bool
         for (size_t i = 0; i < e.ndns && rc == 0; i++)
             e.dns_names[i] = xstrdup(pb->dns_names[i], &rc);
     }
+    if (rc == 0)
+        rc = sg_admin_federates_with_copy(pb->federates_with, pb->n_federates_with,
+                                          &e.federates_with, &e.nfederates_with);
     e.x509_svid_ttl = pb->x509_svid_ttl;
     e.jwt_svid_ttl = pb->jwt_svid_ttl;
     e.downstream = pb->downstream;
@@ -278,6 +284,8 @@ static int pb_entry_init(pb_entry *p, const sg_entry *e)
     p->msg.jwt_svid_ttl = e->jwt_svid_ttl;
     p->msg.n_dns_names = e->ndns;
     p->msg.dns_names = e->dns_names;
+    p->msg.n_federates_with = e->nfederates_with;
+    p->msg.federates_with = e->federates_with;
     p->msg.revision = e->revision;
     p->msg.hint = e->hint != NULL ? e->hint : (char *)protobuf_c_empty_string;
     p->msg.created_at = e->created_at;
@@ -944,5 +952,5 @@ int sg_admin_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    return sg_admin_federation_register(srv, s, err);
 }

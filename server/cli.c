@@ -10,6 +10,8 @@
  */
 #include "server/cli.h"
 
+#include "server/cli_federation.h"
+
 #include "common/bundle.h"
 #include "common/fsutil.h"
 #include "common/key.h"
@@ -66,6 +68,7 @@ typedef enum flag_id {
     FL_SVIDTTL,
     FL_WRITE,
     FL_SKID,
+    FL_FEDERATES,
     FL__COUNT
 } flag_id;
 
@@ -119,13 +122,16 @@ static const struct flag_def {
                   "directory)"},
     [FL_SKID] = {"subjectKeyID", K_STRING, NULL,
                  "The Subject Key ID of the upstream X.509 authority (hex)"},
+    [FL_FEDERATES] = {"federatesWith", K_LIST, NULL,
+                      "SPIFFE ID of a trust domain to federate with. Can be used more than once"},
 };
 
 #define F(x)         (1u << (x))
 #define COMMON_FLAGS (F(FL_SOCKET) | F(FL_OUTPUT))
 #define ENTRY_WRITE_FLAGS                                                                          \
     (COMMON_FLAGS | F(FL_SPIFFE) | F(FL_PARENT) | F(FL_SELECTOR) | F(FL_X509TTL) | F(FL_JWTTTL) |  \
-     F(FL_DNS) | F(FL_ENTRYID) | F(FL_NODE) | F(FL_HINT) | F(FL_DOWNSTREAM) | F(FL_ADMIN))
+     F(FL_DNS) | F(FL_ENTRYID) | F(FL_NODE) | F(FL_HINT) | F(FL_DOWNSTREAM) | F(FL_ADMIN) |      \
+     F(FL_FEDERATES))
 
 typedef struct cli_ctx {
     const char *cmdname; /* "entry create" */
@@ -641,6 +647,8 @@ static int entry_write(cli_ctx *c, bool update)
     e.selectors = selp;
     e.n_dns_names = c->nlist[FL_DNS];
     e.dns_names = (char **)(uintptr_t)c->list[FL_DNS];
+    e.n_federates_with = c->nlist[FL_FEDERATES];
+    e.federates_with = (char **)(uintptr_t)c->list[FL_FEDERATES];
     e.hint = (char *)(uintptr_t)(c->set[FL_HINT] ? c->val[FL_HINT] : "");
     e.downstream = c->bval[FL_DOWNSTREAM];
     e.admin = c->bval[FL_ADMIN];
@@ -2028,8 +2036,9 @@ static int upstream_action(cli_ctx *c, const char *method, const char *title)
         return fail_msg("a Subject Key ID is required (-subjectKeyID)");
     req.subject_key_id = (char *)(uintptr_t)id;
     sg_err_clear(&err);
-    if (admin_call(c, method, &req.base, &sigil__admin__v1__upstream_authority_response__descriptor,
-                   CALL_TIMEOUT_MS, &resp, &err) < 0)
+    if (admin_call(c, method, &req.base,
+                   &sigil__admin__v1__upstream_authority_response__descriptor, CALL_TIMEOUT_MS,
+                   &resp, &err) < 0)
         return fail_err(&err);
     r = (Sigil__Admin__V1__UpstreamAuthorityResponse *)resp;
     if (c->json) {
@@ -2144,6 +2153,15 @@ static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **arg
     c.list[FL_SELECTOR] = store[0];
     c.list[FL_DNS] = store[1];
     c.list[FL_AUDIENCE] = store[2];
+    /* -federatesWith shares -dns's storage size: one slot per argument at most. */
+    const char **fed_store = calloc((size_t)argc + 1, sizeof(char *));
+    if (fed_store == NULL) {
+        free(store[0]);
+        free(store[1]);
+        free(store[2]);
+        return fail_msg("out of memory");
+    }
+    c.list[FL_FEDERATES] = fed_store;
     rc = parse_flags(&c, cmd, argc, argv);
     if (rc != 0)
         goto out;
@@ -2166,6 +2184,7 @@ out:
     free(store[0]);
     free(store[1]);
     free(store[2]);
+    free(fed_store);
     return rc == 2 ? 0 : rc;
 }
 
@@ -2184,6 +2203,8 @@ int sg_server_cli_main(int argc, char **argv)
     group = argv[1];
     if (argc >= 3)
         sub = argv[2];
+    if (sg_server_cli_federation_handles(argc, argv))
+        return sg_server_cli_federation_main(argc, argv);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         const cmd_def *d = &commands[i];
         if (strcmp(d->group, group) != 0)

@@ -7,6 +7,8 @@
  */
 #include "server/node_api.h"
 
+#include "server/federation.h"
+
 #include "common/log.h"
 #include "common/spiffeid.h"
 #include "common/x509.h"
@@ -744,6 +746,12 @@ typedef struct sync_stream {
     int64_t revision; /* revision last sent: never goes back on one stream */
 } sync_stream;
 
+/* Federated bundle changes, folded into the bundle sequence a state depends on. */
+static uint64_t fed_gen(sg_server *s)
+{
+    return sg_ds_fed_bundle_gen(sg_server_datastore(s)) << 40;
+}
+
 /* A hash of the tainted authority IDs (0 when there are none or they cannot be read). */
 static uint64_t tainted_fp(sg_ca *ca)
 {
@@ -802,6 +810,7 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     memset(&b, 0, sizeof(b));
     char **tainted = NULL, **tainted_jwt = NULL;
     size_t ntainted = 0, ntainted_jwt = 0;
+    sg_fed_node_bundles fed = {0};
     int rc = 0;
     if (!ents || !eptrs || !sels || !sptrs) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory building the sync response");
@@ -833,6 +842,8 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
         m->created_at = e->created_at;
         m->downstream = e->downstream;
         m->admin = e->admin;
+        m->federates_with = e->federates_with;
+        m->n_federates_with = e->nfederates_with;
         eptrs[i] = m;
     }
     rc = bundle_build(s, &b, err);
@@ -848,6 +859,11 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
     resp.n_tainted_authority_ids = ntainted;
     resp.tainted_jwt_key_ids = tainted_jwt;
     resp.n_tainted_jwt_key_ids = ntainted_jwt;
+    rc = sg_fed_node_bundles_build(sg_server_datastore(s), view, &fed, err);
+    if (rc < 0)
+        goto out;
+    resp.federated_bundles = fed.ptrs;
+    resp.n_federated_bundles = fed.n;
     resp.entries = eptrs;
     resp.n_entries = n;
     resp.bundle = &b.msg;
@@ -858,6 +874,7 @@ static int sync_send(sg_rpc_call *call, sg_server *s, const sg_authz_view *view,
 out:
     sg_ca_ids_free(tainted, ntainted);
     sg_jwt_authority_kids_free(tainted_jwt, ntainted_jwt);
+    sg_fed_node_bundles_cleanup(&fed);
     bundle_cleanup(&b);
     free(ents);
     free(eptrs);
@@ -874,7 +891,7 @@ static int sync_push(void *ctx, void *stream, bool force, sg_err *err)
     sg_authz_view *view = NULL;
     sg_err e;
     sg_err_clear(&e);
-    uint64_t seq = sg_server_bundle_sequence(s);
+    uint64_t seq = sg_server_bundle_sequence(s) ^ fed_gen(s);
     uint64_t tfp = tainted_fp(sg_server_ca(s));
     int rc =
         sg_authz_agent_view(sg_server_authz(s), sg_server_datastore(s), st->agent_id, &view, &e);
@@ -917,7 +934,7 @@ static void sync_end(void *ctx, void *stream, const sg_err *err)
 static bool sync_poll(void *ctx)
 {
     sync_ctx *c = ctx;
-    uint64_t seq = sg_server_bundle_sequence(c->s);
+    uint64_t seq = sg_server_bundle_sequence(c->s) ^ fed_gen(c->s);
     uint64_t tfp = tainted_fp(sg_server_ca(c->s));
     if (seq == c->seq && tfp == c->tainted)
         return false;
@@ -963,7 +980,7 @@ static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
     sg_sync_hub *hub = sg_server_sync_hub(s);
     /* Read before the snapshot: a change after this point is pushed. */
     uint64_t gen = hub ? sg_sync_hub_gen(hub) : 0;
-    uint64_t seq = sg_server_bundle_sequence(s);
+    uint64_t seq = sg_server_bundle_sequence(s) ^ fed_gen(s);
     uint64_t tfp = tainted_fp(sg_server_ca(s));
     if (authenticate(call, s, agent_id, sizeof(agent_id), serial, sizeof(serial), &view, &err) <
         0) {

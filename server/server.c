@@ -14,6 +14,7 @@
 #include "common/x509.h"
 #include "server/admin_api.h"
 #include "server/authorized.h"
+#include "server/federation.h"
 #include "server/node_api.h"
 
 #include <errno.h>
@@ -56,6 +57,9 @@ struct sg_server {
     bool admin_socket_created;
     /* Open Sync streams and their notifier thread (node_api.h). */
     sg_sync_hub *sync_hub;
+    /* Federation: bundle refresher and bundle endpoint (federation.h). */
+    sg_federation *fed;
+    sg_bundle_endpoint *bundle_ep;
 
     /* Configured node attestors (only join_token exists so far). */
     const sg_node_attestor_server *jt;
@@ -135,6 +139,11 @@ const sg_node_attestor_server *sg_server_node_attestor(sg_server *s, const char 
 sg_sync_hub *sg_server_sync_hub(sg_server *s)
 {
     return s->sync_hub;
+}
+
+sg_federation *sg_server_federation(sg_server *s)
+{
+    return s->fed;
 }
 
 void sg_server_entries_changed(sg_server *s)
@@ -351,6 +360,8 @@ int sg_server_new(sg_server **out, const sg_server_config *cfg, sg_err *err)
     rc = server_identity_refresh(s, err);
     if (rc == 0)
         rc = sg_node_sync_hub_new(&s->sync_hub, s, err);
+    if (rc == 0)
+        rc = sg_federation_server_setup(&s->fed, s, err);
     if (rc < 0)
         goto fail;
     free(dbpath);
@@ -565,6 +576,8 @@ int sg_server_run(sg_server *s, sg_err *err)
         rc = start_node_api(s, err);
     if (rc == 0)
         rc = start_admin_api(s, err);
+    if (rc == 0)
+        rc = sg_federation_server_start(s->fed, s, &s->bundle_ep, err);
     if (rc == 0) {
         if (pthread_create(&s->timer, NULL, timer_main, s) != 0)
             rc = sg_err_set(err, SG_ESYS, "cannot start the timer thread");
@@ -587,6 +600,9 @@ int sg_server_run(sg_server *s, sg_err *err)
         pthread_join(s->timer, NULL);
         s->timer_started = false;
     }
+    sg_bundle_endpoint_stop(s->bundle_ep);
+    s->bundle_ep = NULL;
+    sg_federation_stop(s->fed);
     if (s->admin)
         sg_rpc_server_shutdown(s->admin);
     /* The notifier stops first; shutdown then cancels the open streams. */
@@ -622,6 +638,8 @@ void sg_server_free(sg_server *s)
         sg_rpc_server_shutdown(s->node);
         sg_rpc_server_free(s->node);
     }
+    sg_bundle_endpoint_stop(s->bundle_ep);
+    sg_federation_free(s->fed);
     sg_sync_hub_free(s->sync_hub);
     s->sync_hub = NULL;
     if (s->admin_socket_created)
