@@ -16,7 +16,7 @@
 
 typedef struct sg_jwt_cache sg_jwt_cache;
 
-#define SG_JWT_CACHE_DEFAULT_MAX 4096
+#define SG_JWT_CACHE_DEFAULT_MAX 1000 /* SPIRE's jwt_svid_cache_max_size default */
 #define SG_JWT_CACHE_MAX_AUD     32   /* audiences per request */
 #define SG_JWT_CACHE_MAX_AUD_LEN 1024 /* bytes per audience */
 
