@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(
     build-essential pkg-config openssl ca-certificates
     libssl-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev
-    libuv1-dev libsqlite3-dev libjansson-dev
+    libuv1-dev libsqlite3-dev libjansson-dev libcurl4-openssl-dev libhttp-parser-dev
     protobuf-compiler python3 python3-grpcio python3-protobuf python3-cryptography python3-jwt python3-pytest
 )
 
