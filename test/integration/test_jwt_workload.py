@@ -412,11 +412,18 @@ def test_jwt_federated_bundles_in_every_message(jwt_agent, env, federated):
         assert [k["kid"] for k in jwks_of(jb, FOREIGN)["keys"]] == ["foreign-kid-1"]
         # A token of the federated trust domain now validates.
         now = int(time.time())
+        nested = {"y": [1, "a", True, None, 1.5, {"z": "deep"}], "n": 7}
         token = _sign({"kid": "foreign-kid-1", "typ": "JWT"},
-                      {"sub": FOREIGN + "/w", "aud": AUD, "iat": now, "exp": now + 300}, federated["key"], "ES256")
+                      {"sub": FOREIGN + "/w", "aud": AUD, "iat": now, "exp": now + 300, "x": nested},
+                      federated["key"], "ES256")
         code, details, v = validate(w, AUD, token)
         assert code == grpc.StatusCode.OK, (code, details)
         assert v.spiffe_id == FOREIGN + "/w"
+        # Every claim comes back in the Struct, nesting and types kept.
+        from google.protobuf.json_format import MessageToDict
+        claims = MessageToDict(v.claims)
+        assert claims["x"] == {"y": [1.0, "a", True, None, 1.5, {"z": "deep"}], "n": 7.0}, claims
+        assert claims["sub"] == FOREIGN + "/w" and claims["exp"] == now + 300
 
 
 def test_jwt_cli_fetch_x509_writes_federated_bundles(jwt_agent, federated, tmp_path):
