@@ -437,26 +437,45 @@ def test_jwt_cli_fetch_x509_writes_federated_bundles(jwt_agent, federated, tmp_p
         assert "BEGIN CERTIFICATE" in f.read()
 
 
-def test_jwt_foreign_bundle_update_reaches_open_stream(jwt_agent, cluster, env, federated):
+def test_jwt_foreign_bundle_update_reaches_open_streams(jwt_agent, cluster, env, federated):
+    """A new foreign CA and JWT key reach open FetchJWTBundles, FetchX509SVID and FetchX509Bundles."""
     ch = grpc.insecure_channel("unix:" + jwt_agent.sock)
-    it = ch.unary_stream("/SpiffeWorkloadAPI/FetchJWTBundles", request_serializer=lambda m: m.SerializeToString(),
+    ser = lambda m: m.SerializeToString()  # noqa: E731
+    jb = ch.unary_stream("/SpiffeWorkloadAPI/FetchJWTBundles", request_serializer=ser,
                          response_deserializer=env.wl.JWTBundlesResponse.FromString)(
         env.wl.JWTBundlesRequest(), metadata=sigil.HEADER, timeout=30)
+    xs = ch.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID", request_serializer=ser,
+                         response_deserializer=env.wl.X509SVIDResponse.FromString)(
+        env.wl.X509SVIDRequest(), metadata=sigil.HEADER, timeout=30)
+    xb = ch.unary_stream("/SpiffeWorkloadAPI/FetchX509Bundles", request_serializer=ser,
+                         response_deserializer=env.wl.X509BundlesResponse.FromString)(
+        env.wl.X509BundlesRequest(), metadata=sigil.HEADER, timeout=30)
     try:
-        first = next(it)
-        assert FOREIGN in first.bundles
+        assert FOREIGN in next(jb).bundles
+        assert FOREIGN in next(xs).federated_bundles
+        assert FOREIGN in next(xb).bundles
+        new_dir = sigil.mkdir(os.path.join(cluster.dir, "foreign2"))
+        ca2, _, _ = sigil.make_foreign_ca(new_dir, uri=FOREIGN + "/w")
         key2 = ec.generate_private_key(ec.SECP256R1())
-        text, _ = _foreign_bundle_json(federated["ca_pem"], key2, "foreign-kid-2", 2)
+        text, ca2_der = _foreign_bundle_json(ca2, key2, "foreign-kid-2", 2)
         with open(federated["path"], "w") as f:
             f.write(text)
         p = cluster.server_cli("bundle set", "-id", FOREIGN, "-path", federated["path"], "-format", "spiffe")
         assert p.returncode == 0, p.out
-        for msg in it:
-            kids = [k["kid"] for k in jwks_of(msg, FOREIGN)["keys"]]
-            if kids == ["foreign-kid-2"]:
+        for msg in jb:
+            if [k["kid"] for k in jwks_of(msg, FOREIGN)["keys"]] == ["foreign-kid-2"]:
+                break
+        for msg in xs:
+            if msg.federated_bundles.get(FOREIGN) == ca2_der:
+                break
+        for msg in xb:
+            if msg.bundles.get(FOREIGN) == ca2_der:
+                assert sigil.TD_ID in msg.bundles
                 break
     finally:
-        it.cancel()
+        jb.cancel()
+        xs.cancel()
+        xb.cancel()
         ch.close()
 
 
