@@ -36,7 +36,8 @@ typedef struct jkey {
     sg_der spki;
     int64_t issued_at;
     int64_t expires_at;
-    _Atomic int64_t signed_until; /* latest exp of a token it signed */
+    _Atomic int64_t signed_until;    /* latest exp of a token it signed */
+    _Atomic int64_t persisted_until; /* what jwt-slots.json promises: >= signed_until */
 } jkey;
 
 typedef struct slot {
@@ -87,6 +88,7 @@ static int jkey_new(EVP_PKEY *key, sg_jwt_alg alg, int64_t issued_at, int64_t ex
     }
     atomic_init(&k->refs, 1);
     atomic_init(&k->signed_until, 0);
+    atomic_init(&k->persisted_until, 0);
     k->key = key;
     k->alg = alg;
     k->issued_at = issued_at;
@@ -279,13 +281,13 @@ static int save_state(sg_jwt_authority *a, sg_err *err)
     root = json_pack("{s:i,s:I,s:o}", "version", 1, "generation", (json_int_t)a->gen, "keys", arr);
     for (size_t i = 0; root != NULL && i < a->nslots; i++) {
         const slot *sl = &a->slots[i];
-        json_array_append_new(arr,
-                              json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:I}", "kid", sl->k->kid, "state",
-                                        sg_jwt_key_state_name(sl->state), "issued_at",
-                                        (json_int_t)sl->k->issued_at, "expires_at",
-                                        (json_int_t)sl->k->expires_at, "tainted", sl->tainted,
-                                        "tainted_at", (json_int_t)sl->tainted_at, "signed_until",
-                                        (json_int_t)atomic_load(&sl->k->signed_until)));
+        int64_t su = atomic_load(&sl->k->signed_until), pu = atomic_load(&sl->k->persisted_until);
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:I}", "kid", sl->k->kid,
+                                             "state", sg_jwt_key_state_name(sl->state), "issued_at",
+                                             (json_int_t)sl->k->issued_at, "expires_at",
+                                             (json_int_t)sl->k->expires_at, "tainted", sl->tainted,
+                                             "tainted_at", (json_int_t)sl->tainted_at,
+                                             "signed_until", (json_int_t)(su > pu ? su : pu)));
     }
     pthread_mutex_unlock(&a->mu);
     text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
@@ -404,6 +406,7 @@ static int load_state(sg_jwt_authority *a, const char *path, int64_t now, sg_err
             continue;
         }
         atomic_store(&k->signed_until, su ? (int64_t)json_integer_value(su) : 0);
+        atomic_store(&k->persisted_until, atomic_load(&k->signed_until));
         a->slots[a->nslots].k = k;
         a->slots[a->nslots].state = state;
         a->slots[a->nslots].tainted = json_is_true(json_object_get(o, "tainted"));
@@ -585,6 +588,22 @@ int sg_jwt_authority_sign(sg_jwt_authority *a, const char *spiffe_id, const char
         rc = sg_err_set(err, SG_EUNAVAIL, "the active JWT authority kid=%s has expired", k->kid);
         jkey_unref(k);
         return rc;
+    }
+    if (a->keys_dir != NULL && exp > atomic_load(&k->persisted_until)) {
+        /* What a key signed must hold back its revoke after a restart too, so
+         * the state file promises a bound before the token exists: raised
+         * ahead of use (now + 2 x ttl) so this write is rare. */
+        pthread_mutex_lock(&a->rot_mu);
+        if (exp > atomic_load(&k->persisted_until)) {
+            int64_t ahead = min64(now + 2 * ttl_s, k->expires_at);
+            atomic_store(&k->persisted_until, ahead > exp ? ahead : exp);
+            rc = save_state(a, err);
+        }
+        pthread_mutex_unlock(&a->rot_mu);
+        if (rc < 0) {
+            jkey_unref(k);
+            return rc;
+        }
     }
     sg_jwt_claims c = {
         .sub = id.str, .aud = aud, .naud = naud, .iat = now, .exp = exp, .iss = a->issuer};

@@ -645,3 +645,32 @@ TEST(jwt_authority_tokens_validate_while_their_key_is_published)
         sg_jwt_authority_free(a);
     }
 }
+
+TEST(jwt_authority_revoke_after_restart_waits_for_long_tokens)
+{
+    char dir[300];
+    sg_jwt_authority *a;
+    sg_jwt_authority_info first, prep;
+    const char *aud[] = {"x"};
+    sg_jwt_svid s;
+    sg_err err;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    a = new_default(3600, dir);
+    first = key_in(a, SG_JWT_KEY_ACTIVE);
+    /* Longer than max_svid_ttl (300): an entry's own jwt_svid_ttl. */
+    ASSERT_OK(sg_jwt_authority_sign(a, "spiffe://example.org/w", aud, 1, 1000, NOW, &s, &err));
+    sg_jwt_svid_cleanup(&s);
+    sg_jwt_authority_free(a);
+
+    a = new_default(3600, dir);
+    ASSERT_OK(sg_jwt_authority_prepare(a, NOW + 5, &prep, &err));
+    ASSERT_OK(sg_jwt_authority_activate(a, prep.kid, NOW + 5, NULL, &err));
+    sg_jwt_authority_info_cleanup(&prep);
+    ASSERT_OK(sg_jwt_authority_taint(a, first.kid, NOW + 10, NULL, &err));
+    ASSERT_EQ(sg_jwt_authority_revoke(a, first.kid, NOW + 999, NULL, &err), SG_EINVAL);
+    /* The bound was written ahead of use: now + 2 x ttl. */
+    ASSERT_EQ(sg_jwt_authority_revoke(a, first.kid, NOW + 1999, NULL, &err), SG_EINVAL);
+    ASSERT_OK(sg_jwt_authority_revoke(a, first.kid, NOW + 2000, NULL, &err));
+    sg_jwt_authority_free(a);
+}
