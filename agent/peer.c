@@ -152,6 +152,10 @@ int sg_peer_check(const sg_peer *p, sg_err *err)
             return sg_err_sys(err, "poll on pidfd of pid %d", (int)p->pid);
         if (r > 0)
             return sg_err_set(err, SG_EPERM, "caller pid %d has exited", (int)p->pid);
+        /* A live pidfd names the very process it was opened for, and its pid
+         * cannot be reused while it lives, so the start time recorded with
+         * the pidfd still holds: reading /proc again would prove nothing. */
+        return 0;
     }
     uint64_t st = 0;
     sg_err e2;

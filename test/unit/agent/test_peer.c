@@ -87,6 +87,33 @@ TEST(peer_check_detects_exited_process)
     sg_peer_cleanup(&p);
 }
 
+TEST(peer_check_without_pidfd_compares_start_time)
+{
+    sg_err err = {0};
+    sg_peer p = {.pid = getpid(), .uid = getuid(), .gid = getgid(), .pidfd = -1};
+    ASSERT_OK(sg_peer_proc_starttime(getpid(), &p.starttime, &err));
+    ASSERT_OK(sg_peer_check(&p, &err));
+    p.starttime++;
+    ASSERT_EQ(sg_peer_check(&p, &err), SG_EPERM);
+    ASSERT(strstr(err.msg, "replaced") != NULL);
+}
+
+TEST(peer_check_with_live_pidfd_skips_proc)
+{
+    int sv[2];
+    ASSERT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+    sg_peer p;
+    sg_err err = {0};
+    ASSERT_OK(sg_peer_capture(sv[0], &p, &err));
+    ASSERT(p.pidfd >= 0);
+    /* The live pidfd alone proves the process is the captured one. */
+    p.starttime++;
+    ASSERT_OK(sg_peer_check(&p, &err));
+    sg_peer_cleanup(&p);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 TEST(peer_table_resolves_fd_peer_string)
 {
     int sv[2];
