@@ -26,8 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FILE_CHECK_S 5
-#define ID_RETRY_S   10
+#define FILE_CHECK_S     5
+#define ID_RETRY_S       10
+#define LINGER_MS        1000
+#define LINGER_MAX_BYTES (256 * 1024)
 
 struct sg_bundle_endpoint {
     sg_bundle_endpoint_options o;
@@ -385,6 +387,28 @@ static void serve(sg_bundle_endpoint *ep, SSL *ssl, int fd, const char *peer, in
     free(json);
 }
 
+/*
+ * Half-closes fd and reads (bounded in time and bytes) what the client
+ * still sends, so a request we stopped reading early does not turn the
+ * close into a reset that destroys the answer before the client reads it.
+ */
+static void linger_close(int fd, int64_t deadline_ms)
+{
+    int64_t until = mono_ms() + LINGER_MS;
+    size_t total = 0;
+    char buf[4096];
+
+    if (until > deadline_ms)
+        until = deadline_ms;
+    shutdown(fd, SHUT_WR);
+    while (total < LINGER_MAX_BYTES && arm_timeout(fd, until)) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+    }
+}
+
 static void *conn_main(void *arg)
 {
     conn *c = arg;
@@ -403,6 +427,7 @@ static void *conn_main(void *arg)
         if (SSL_accept(ssl) == 1) {
             serve(ep, ssl, c->fd, c->peer, deadline);
             SSL_shutdown(ssl);
+            linger_close(c->fd, deadline);
         } else {
             unsigned long e = ERR_peek_last_error();
             char why[256];
