@@ -271,6 +271,11 @@ int sg_federation_fetch(const sg_fed_rel *rel, const sg_bundle *trust, sg_bundle
         sg_err perr;
         sg_err_clear(&perr);
         rc = sg_bundle_from_jwks(rel->trust_domain, body.data, body.len, out, &perr);
+        if (rc == 0 && out->nx509 == 0 && out->njwt == 0) {
+            /* Keys the decoder skipped leave nothing to trust: never store that. */
+            sg_bundle_cleanup(out);
+            rc = sg_err_set(&perr, SG_EINVAL, "no usable x509-svid or jwt-svid key");
+        }
         if (rc < 0)
             sg_err_set(err, rc, "bundle endpoint %.200s sent a malformed bundle: %s", rel->url,
                        perr.msg);
