@@ -1029,6 +1029,14 @@ static int line_of(const sg_hcl_node *block, const char *key)
     return block != NULL ? block->line : 0;
 }
 
+static bool has_key(const sg_hcl_node *block, const char *key)
+{
+    for (size_t i = 0; block != NULL && i < block->n; i++)
+        if (strcmp(block->items[i]->key, key) == 0)
+            return true;
+    return false;
+}
+
 /* Line of the plugin Type "name" in plugins, or the plugins line. */
 static int plugin_line(const sg_hcl_node *plugins, const char *type, const char *name)
 {
@@ -1096,8 +1104,9 @@ static int server_validate(cfgctx *c, sg_server_config *s, const sg_hcl_node *se
         return cerr(c, line_of(sec, "agent_ttl"),
                     "agent_ttl (%llds) must be shorter than ca_ttl (%llds)",
                     (long long)s->agent_ttl_s, (long long)s->ca_ttl_s);
-    /* JWT signing keys live as long as CA certificates (ca_ttl). */
-    if (s->default_jwt_svid_ttl_s >= s->ca_ttl_s)
+    /* JWT signing keys live as long as CA certificates (ca_ttl). The default
+     * TTL is only checked when set: tokens never outlive their key anyway. */
+    if (s->default_jwt_svid_ttl_s >= s->ca_ttl_s && has_key(sec, "default_jwt_svid_ttl"))
         return cerr(c, line_of(sec, "default_jwt_svid_ttl"),
                     "default_jwt_svid_ttl (%llds) must be shorter than ca_ttl (%llds)",
                     (long long)s->default_jwt_svid_ttl_s, (long long)s->ca_ttl_s);

@@ -620,3 +620,16 @@ TEST(config_server_jwt_keys)
     snprintf(body, sizeof body, "%sjwt_issuer = 3\n", td);
     server_body_bad(body, "server.conf:4: jwt_issuer must be a string");
 }
+
+TEST(config_server_short_ca_ttl_keeps_the_default_jwt_ttl)
+{
+    sg_server_config s;
+    sg_err err;
+
+    /* Tokens are capped by their key (ca_ttl): only an explicit value is checked. */
+    ASSERT_OK(load_server("trust_domain = \"example.org\"\ndata_dir = \"/d\"\nca_ttl = \"60s\"\n"
+                          "default_x509_svid_ttl = \"20s\"\n",
+                          &s, &err));
+    ASSERT_EQ(s.default_jwt_svid_ttl_s, 300);
+    sg_server_config_cleanup(&s);
+}
