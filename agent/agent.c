@@ -21,7 +21,6 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,9 +39,6 @@
 #define STOP_DEADLINE_MS  4500
 #define MINT_BATCH_MAX    4096
 #define MAX_ATTESTORS     8
-/* A sync job waits for pushed changes in slices this long, so a JWT-SVID
- * request that needs the server is not kept behind a long wait. */
-#define JWT_WAKE_SLICE_MS 25
 #define JWT_QUEUE_MAX     4096 /* JWT-SVID requests waiting for the server */
 #define JWT_JOB_MAX       64   /* JWT-SVID requests per node job */
 
@@ -81,7 +77,7 @@ struct sg_agent {
     sg_jwt_cache *jwt_cache;
     jwt_req *jwt_head, *jwt_tail; /* requests for the next JWT job */
     size_t jwt_qn;
-    atomic_bool jwt_wake; /* ends a sync job's wait early (read by the worker) */
+    node_job *jwt_job; /* JWT-SVID mints in flight (beside any node job), at most one */
     sg_peer_table *peers;
     sg_workload_api *api;
     sg_rpc_server *rpc;
@@ -306,14 +302,8 @@ static void sync_work(uv_work_t *req)
     node_job *j = req->data;
     /* ensure_svid renews the agent SVID when due, so it runs before every sync. */
     j->rc = sg_node_client_ensure_svid(j->a->nc, j->a->join_token, &j->err);
-    int64_t left = j->wait_ms;
-    while (j->rc == 0) {
-        int64_t slice = left < JWT_WAKE_SLICE_MS ? left : JWT_WAKE_SLICE_MS;
-        j->rc = sg_node_client_sync(j->a->nc, slice, &j->sync, &j->err);
-        left -= slice;
-        if (left <= 0 || atomic_load(&j->a->jwt_wake))
-            break;
-    }
+    if (j->rc == 0)
+        j->rc = sg_node_client_sync(j->a->nc, j->wait_ms, &j->sync, &j->err);
 }
 
 static void jwt_work(uv_work_t *req)
@@ -415,13 +405,54 @@ oom:
 
 static void begin_stop(sg_agent *a, const char *why);
 
-/* Starts a node job for the queued JWT-SVID requests (at most JWT_JOB_MAX). */
+static void start_jwt_job(sg_agent *a);
+static void jwt_queue_fail_with(sg_agent *a, int code, const char *why);
+
+static void jwt_queue_fail(sg_agent *a)
+{
+    jwt_queue_fail_with(a, SG_EUNAVAIL, "the agent is stopping");
+}
+
+static void jwt_queue_fail_oom(sg_agent *a)
+{
+    jwt_queue_fail_with(a, SG_ENOMEM, "out of memory");
+}
+
+/* JWT-SVID mints are done: answer every waiting call, then start the next batch. */
+static void jwt_after(uv_work_t *req, int status)
+{
+    node_job *j = req->data;
+    sg_agent *a = j->a;
+    a->jwt_job = NULL;
+    /* Answered even when stopping: each request holds a workload call. */
+    if (status != 0)
+        for (jwt_req *r = j->jwt; r != NULL; r = r->next)
+            r->rc = sg_err_set(&r->err, SG_EUNAVAIL, "the call to the server was cancelled");
+    jwt_reqs_answer(j->jwt);
+    j->jwt = NULL;
+    job_free(j);
+    if (a->jwt_head != NULL)
+        start_jwt_job(a);
+}
+
+/*
+ * Starts a worker for the queued JWT-SVID requests (at most JWT_JOB_MAX).
+ * It runs beside the node job: sg_node_client_mint_jwt has its own channel.
+ */
 static void start_jwt_job(sg_agent *a)
 {
+    if (a->stopping) {
+        jwt_queue_fail(a);
+        return;
+    }
     node_job *j = calloc(1, sizeof(*j));
-    if (j == NULL)
-        return; /* tried again after the next node job */
+    if (j == NULL) {
+        jwt_queue_fail_oom(a);
+        return;
+    }
     j->kind = JOB_JWT;
+    j->a = a;
+    j->work.data = j;
     jwt_req **tail = &j->jwt;
     for (size_t k = 0; k < JWT_JOB_MAX && a->jwt_head != NULL; k++) {
         jwt_req *r = a->jwt_head;
@@ -431,18 +462,19 @@ static void start_jwt_job(sg_agent *a)
         *tail = r;
         tail = &r->next;
     }
-    if (a->jwt_head == NULL) {
+    if (a->jwt_head == NULL)
         a->jwt_tail = NULL;
-        atomic_store(&a->jwt_wake, false);
-    }
-    if (start_job(a, j, jwt_work) != 0) {
-        for (jwt_req *r = j->jwt; r != NULL; r = r->next) {
+    int rc = uv_queue_work(&a->loop, &j->work, jwt_work, jwt_after);
+    if (rc != 0) {
+        sg_log_error("cannot schedule JWT-SVID work: %s", uv_strerror(rc));
+        for (jwt_req *r = j->jwt; r != NULL; r = r->next)
             r->rc = sg_err_set(&r->err, SG_EUNAVAIL, "cannot schedule a call to the server");
-        }
         jwt_reqs_answer(j->jwt);
         j->jwt = NULL;
         job_free(j);
+        return;
     }
+    a->jwt_job = j;
 }
 
 static int str_ptr_cmp(const void *x, const void *y)
@@ -466,8 +498,8 @@ static jwt_req *jwt_find_same(sg_agent *a, const jwt_req *r)
     for (jwt_req *q = a->jwt_head; q != NULL; q = q->next)
         if (jwt_req_same(q, r))
             return q;
-    if (a->job != NULL && a->job->kind == JOB_JWT)
-        for (jwt_req *q = a->job->jwt; q != NULL; q = q->next)
+    if (a->jwt_job != NULL)
+        for (jwt_req *q = a->jwt_job->jwt; q != NULL; q = q->next)
             if (jwt_req_same(q, r))
                 return q;
     return NULL;
@@ -526,24 +558,22 @@ static int agent_mint_jwt(void *ctx, const char *entry_id, const char *const *au
         a->jwt_head = r;
     a->jwt_tail = r;
     a->jwt_qn++;
-    if (a->job == NULL)
+    if (a->jwt_job == NULL)
         start_jwt_job(a);
-    else if (a->job->kind == JOB_SYNC)
-        atomic_store(&a->jwt_wake, true);
     return 0;
 oom:
     jwt_req_free(r);
     return sg_err_set(err, SG_ENOMEM, "out of memory");
 }
 
-/* Fails every queued JWT-SVID request (the agent is stopping). */
-static void jwt_queue_fail(sg_agent *a)
+/* Fails every queued JWT-SVID request with code and why. */
+static void jwt_queue_fail_with(sg_agent *a, int code, const char *why)
 {
     jwt_req *r = a->jwt_head;
     a->jwt_head = a->jwt_tail = NULL;
     a->jwt_qn = 0;
     for (jwt_req *x = r; x != NULL; x = x->next)
-        x->rc = sg_err_set(&x->err, SG_EUNAVAIL, "the agent is stopping");
+        x->rc = sg_err_set(&x->err, code, "%s", why);
     jwt_reqs_answer(r);
 }
 
@@ -713,27 +743,13 @@ static void node_after(uv_work_t *req, int status)
     status_refresh_svid(a);
     if (status != 0 && j->rc == 0)
         j->rc = sg_err_set(&j->err, SG_ECANCELLED, "node work cancelled");
-    if (j->kind == JOB_JWT) {
-        /* Answered even when stopping: each request holds a workload call. */
-        if (status != 0)
-            for (jwt_req *r = j->jwt; r != NULL; r = r->next)
-                r->rc = sg_err_set(&r->err, SG_EUNAVAIL, "the call to the server was cancelled");
-        jwt_reqs_answer(j->jwt);
-        j->jwt = NULL;
-        /* A sync that was due while this ran found the node busy: run it now. */
-        if (!a->stopping && !uv_is_active((uv_handle_t *)&a->node_timer) && a->jwt_head == NULL)
-            schedule_node(a, 0);
-    } else if (!a->stopping) {
+    if (!a->stopping) {
         if (j->kind == JOB_SYNC)
             after_sync(a, j);
         else
             after_mint(a, j);
     }
     job_free(j);
-    if (a->stopping)
-        jwt_queue_fail(a);
-    else if (a->job == NULL && a->jwt_head != NULL)
-        start_jwt_job(a);
 }
 
 static void on_node_timer(uv_timer_t *t)
@@ -914,7 +930,8 @@ static void on_stop_tick(uv_timer_t *t)
     }
     if (rpc_done)
         close_handles(a);
-    bool idle = rpc_done && a->job == NULL && sg_workload_api_pending(a->api) == 0;
+    bool idle =
+        rpc_done && a->job == NULL && a->jwt_job == NULL && sg_workload_api_pending(a->api) == 0;
     if (idle) {
         uv_close((uv_handle_t *)&a->stop_timer, NULL);
         return;

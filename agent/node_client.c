@@ -1,8 +1,10 @@
 /*
  * Blocking client of the sigil.node.v1 API: node attestation over the
- * AttestAgent stream, agent SVID renewal, Sync and batched minting.
- * Not thread-safe: one caller at a time per client (the agent runs every
- * call on one worker at a time); there is no libuv here.
+ * AttestAgent stream, agent SVID renewal, Sync, batched minting and
+ * JWT-SVID minting. One caller at a time per client (the agent runs every
+ * call on one worker at a time), except JWT-SVID minting: it has its own
+ * channel built from credentials published under cred_mu, so a workload
+ * waiting for a token never waits behind a Sync; there is no libuv here.
  */
 #include "agent/node_client.h"
 
@@ -44,6 +46,7 @@
 #define NODE_MAX_FEDERATED     1024 /* foreign bundles per Sync message */
 #define NODE_MAX_FEDERATES     256  /* federates_with per entry */
 #define NODE_MAX_JWT_TOKEN     16384
+#define NODE_JWT_TIMEOUT_MS    10000 /* a workload waits on this call */
 /* When a server ends each Sync stream after one message (no push), reopen
  * at this pace: the agent then polls as SPIRE agents do. */
 #define NODE_SYNC_POLL_MS 5000
@@ -71,6 +74,16 @@ struct sg_node_client {
     pthread_mutex_t sync_mu;
     int64_t sync_reopen_ms; /* monotonic ms before which Sync is not reopened */
     atomic_bool interrupted;
+    /* The credentials of the last mTLS channel, published for the JWT-SVID
+     * channel, which another worker uses while Sync waits (cred_mu). */
+    pthread_mutex_t cred_mu;
+    char *cred_key_pem;
+    char *cred_chain_pem;
+    char *cred_bundle_pem; /* NULL: insecure bootstrap */
+    uint64_t cred_gen;     /* 0: no mTLS channel made yet */
+    /* Owned by the thread running sg_node_client_mint_jwt (one at a time). */
+    grpc_channel *jwt_ch;
+    uint64_t jwt_gen;
 };
 
 /* ------------------------------------------------------------ value cleanup */
@@ -373,6 +386,59 @@ static int read_trust_bundle(const sg_agent_config *cfg, sg_der **out, size_t *n
     return 0;
 }
 
+/* Replaces the published credentials (copies; the old key PEM is wiped). */
+static void publish_creds(sg_node_client *c, const char *key_pem, const char *chain_pem)
+{
+    char *k = strdup(key_pem), *ch = strdup(chain_pem);
+    char *b = c->bundle_pem != NULL ? strdup(c->bundle_pem) : NULL;
+    if (k == NULL || ch == NULL || (c->bundle_pem != NULL && b == NULL)) {
+        /* The JWT-SVID channel keeps its old credentials until the next channel. */
+        sg_key_pem_free(k);
+        free(ch);
+        free(b);
+        return;
+    }
+    pthread_mutex_lock(&c->cred_mu);
+    sg_key_pem_free(c->cred_key_pem);
+    free(c->cred_chain_pem);
+    free(c->cred_bundle_pem);
+    c->cred_key_pem = k;
+    c->cred_chain_pem = ch;
+    c->cred_bundle_pem = b;
+    c->cred_gen++;
+    pthread_mutex_unlock(&c->cred_mu);
+}
+
+/* A channel to the server with these credentials (key and chain NULL: no client certificate). */
+static int channel_from_pems(const sg_node_client *c, const char *bundle_pem, const char *key_pem,
+                             const char *chain_pem, grpc_channel **out, sg_err *err)
+{
+    int rc = 0;
+    grpc_channel_credentials *creds =
+        sg_tls_channel_credentials(bundle_pem, key_pem, chain_pem, c->server_id, err);
+    if (creds == NULL)
+        return err != NULL && err->code < 0 ? err->code : SG_ECRYPTO;
+    /* Reconnect soon after a server restart: the agent's own backoff paces
+     * the calls, gRPC's default (up to 120 s) would outlast short SVIDs. */
+    grpc_arg args[3];
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = NODE_MAX_RECV;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[1].value.integer = 500;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 1000;
+    grpc_channel_args cargs = {.num_args = 3, .args = args};
+    grpc_channel *ch = grpc_channel_create(c->target, creds, &cargs);
+    grpc_channel_credentials_release(creds);
+    if (ch == NULL)
+        return sg_err_set(err, SG_EUNAVAIL, "cannot create a channel to %.200s", c->target);
+    *out = ch;
+    return rc;
+}
+
 /* Builds a channel to the server; with_svid presents the agent SVID (mTLS). */
 static int make_channel(sg_node_client *c, bool with_svid, grpc_channel **out, sg_err *err)
 {
@@ -391,32 +457,9 @@ static int make_channel(sg_node_client *c, bool with_svid, grpc_channel **out, s
         sg_log_warn("insecure bootstrap: the server's certificate chain is not verified "
                     "(its SPIFFE ID %s still is)",
                     c->server_id);
-    grpc_channel_credentials *creds =
-        sg_tls_channel_credentials(c->bundle_pem, key_pem, chain_pem, c->server_id, err);
-    if (creds == NULL) {
-        rc = err != NULL && err->code < 0 ? err->code : SG_ECRYPTO;
-        goto done;
-    }
-    /* Reconnect soon after a server restart: the agent's own backoff paces
-     * the calls, gRPC's default (up to 120 s) would outlast short SVIDs. */
-    grpc_arg args[3];
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = NODE_MAX_RECV;
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
-    args[1].value.integer = 500;
-    args[2].type = GRPC_ARG_INTEGER;
-    args[2].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
-    args[2].value.integer = 1000;
-    grpc_channel_args cargs = {.num_args = 3, .args = args};
-    grpc_channel *ch = grpc_channel_create(c->target, creds, &cargs);
-    grpc_channel_credentials_release(creds);
-    if (ch == NULL) {
-        rc = sg_err_set(err, SG_EUNAVAIL, "cannot create a channel to %.200s", c->target);
-        goto done;
-    }
-    *out = ch;
+    rc = channel_from_pems(c, c->bundle_pem, key_pem, chain_pem, out, err);
+    if (rc == 0 && with_svid)
+        publish_creds(c, key_pem, chain_pem);
 done:
     sg_key_pem_free(key_pem);
     free(chain_pem);
@@ -560,8 +603,10 @@ int sg_node_client_new(sg_node_client **out, const sg_agent_config *cfg, sg_err 
         return sg_err_set(err, SG_ECONFIG, "agent config: server_port %d is out of range",
                           cfg->server_port);
     sg_node_client *c = calloc(1, sizeof(*c));
-    if (c != NULL)
+    if (c != NULL) {
         pthread_mutex_init(&c->sync_mu, NULL);
+        pthread_mutex_init(&c->cred_mu, NULL);
+    }
     if (c == NULL)
         return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
     int rc;
@@ -656,7 +701,13 @@ void sg_node_client_free(sg_node_client *c)
         free(c->join_token);
     }
     free(c->target);
+    if (c->jwt_ch != NULL)
+        grpc_channel_destroy(c->jwt_ch);
+    sg_key_pem_free(c->cred_key_pem);
+    free(c->cred_chain_pem);
+    free(c->cred_bundle_pem);
     pthread_mutex_destroy(&c->sync_mu);
+    pthread_mutex_destroy(&c->cred_mu);
     free(c);
 }
 
@@ -1487,6 +1538,42 @@ int sg_node_client_bundle(sg_node_client *c, sg_agent_bundle *out, sg_err *err)
 
 /* ------------------------------------------------------------ JWT-SVIDs */
 
+/*
+ * Makes sure the JWT-SVID channel carries the credentials the other calls
+ * last connected with, rebuilding it when they changed (renewal, new
+ * bundle). Its own channel lets a mint run while Sync waits for a push.
+ */
+static int ensure_jwt_channel(sg_node_client *c, sg_err *err)
+{
+    pthread_mutex_lock(&c->cred_mu);
+    uint64_t gen = c->cred_gen;
+    if (gen == 0) {
+        pthread_mutex_unlock(&c->cred_mu);
+        return sg_err_set(err, SG_EUNAVAIL, "the agent has not connected to the server yet");
+    }
+    if (c->jwt_ch != NULL && c->jwt_gen == gen) {
+        pthread_mutex_unlock(&c->cred_mu);
+        return 0;
+    }
+    char *k = strdup(c->cred_key_pem), *ch = strdup(c->cred_chain_pem);
+    char *b = c->cred_bundle_pem != NULL ? strdup(c->cred_bundle_pem) : NULL;
+    bool oom = k == NULL || ch == NULL || (c->cred_bundle_pem != NULL && b == NULL);
+    pthread_mutex_unlock(&c->cred_mu);
+    grpc_channel *nch = NULL;
+    int rc = oom ? sg_err_set(err, SG_ENOMEM, "node client: out of memory")
+                 : channel_from_pems(c, b, k, ch, &nch, err);
+    sg_key_pem_free(k);
+    free(ch);
+    free(b);
+    if (rc < 0)
+        return rc;
+    if (c->jwt_ch != NULL)
+        grpc_channel_destroy(c->jwt_ch);
+    c->jwt_ch = nch;
+    c->jwt_gen = gen;
+    return 0;
+}
+
 int sg_node_client_mint_jwt(sg_node_client *c, const char *entry_id, const char *const *aud,
                             size_t naud, sg_node_jwt_svid *out, sg_err *err)
 {
@@ -1496,9 +1583,7 @@ int sg_node_client_mint_jwt(sg_node_client *c, const char *entry_id, const char 
         return sg_err_set(err, SG_EINVAL, "a JWT-SVID needs at least one audience");
     if (atomic_load(&c->interrupted))
         return sg_err_set(err, SG_ECANCELLED, "node client: stopping");
-    if (!c->has_svid)
-        return sg_err_set(err, SG_EUNAVAIL, "the agent has not attested yet");
-    int rc = ensure_channel(c, err);
+    int rc = ensure_jwt_channel(c, err);
     if (rc < 0)
         return rc;
     Sigil__Node__V1__MintJWTSVIDRequest req = SIGIL__NODE__V1__MINT_JWTSVIDREQUEST__INIT;
@@ -1507,15 +1592,13 @@ int sg_node_client_mint_jwt(sg_node_client *c, const char *entry_id, const char 
     req.audience = (char **)aud;
     ProtobufCMessage *msg = NULL;
     sg_rpc_status status = {0};
-    rc = sg_rpc_unary(c->ch, NODE_PATH_MINT_JWT, &req.base,
+    /* The agent SVID being refused is for Sync to find: this thread
+     * changes nothing the other calls read. */
+    rc = sg_rpc_unary(c->jwt_ch, NODE_PATH_MINT_JWT, &req.base,
                       &sigil__node__v1__mint_jwtsvidresponse__descriptor, NULL, 0,
-                      NODE_CALL_TIMEOUT_MS, &msg, &status, err);
-    if (rc < 0) {
-        /* Only a refused agent SVID marks the client; a refused entry does not. */
-        if (status.code == GRPC_STATUS_UNAUTHENTICATED)
-            note_rejection(c, &status);
+                      NODE_JWT_TIMEOUT_MS, &msg, &status, err);
+    if (rc < 0)
         return rc;
-    }
     const Sigil__Node__V1__MintJWTSVIDResponse *resp =
         (const Sigil__Node__V1__MintJWTSVIDResponse *)msg;
     const Sigil__Node__V1__JWTSVID *sv = resp->svid;

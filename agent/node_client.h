@@ -2,7 +2,8 @@
  * The agent's side of the node API: node attestation, agent SVID renewal,
  * entry/bundle sync and batch X509-SVID minting. Every function here is
  * blocking and must run on a worker thread (uv_queue_work), one call at a
- * time per client; results are plain values the loop thread then owns.
+ * time per client, except that one JWT-SVID mint may run beside another
+ * call; results are plain values the loop thread then owns.
  */
 #ifndef SG_AGENT_NODE_CLIENT_H
 #define SG_AGENT_NODE_CLIENT_H
@@ -124,8 +125,8 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
 
 /*
  * Makes a blocked or later call of this client return soon with
- * SG_ECANCELLED (for a clean stop). The only function that may be called
- * from another thread while a call is running.
+ * SG_ECANCELLED (for a clean stop). Callable from any thread at any time
+ * (sg_node_client_mint_jwt may also run beside another call).
  */
 void sg_node_client_interrupt(sg_node_client *c);
 
@@ -150,7 +151,10 @@ void sg_node_jwt_svid_cleanup(sg_node_jwt_svid *s);
 
 /*
  * Asks the server for a JWT-SVID for entry_id and aud[0..naud) (naud >= 1,
- * borrowed). Blocking; run on a worker like every call here. Errors:
+ * borrowed). Blocking, on a worker. Unlike the other calls it may run
+ * while one of them runs on another worker (it uses its own channel, made
+ * with the credentials of the last mTLS channel), but never concurrently
+ * with itself. SG_EUNAVAIL before the first mTLS channel. Errors:
  * SG_EPERM / SG_ENOENT / SG_EINVAL when the server refused (the message
  * carries its reason), SG_EUNAVAIL (or another transport code) when it
  * could not be reached, SG_EPROTO when its answer was malformed.
