@@ -307,3 +307,54 @@ TEST(federation_config_errors_name_the_problem)
             SG__FAIL("case %zu: \"%s\" does not name \"%s\"", i, err.msg, cases[i].want);
     }
 }
+
+TEST(federation_https_web_roundtrip)
+{
+    char dir[256], cert[320], key[320], cmd[1200], url[64];
+    ep_fixture fx;
+    sg_bundle_endpoint *web = NULL;
+    sg_fed_rel r;
+    sg_bundle got;
+    sg_err err = {0};
+
+    snprintf(dir, sizeof dir, "%s", sg_test_tmpdir());
+    snprintf(cert, sizeof cert, "%s/web.pem", dir);
+    snprintf(key, sizeof key, "%s/web.key", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s "
+             "-out %s -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 -days 1 "
+             ">/dev/null 2>&1",
+             key, cert);
+    ASSERT_OK(system(cmd));
+    fx_start(&fx); /* only its CA and bundle are used */
+    sg_bundle_endpoint_options eo = {
+        .address = "127.0.0.1",
+        .https_web = true,
+        .cert_file_path = cert,
+        .key_file_path = key,
+        .bundle_json = fx_json,
+        .ctx = &fx,
+    };
+    ASSERT_OK(sg_bundle_endpoint_start(&web, &eo, &err));
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", sg_bundle_endpoint_port(web));
+    r.trust_domain = "other.test";
+    r.url = url;
+    r.profile = "https_web";
+    r.endpoint_spiffe_id = NULL;
+    /* Not signed by the system roots: refused. */
+    unsetenv("SSL_CERT_FILE");
+    ASSERT_ERR(sg_federation_fetch(&r, NULL, &got, &err));
+    ASSERT(strstr(err.msg, url) != NULL);
+    /* With the certificate as the roots file, the bundle arrives. */
+    setenv("SSL_CERT_FILE", cert, 1);
+    ASSERT_OK(sg_federation_fetch(&r, NULL, &got, &err));
+    ASSERT(sg_bundle_same_keys(&got, &fx.bundle));
+    sg_bundle_cleanup(&got);
+    /* A missing certificate file is named at start. */
+    sg_bundle_endpoint *bad = NULL;
+    eo.cert_file_path = "/nonexistent/web.pem";
+    ASSERT_ERR(sg_bundle_endpoint_start(&bad, &eo, &err));
+    ASSERT(strstr(err.msg, "/nonexistent/web.pem") != NULL);
+    sg_bundle_endpoint_stop(web);
+    fx_stop(&fx);
+}
