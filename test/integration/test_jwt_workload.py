@@ -377,7 +377,7 @@ def _foreign_bundle_json(ca_pem_path, jwt_key, kid, seq):
 @pytest.fixture(scope="module")
 def federated(jwt_agent, cluster, env):
     probe = cluster.server_cli("bundle set", "-id", FOREIGN, "-path", "/nonexistent")
-    if "Unknown command" in probe.out or "not defined" in probe.out or "unknown" in probe.stderr.lower()[:200]:
+    if 'unknown subcommand "bundle set"' in probe.out:
         pytest.skip("this sigil-server has no `bundle set` yet")
     ca_pem, _, _ = sigil.make_foreign_ca(cluster.dir, uri=FOREIGN + "/w")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -495,8 +495,6 @@ def test_jwt_tainted_key_tokens_dropped(jwt_agent, cluster, env):
     old = resp.svids[0].svid
     old_kid = jwt.get_unverified_header(old)["kid"]
     p = cluster.server_cli("localauthority jwt prepare")
-    if p.returncode != 0 and "unknown" in p.out.lower():
-        pytest.skip("this sigil-server has no localauthority jwt")
     assert p.returncode == 0, p.out
     new_kid = re.search(r"Authority ID:\s*(\S+)", p.stdout).group(1)
     p = cluster.server_cli("localauthority jwt activate", "-authorityID", new_kid)
