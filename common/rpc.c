@@ -5,9 +5,11 @@
  * Every operation the server starts carries an sg_rpc_event as its tag. A
  * CQ thread fills in the outcome and either runs the event at once or hands
  * it to the owner's dispatcher, so all handlers and call callbacks run in
- * sg_rpc_event_run. A call holds one event per kind of batch it can have in
- * flight (close, send, recv): gRPC allows one batch of each kind at a time,
- * so an embedded event is never reused before it completes.
+ * sg_rpc_event_run. A new call is accepted on the CQ thread (slot re-armed,
+ * close armed, request decoded) and only its handler, as the call's arrive
+ * event, goes to the dispatcher. A call holds one event per kind of batch
+ * it can have in flight (close, send, recv): gRPC allows one batch of each
+ * kind at a time, so an embedded event is never reused before it completes.
  *
  * Call lifetime: RECV_CLOSE_ON_SERVER is armed as soon as the call arrives
  * and completes when the call is over. The done callback runs once that has
@@ -100,6 +102,9 @@ struct sg_rpc_call {
     sg_rpc_event close_ev;
     sg_rpc_event send_ev;
     sg_rpc_event recv_ev;
+    sg_rpc_event arrive_ev; /* runs the handler */
+    sg_rpc_method *method;  /* the handler's method, until it has run */
+    ProtobufCMessage *req;  /* decoded first request, until the handler has run */
     sg_rpc_server *srv;
     grpc_call *call;
     gpr_timespec deadline;
@@ -281,6 +286,7 @@ static void maybe_finalize_locked(sg_rpc_server *srv)
 
 static void call_send_run(sg_rpc_event *ev, bool ok);
 static bool call_send_settle(sg_rpc_event *ev, bool ok);
+static void slot_run(sg_rpc_event *ev, bool ok);
 
 static void *cq_thread(void *arg)
 {
@@ -294,7 +300,9 @@ static void *cq_thread(void *arg)
             continue;
         sg_rpc_event *ev = e.tag;
         ev->ok = e.success != 0;
-        if (srv->opts.dispatch == NULL)
+        /* A new call is set up here (request re-armed, close armed, request
+         * decoded) and only its handler goes to the owner. */
+        if (srv->opts.dispatch == NULL || ev->run == slot_run)
             sg_rpc_event_run(ev);
         else if (ev->run != call_send_run || !call_send_settle(ev, ev->ok))
             srv->opts.dispatch(ev, srv->opts.dispatch_ctx);
@@ -305,8 +313,6 @@ static void *cq_thread(void *arg)
     pthread_mutex_unlock(&srv->mu);
     return NULL;
 }
-
-static void slot_run(sg_rpc_event *ev, bool ok);
 
 /* Asks gRPC for the next call on slot. */
 static void slot_arm(sg_rpc_slot *slot)
@@ -355,6 +361,8 @@ static void call_free(sg_rpc_call *c)
         grpc_byte_buffer_destroy(c->sending);
     if (c->recv_bb != NULL)
         grpc_byte_buffer_destroy(c->recv_bb);
+    if (c->req != NULL)
+        protobuf_c_message_free_unpacked(c->req, NULL);
     if (c->has_details)
         grpc_slice_unref(c->status_details);
     grpc_metadata_array_destroy(&c->md);
@@ -531,32 +539,56 @@ static bool call_arm_close(sg_rpc_call *c)
     return grpc_call_start_batch(c->call, &op, 1, &c->close_ev, NULL) == GRPC_CALL_OK;
 }
 
-/* Decodes the request of an arrived call and runs its handler; takes payload. */
-static void call_dispatch(sg_rpc_call *c, sg_rpc_method *m, const char *unknown,
-                          grpc_byte_buffer *payload)
+/* Runs the handler of an arrived call (on the owner's thread with a dispatcher). */
+static void call_arrive_run(sg_rpc_event *ev, bool ok)
+{
+    sg_rpc_call *c = SG_CONTAINER(ev, sg_rpc_call, arrive_ev);
+    sg_rpc_method *m = c->method;
+    ProtobufCMessage *req = c->req;
+    (void)ok;
+    c->method = NULL;
+    c->req = NULL;
+    m->handler(c, req, m->user);
+    if (req != NULL)
+        protobuf_c_message_free_unpacked(req, NULL);
+    pthread_mutex_lock(&c->mu);
+    c->refs--; /* the arrival reference */
+    call_check_done_unlock(c);
+}
+
+/*
+ * Decodes the request of an arrived call (takes payload). True when the
+ * handler is due: then c->method and c->req are set. Otherwise the call
+ * has been answered here (unknown method, missing or malformed request).
+ */
+static bool call_prepare(sg_rpc_call *c, sg_rpc_method *m, const char *unknown,
+                         grpc_byte_buffer *payload)
 {
     char details[300];
+    bool run = false;
 
     if (m == NULL) {
         snprintf(details, sizeof details, "unknown method %.256s", unknown ? unknown : "?");
         sg_rpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, details);
     } else if (m->kind == SG_RPC_BIDI_STREAM) {
-        m->handler(c, NULL, m->user);
+        run = true;
     } else if (payload == NULL) {
         snprintf(details, sizeof details, "missing %s request", m->input->name);
         sg_rpc_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, details);
     } else {
-        ProtobufCMessage *req = unpack_message(m->input, payload);
-        if (req == NULL) {
+        c->req = unpack_message(m->input, payload);
+        if (c->req == NULL) {
             snprintf(details, sizeof details, "malformed %s request", m->input->name);
             sg_rpc_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, details);
         } else {
-            m->handler(c, req, m->user);
-            protobuf_c_message_free_unpacked(req, NULL);
+            run = true;
         }
     }
     if (payload != NULL)
         grpc_byte_buffer_destroy(payload);
+    if (run)
+        c->method = m;
+    return run;
 }
 
 static void slot_run(sg_rpc_event *ev, bool ok)
@@ -628,8 +660,20 @@ static void slot_run(sg_rpc_event *ev, bool ok)
         grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE, "server shutting down",
                                      NULL);
     } else {
-        call_dispatch(c, m, unknown, payload);
+        bool run = call_prepare(c, m, unknown, payload);
         payload = NULL;
+        free(unknown);
+        unknown = NULL;
+        if (run) {
+            /* The arrival reference passes to the handler's event. */
+            c->arrive_ev.run = call_arrive_run;
+            c->arrive_ev.ok = true;
+            if (srv->opts.dispatch != NULL)
+                srv->opts.dispatch(&c->arrive_ev, srv->opts.dispatch_ctx);
+            else
+                sg_rpc_event_run(&c->arrive_ev);
+            return;
+        }
     }
     if (payload != NULL)
         grpc_byte_buffer_destroy(payload);

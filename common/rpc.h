@@ -51,9 +51,12 @@ typedef void (*sg_rpc_recv_fn)(sg_rpc_call *call, const ProtobufCMessage *msg, v
 
 /*
  * An event from a completion-queue thread. When the server has a dispatcher,
- * the CQ thread passes every event to it instead of running it; the owner
- * must later call sg_rpc_event_run(ev) exactly once on its own thread (in
- * arrival order). Handlers and callbacks then all run on that thread.
+ * the CQ thread passes every event that runs a handler or callback to it
+ * instead of running it; the owner must later call sg_rpc_event_run(ev)
+ * exactly once on its own thread (in arrival order). Handlers and callbacks
+ * then all run on that thread. Bookkeeping with no user code (accepting a
+ * call, decoding its request, a finished send with nothing more to do)
+ * stays on the CQ thread and costs the owner no wake-up.
  */
 typedef struct sg_rpc_event sg_rpc_event;
 typedef void (*sg_rpc_dispatch_fn)(sg_rpc_event *ev, void *ctx);

@@ -633,6 +633,38 @@ TEST(rpc_dispatcher_runs_handlers_on_owner_thread)
     grpc_shutdown_blocking();
 }
 
+TEST(rpc_dispatcher_answers_bad_calls_without_owner)
+{
+    fixture f;
+    char details[256];
+    static const unsigned char bad[] = {0x0a, 0x10, 'a', 'b'};
+    sg_rpc_server_options opts = {.dispatch = dispatch};
+    fixture_start(&f, &opts);
+    /* No owner thread yet: malformed and unknown calls are still answered. */
+    ASSERT_EQ(raw_call(f.ch, STREAM_PATH, bad, sizeof bad, details, sizeof details),
+              GRPC_STATUS_INVALID_ARGUMENT);
+    ASSERT_STREQ(details, "malformed X509SVIDRequest request");
+    ASSERT_EQ(raw_call(f.ch, "/SpiffeWorkloadAPI/Nope", bad, sizeof bad, details, sizeof details),
+              GRPC_STATUS_UNIMPLEMENTED);
+    ASSERT_STREQ(details, "unknown method /SpiffeWorkloadAPI/Nope");
+    ASSERT(!st.handler_ran);
+    /* A good call waits for the owner, whose thread runs the handler. */
+    ASSERT_OK(pthread_create(&owner_tid, NULL, owner_main, f.srv));
+    ValidateJWTSVIDResponse *resp = NULL;
+    sg_err err;
+    sg_rpc_status status;
+    ASSERT_OK(call_unary(f.ch, "a", "spiffe://example.org/e", &resp, &status, &err));
+    ASSERT_STREQ(resp->spiffe_id, "spiffe://example.org/e");
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    ASSERT(pthread_equal(st.handler_thread, owner_tid));
+    atomic_store(&owner_stop, true);
+    pthread_join(owner_tid, NULL);
+    ASSERT(sg_rpc_server_shutdown_done(f.srv));
+    grpc_channel_destroy(f.ch);
+    sg_rpc_server_free(f.srv);
+    grpc_shutdown_blocking();
+}
+
 TEST(rpc_shutdown_with_open_stream_is_prompt)
 {
     fixture f;
