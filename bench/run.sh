@@ -80,6 +80,7 @@ AGENT_RSS_IDLE=$(rss_kib $AGENT)
 AGENT_RSS_PEAK=$AGENT_RSS_IDLE
 for n in 1 100 1000; do
     echo "bench: Workload API FetchX509SVID, $n concurrent clients, ${SECS}s"
+    a0=$(cpu_ticks $AGENT)
     "$BIN/bench_fetch" "$WL" "$n" "$SECS" >"$WORK/fetch_$n.txt" &
     bp=$!
     while kill -0 $bp 2>/dev/null; do
@@ -88,6 +89,10 @@ for n in 1 100 1000; do
         sleep 0.5
     done
     wait $bp || true
+    a1=$(cpu_ticks $AGENT)
+    # The agent's CPU time per fetch over the same run (clock ticks, so coarse).
+    awk -v t=$((a1 - a0)) -v hz="$(getconf CLK_TCK)" '$1 == "fetch_total" && $2 > 0 {
+        printf "fetch_agent_cpu_us %.1f\n", t / hz * 1e6 / $2 }' "$WORK/fetch_$n.txt" >>"$WORK/fetch_$n.txt"
     cat "$WORK/fetch_$n.txt"
 done
 echo "bench: entry create -> SVID on an open stream, 100 entries"
@@ -142,12 +147,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "## Workload API FetchX509SVID (first message, new call each time)"
     echo
-    echo "| concurrent clients | fetches/s | p50 | p99 | failures |"
-    echo "|---|---|---|---|---|"
+    echo "| concurrent clients | fetches/s | p50 | p99 | failures | agent CPU per fetch | load generator CPU per fetch |"
+    echo "|---|---|---|---|---|---|---|"
     for n in 1 100 1000; do
         f=$WORK/fetch_$n.txt
-        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") |"
+        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") | $(val fetch_agent_cpu_us "$f") µs | $(val fetch_client_cpu_us "$f") µs |"
     done
+    echo
+    echo "Closed loop: each client starts its next call when the first message of the last one"
+    echo "arrived, so at C clients the mean latency is about C / (fetches/s), and the fetch rate is"
+    echo "bounded by the CPU the agent and the load generator spend per fetch together (the two"
+    echo "columns on the right) on the shared cores."
     echo
     echo "## Propagation and rotation"
     echo
