@@ -876,12 +876,13 @@ int sg_jwt_authority_prepare(sg_jwt_authority *a, int64_t now, sg_jwt_authority_
     char kid[SG_JWT_KID_MAX + 1];
     int rc;
 
-    pthread_mutex_lock(&a->rot_mu);
+    /* Key generation (seconds for RSA-4096) runs before the lock: signing may wait on it. */
     rc = generate(a, now, &k, err);
-    if (rc == 0) {
-        memcpy(kid, k->kid, sizeof kid);
-        rc = add_prepared(a, k, err);
-    }
+    if (rc < 0)
+        return rc;
+    memcpy(kid, k->kid, sizeof kid);
+    pthread_mutex_lock(&a->rot_mu);
+    rc = add_prepared(a, k, err);
     if (rc == 0)
         rc = save_state(a, err);
     if (rc == 0)

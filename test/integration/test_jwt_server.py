@@ -378,3 +378,35 @@ def test_jwt_keys_survive_a_restart(c):
     assert {a["authority_id"]: a["state"] for a in authorities(c)} == before
     assert verify(c, token, "a")["sub"] == WID
     assert jwks(c)["spiffe_sequence"] >= seq
+
+
+# ---------------------------------------------------------------- key types and config
+
+
+def test_ps256_server_tokens_verify(env):
+    """jwt_key_type PS256: an RSA key, RSASSA-PSS signatures, the RSA JWK in the bundle."""
+    c2 = sigil.Cluster(env, "test_jwt_server_ps256")
+    try:
+        c2.write_server_conf(extra_server='    jwt_key_type = "PS256"\n    jwt_issuer = "%s"\n' % ISSUER)
+        c2.start_server()
+        token = mint_jwt(c2, "-spiffeID", WID, "-audience", "a")
+        assert jwt.get_unverified_header(token)["alg"] == "PS256"
+        key = jwt_keys(jwks(c2))[jwt.get_unverified_header(token)["kid"]]
+        assert key["kty"] == "RSA", key
+        assert verify(c2, token, "a")["sub"] == WID
+    finally:
+        sigil.stop_cluster(c2)
+
+
+@pytest.mark.parametrize("line,want", [
+    ('jwt_key_type = "HS256"', ':9: jwt_key_type: invalid jwt_key_type "HS256"'),
+    ('default_jwt_svid_ttl = "forever"', ":9: default_jwt_svid_ttl:"),
+    ('default_jwt_svid_ttl = "48h"', ":9: default_jwt_svid_ttl (172800s) must be shorter than ca_ttl (86400s)"),
+    ('jwt_issuer = ""', ":9: jwt_issuer must not be empty"),
+])
+def test_jwt_config_errors_name_file_and_line(env, line, want):
+    c2 = sigil.Cluster(env, "test_jwt_server_badconf")
+    path = c2.write_server_conf(extra_server="    %s\n" % line)
+    p = sigil.run([sigil.SERVER_BIN, "validate", "-config", path])
+    assert p.returncode == 1, p.out
+    assert path + want in p.out, p.out
