@@ -1520,7 +1520,12 @@ static int cmd_bundle_show(cli_ctx *c)
         if (bundle_jwks(b, &doc, &err) < 0) {
             rc = fail_err(&err);
         } else {
-            printf("%s\n", doc);
+            /* Indented for people, as spire-server prints it; key order kept. */
+            json_t *j = json_loads(doc, 0, NULL);
+            char *pretty = j ? json_dumps(j, JSON_INDENT(4) | JSON_PRESERVE_ORDER) : NULL;
+            printf("%s\n", pretty ? pretty : doc);
+            free(pretty);
+            json_decref(j);
             free(doc);
         }
     } else {
