@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@ struct sg_bundle_endpoint {
     pthread_cond_t cv;
     SSL_CTX *ctx;
     int nconns;
+    int conn_fds[SG_BUNDLE_ENDPOINT_MAX_CONNS]; /* open connections, -1 = free slot */
+    bool stopping;
 
     /* accept thread only */
     int64_t renew_at;
@@ -248,6 +251,7 @@ static void maintain_identity(sg_bundle_endpoint *ep)
 typedef struct conn {
     sg_bundle_endpoint *ep;
     int fd;
+    int slot; /* index in ep->conn_fds */
     char peer[64];
 } conn;
 
@@ -416,7 +420,12 @@ static void *conn_main(void *arg)
     int64_t deadline = mono_ms() + SG_BUNDLE_ENDPOINT_DEADLINE_S * 1000;
     SSL_CTX *ctx;
     SSL *ssl = NULL;
+    sigset_t pipe_set;
 
+    /* A client gone mid-answer must give EPIPE here, never kill the process. */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
     pthread_mutex_lock(&ep->mu);
     ctx = ep->ctx;
     if (ctx != NULL)
@@ -439,6 +448,9 @@ static void *conn_main(void *arg)
     ERR_clear_error();
     SSL_free(ssl);
     SSL_CTX_free(ctx);
+    pthread_mutex_lock(&ep->mu);
+    ep->conn_fds[c->slot] = -1;
+    pthread_mutex_unlock(&ep->mu);
     close(c->fd);
     free(c);
     pthread_mutex_lock(&ep->mu);
@@ -479,10 +491,16 @@ static void *accept_main(void *arg)
         int fd = accept4(ep->fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
+        int slot = -1;
         pthread_mutex_lock(&ep->mu);
-        bool full = ep->nconns >= SG_BUNDLE_ENDPOINT_MAX_CONNS;
-        if (!full)
+        for (int k = 0; k < SG_BUNDLE_ENDPOINT_MAX_CONNS && slot < 0; k++)
+            if (ep->conn_fds[k] < 0)
+                slot = k;
+        bool full = slot < 0;
+        if (!full) {
             ep->nconns++;
+            ep->conn_fds[slot] = fd;
+        }
         pthread_mutex_unlock(&ep->mu);
         if (full) {
             sg_log_warn("bundle endpoint: %d connections open; refusing another",
@@ -497,6 +515,7 @@ static void *accept_main(void *arg)
         if (c != NULL) {
             c->ep = ep;
             c->fd = fd;
+            c->slot = slot;
             peer_name(&sa, sl, c->peer, sizeof c->peer);
             pthread_attr_init(&attr);
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -507,6 +526,7 @@ static void *accept_main(void *arg)
             free(c);
             close(fd);
             pthread_mutex_lock(&ep->mu);
+            ep->conn_fds[slot] = -1;
             ep->nconns--;
             pthread_cond_broadcast(&ep->cv);
             pthread_mutex_unlock(&ep->mu);
@@ -591,6 +611,8 @@ int sg_bundle_endpoint_start(sg_bundle_endpoint **out, const sg_bundle_endpoint_
     ep->o = *o;
     ep->fd = -1;
     ep->wake[0] = ep->wake[1] = -1;
+    for (int k = 0; k < SG_BUNDLE_ENDPOINT_MAX_CONNS; k++)
+        ep->conn_fds[k] = -1;
     ep->address = dup_opt(o->address, &oom);
     ep->cert_file = dup_opt(o->cert_file_path, &oom);
     ep->key_file = dup_opt(o->key_file_path, &oom);
@@ -641,8 +663,12 @@ void sg_bundle_endpoint_stop(sg_bundle_endpoint *ep)
     }
     if (ep->fd >= 0)
         close(ep->fd);
-    /* Open connections end by their deadline at the latest. */
+    /* Open connections are cut short; each thread then closes its own fd. */
     pthread_mutex_lock(&ep->mu);
+    ep->stopping = true;
+    for (int k = 0; k < SG_BUNDLE_ENDPOINT_MAX_CONNS; k++)
+        if (ep->conn_fds[k] >= 0)
+            shutdown(ep->conn_fds[k], SHUT_RDWR);
     while (ep->nconns > 0)
         pthread_cond_wait(&ep->cv, &ep->mu);
     pthread_mutex_unlock(&ep->mu);

@@ -26,6 +26,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,7 @@ struct sg_federation {
 
     pthread_t thread;
     bool started;
+    atomic_bool abort;  /* set on stop: in-flight fetches end at once */
     pthread_mutex_t mu; /* guards the fields below */
     pthread_cond_t cv;
     bool stopping;
@@ -178,7 +181,28 @@ static int roots_from_bundle(const sg_bundle *b, STACK_OF(X509) * *out, sg_err *
     return 0;
 }
 
+/* Progress callback: a non-zero return aborts the transfer (the server is stopping). */
+static int on_progress(void *user, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const atomic_bool *abort_flag = user;
+
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    return abort_flag != NULL && atomic_load(abort_flag) ? 1 : 0;
+}
+
+static int fetch(const sg_fed_rel *rel, const sg_bundle *trust, const atomic_bool *abort_flag,
+                 sg_bundle *out, sg_err *err);
+
 int sg_federation_fetch(const sg_fed_rel *rel, const sg_bundle *trust, sg_bundle *out, sg_err *err)
+{
+    return fetch(rel, trust, NULL, out, err);
+}
+
+static int fetch(const sg_fed_rel *rel, const sg_bundle *trust, const atomic_bool *abort_flag,
+                 sg_bundle *out, sg_err *err)
 {
     char cerr[CURL_ERROR_SIZE];
     body_buf body = {0};
@@ -224,6 +248,11 @@ int sg_federation_fetch(const sg_fed_rel *rel, const sg_bundle *trust, sg_bundle
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "sigil-server");
+    if (abort_flag != NULL) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)(uintptr_t)abort_flag);
+    }
     curl_easy_setopt(c, CURLOPT_SSL_SESSIONID_CACHE, 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
     if (spiffe) {
@@ -321,7 +350,7 @@ static int fetch_and_store(sg_federation *f, const sg_fed_rel *rel, sg_bundle *o
     sg_err_clear(&terr);
     if (strcmp(rel->profile, "https_spiffe") == 0)
         have_trust = stored_bundle(f->ds, rel->trust_domain, &trust, &terr) == 0;
-    rc = sg_federation_fetch(rel, have_trust ? &trust : NULL, &got, err);
+    rc = fetch(rel, have_trust ? &trust : NULL, &f->abort, &got, err);
     if (rc == 0)
         rc = sg_bundle_to_jwks(&got, &json, err);
     if (rc == 0)
@@ -452,6 +481,12 @@ static int64_t refresh_due(sg_federation *f)
 static void *refresher_main(void *arg)
 {
     sg_federation *f = arg;
+    sigset_t pipe_set;
+
+    /* curl runs with CURLOPT_NOSIGNAL: a peer that hangs up gives EPIPE, not SIGPIPE. */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
 
     pthread_mutex_lock(&f->mu);
     while (!f->stopping) {
@@ -520,6 +555,7 @@ void sg_federation_stop(sg_federation *f)
 {
     if (f == NULL || !f->started)
         return;
+    atomic_store(&f->abort, true);
     pthread_mutex_lock(&f->mu);
     f->stopping = true;
     pthread_cond_broadcast(&f->cv);

@@ -147,7 +147,9 @@ TEST(datastore_fed_bundle_delete_modes)
     ASSERT_EQ(sg_ds_fed_bundle_delete(ds, "other.org", SG_FED_DELETE_RESTRICT, &changed, &err),
               SG_EPERM);
     ASSERT(strstr(err.msg, "other.org") != NULL);
-    ASSERT_OK(sg_ds_fed_bundle_get(ds, "other.org", &(sg_fed_bundle_rec){0}, &err));
+    sg_fed_bundle_rec kept;
+    ASSERT_OK(sg_ds_fed_bundle_get(ds, "other.org", &kept, &err));
+    sg_fed_bundle_rec_cleanup(&kept);
 
     ASSERT_OK(sg_ds_entry_revision(ds, &rev0, &err));
     ASSERT_OK(sg_ds_fed_bundle_delete(ds, "other.org", SG_FED_DELETE_DISSOCIATE, &changed, &err));
