@@ -442,3 +442,57 @@ def test_junk_endpoint_keeps_last_good_bundle(fed, env):
         t.join(5)
         lsock.close()
         a.server_cli("federation delete", "-id", "spiffe://junk.test")
+
+
+def test_cli_data_and_spiffe_format(fed, env):
+    a, b = fed
+    d = sigil.mkdir(os.path.join(env.base, "fed_data"))
+    data = os.path.join(d, "rels.json")
+    with open(data, "w") as f:
+        json.dump({"federationRelationships": [
+            {"trustDomain": "web.test", "bundleEndpointUrl": "https://127.0.0.1:1/bundle", "httpsWeb": {}},
+            {"trustDomain": "spf.test", "bundleEndpointUrl": "https://127.0.0.1:1",
+             "httpsSpiffe": {"endpointSpiffeId": "spiffe://spf.test/spire/server"}},
+        ]}, f)
+    p = b.server_cli("federation create", "-data", data)
+    assert p.returncode == 0, p.out
+    p = b.server_cli("federation list", "-output", "json")
+    got = {r["trust_domain"]: r for r in json.loads(p.stdout)["federation_relationships"]}
+    assert "https_web" in got["web.test"] and got["spf.test"]["https_spiffe"]["endpoint_spiffe_id"] == "spiffe://spf.test/spire/server"
+    p = b.server_cli("federation create", "-data", data, "-trustDomain", "x.test")
+    assert p.returncode != 0 and "-data" in p.out, p.out
+    for td in ("web.test", "spf.test"):
+        assert b.server_cli("federation delete", "-id", "spiffe://" + td).returncode == 0
+
+    # bundle set from stdin in SPIFFE format, then an entry from -data federating with it.
+    doc = bundle_json(a, "spiffe://junk.test")
+    p = sigil.run([sigil.SERVER_BIN, "bundle", "set", "-socketPath", b.admin_sock, "-id", "spiffe://stdin.test",
+                   "-format", "spiffe"], input_=json.dumps(doc).encode())
+    assert p.returncode == 0, p.out
+    assert sorted(x5c_ders(bundle_json(b, "spiffe://stdin.test"))) == sorted(x5c_ders(doc))
+    entries = os.path.join(d, "entries.json")
+    with open(entries, "w") as f:
+        json.dump({"entries": [{"spiffe_id": TD_B_ID + "/data", "parent_id": TD_B_ID + "/spire/server",
+                                "selectors": [{"type": "unix", "value": "uid:4242"}],
+                                "federates_with": ["spiffe://stdin.test"]}]}, f)
+    p = b.server_cli("entry create", "-data", entries)
+    assert p.returncode == 0, p.out
+    p = b.server_cli("entry show", "-spiffeID", TD_B_ID + "/data", "-output", "json")
+    assert "spiffe://stdin.test" in p.stdout, p.out
+    # delete mode: the entry goes with the bundle, as SPIRE's DELETE mode.
+    p = b.server_cli("bundle delete", "-id", "spiffe://stdin.test", "-mode", "delete")
+    assert p.returncode == 0, p.out
+    p = b.server_cli("entry show", "-spiffeID", TD_B_ID + "/data")
+    assert TD_B_ID + "/data" not in p.stdout, p.out
+
+
+def test_restart_keeps_federation_state(fed):
+    a, b = fed
+    before = bundle_json(b, sigil.TD_ID)
+    b.stop_server()
+    b.start_server()
+    assert bundle_json(b, sigil.TD_ID)["spiffe_sequence"] >= before["spiffe_sequence"]
+    p = b.server_cli("federation show", "-trustDomain", sigil.TD)
+    assert p.returncode == 0 and "https_spiffe" in p.stdout, p.out
+    # And the endpoint is back.
+    sigil.wait_until(lambda: https_get(b.ep_port, b.bundle_path)[0] == 200, 20, 0.5, "bundle endpoint after restart")
