@@ -52,8 +52,7 @@ def test_workload_jwt_svid_empty_audience_invalid(entitled, env):
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
 
 
-@pytest.mark.parametrize("method", ["FetchJWTSVID", "FetchJWTBundles", "ValidateJWTSVID",
-                                    "FetchWITSVID", "FetchWITBundles"])
+@pytest.mark.parametrize("method", ["FetchWITSVID", "FetchWITBundles"])
 def test_workload_unimplemented_rpcs_for_entitled_caller(entitled, env, method):
     with sigil.Workload(env.wl, entitled.sock) as w:
         code, details, _ = w.call(method, _requests(env.wl)[method])
