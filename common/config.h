@@ -60,13 +60,13 @@ typedef struct sg_server_config {
     char *upstream_cert_file;
     char *upstream_bundle_file; /* may be NULL: cert_file's chain is used */
     /* server { federation { bundle_endpoint { } federates_with "td" { } } } */
-    bool fed_endpoint_enabled;          /* bundle_endpoint { } present */
-    char *fed_endpoint_address;         /* default "0.0.0.0" */
-    int fed_endpoint_port;              /* default 443 */
+    bool fed_endpoint_enabled;           /* bundle_endpoint { } present */
+    char *fed_endpoint_address;          /* default "0.0.0.0" */
+    int fed_endpoint_port;               /* default 443 */
     int64_t fed_endpoint_refresh_hint_s; /* default 300 */
-    bool fed_endpoint_https_web;        /* profile "https_web"; default https_spiffe */
-    char *fed_endpoint_cert_file;       /* https_web serving_cert_file { cert_file_path } */
-    char *fed_endpoint_key_file;        /* https_web serving_cert_file { key_file_path } */
+    bool fed_endpoint_https_web;         /* profile "https_web"; default https_spiffe */
+    char *fed_endpoint_cert_file;        /* https_web serving_cert_file { cert_file_path } */
+    char *fed_endpoint_key_file;         /* https_web serving_cert_file { key_file_path } */
     sg_config_federates_with *federates_with;
     size_t nfederates_with;
 } sg_server_config;

@@ -63,14 +63,6 @@ struct sg_federation {
     size_t nsched;
 };
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static bool curl_ok;
-
-static void curl_init_once(void)
-{
-    curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
-}
-
 static int64_t now_s(void)
 {
     return (int64_t)time(NULL);
@@ -217,9 +209,6 @@ static int fetch(const sg_fed_rel *rel, const sg_bundle *trust, const atomic_boo
     memset(out, 0, sizeof *out);
     if (rel == NULL || rel->url == NULL || rel->profile == NULL || rel->trust_domain == NULL)
         return sg_err_set(err, SG_EINVAL, "incomplete federation relationship");
-    pthread_once(&curl_once, curl_init_once);
-    if (!curl_ok)
-        return sg_err_set(err, SG_EUNAVAIL, "libcurl could not be initialised");
     spiffe = strcmp(rel->profile, "https_spiffe") == 0;
     if (spiffe) {
         if (trust == NULL || trust->nx509 == 0)
@@ -525,8 +514,8 @@ int sg_federation_new(sg_federation **out, sg_datastore *ds, const char *own_td,
         free(f);
         return sg_err_set(err, SG_ENOMEM, "out of memory");
     }
-    pthread_once(&curl_once, curl_init_once);
-    if (!curl_ok) {
+    /* Reference-counted by libcurl (thread-safe in Debian's 7.88); undone in free. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         free(f->own_td);
         free(f);
         return sg_err_set(err, SG_EUNAVAIL, "libcurl could not be initialised");
@@ -586,6 +575,7 @@ void sg_federation_free(sg_federation *f)
     pthread_mutex_destroy(&f->mu);
     free(f->own_td);
     free(f);
+    curl_global_cleanup();
 }
 
 /* ------------------------------------------------------------ server glue */
