@@ -130,7 +130,7 @@ static const struct flag_def {
 #define COMMON_FLAGS (F(FL_SOCKET) | F(FL_OUTPUT))
 #define ENTRY_WRITE_FLAGS                                                                          \
     (COMMON_FLAGS | F(FL_SPIFFE) | F(FL_PARENT) | F(FL_SELECTOR) | F(FL_X509TTL) | F(FL_JWTTTL) |  \
-     F(FL_DNS) | F(FL_ENTRYID) | F(FL_NODE) | F(FL_HINT) | F(FL_DOWNSTREAM) | F(FL_ADMIN) |      \
+     F(FL_DNS) | F(FL_ENTRYID) | F(FL_NODE) | F(FL_HINT) | F(FL_DOWNSTREAM) | F(FL_ADMIN) |        \
      F(FL_FEDERATES))
 
 typedef struct cli_ctx {
