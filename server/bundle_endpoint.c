@@ -552,7 +552,8 @@ static int listen_on(sg_bundle_endpoint *ep, sg_err *err)
     if (g != 0)
         return sg_err_set(err, SG_ECONFIG, "bundle endpoint address \"%.128s\": %s", host,
                           gai_strerror(g));
-    ep->fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a connection reset between poll and accept must not stall the loop. */
+    ep->fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (ep->fd < 0) {
         freeaddrinfo(res);
         return sg_err_sys(err, "bundle endpoint socket");

@@ -328,21 +328,29 @@ static int stored_bundle(sg_datastore *ds, const char *td, sg_bundle *out, sg_er
 static int fetch_and_store(sg_federation *f, const sg_fed_rel *rel, sg_bundle *out, int64_t *next_s,
                            sg_err *err)
 {
-    sg_bundle trust, got;
-    bool have_trust = false, changed = false;
+    sg_bundle stored, got;
+    bool have_stored, same = false, changed = false;
     char *json = NULL;
     sg_err terr;
     int rc;
 
-    memset(&trust, 0, sizeof trust);
+    memset(&stored, 0, sizeof stored);
     memset(&got, 0, sizeof got);
     sg_err_clear(&terr);
-    if (strcmp(rel->profile, "https_spiffe") == 0)
-        have_trust = stored_bundle(f->ds, rel->trust_domain, &trust, &terr) == 0;
-    rc = fetch(rel, have_trust ? &trust : NULL, &f->abort, &got, err);
-    if (rc == 0)
+    /* The stored bundle: the trust anchor of an https_spiffe endpoint, and what a fetch is
+     * compared with. */
+    have_stored = stored_bundle(f->ds, rel->trust_domain, &stored, &terr) == 0;
+    rc = fetch(rel, have_stored ? &stored : NULL, &f->abort, &got, err);
+    if (rc == 0 && have_stored) {
+        if (got.sequence == 0)
+            got.sequence = stored.sequence; /* no spiffe_sequence: order unknown, keep ours */
+        /* The same keys under a lower number (ours came from `bundle set`): nothing to do. A
+         * lower number with other keys is refused by the datastore as a rollback. */
+        same = got.sequence < stored.sequence && sg_bundle_same_keys(&got, &stored);
+    }
+    if (rc == 0 && !same)
         rc = sg_bundle_to_jwks(&got, &json, err);
-    if (rc == 0)
+    if (rc == 0 && !same)
         rc = sg_ds_fed_bundle_put(f->ds, rel->trust_domain, json, got.sequence, &changed, err);
     if (rc == 0) {
         *next_s = sg_federation_next_refresh_s(&got);
@@ -353,13 +361,15 @@ static int fetch_and_store(sg_federation *f, const sg_fed_rel *rel, sg_bundle *o
                 f->on_change(f->ctx);
         }
         if (out != NULL) {
+            if (same)
+                got.sequence = stored.sequence;
             *out = got;
             memset(&got, 0, sizeof got);
         }
     }
     free(json);
     sg_bundle_cleanup(&got);
-    sg_bundle_cleanup(&trust);
+    sg_bundle_cleanup(&stored);
     return rc;
 }
 

@@ -358,3 +358,60 @@ TEST(federation_https_web_roundtrip)
     sg_bundle_endpoint_stop(web);
     fx_stop(&fx);
 }
+
+TEST(federation_refresh_sequence_rules)
+{
+    char path[300], url[64];
+    ep_fixture fx;
+    sg_datastore *ds = NULL;
+    sg_federation *f = NULL;
+    sg_fed_bundle_rec rec;
+    sg_bundle got;
+    char *json = NULL;
+    sg_err err = {0};
+
+    fx_start(&fx);
+    snprintf(path, sizeof path, "%s/ds.sqlite3", sg_test_tmpdir());
+    ASSERT_OK(sg_datastore_open(&ds, "sqlite3", path, &err));
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", sg_bundle_endpoint_port(fx.ep));
+    sg_fed_rel r = {.trust_domain = "other.test",
+                    .url = url,
+                    .profile = "https_spiffe",
+                    .endpoint_spiffe_id = "spiffe://other.test/spire/server"};
+    ASSERT_OK(sg_ds_fed_rel_put(ds, &r, false, &err));
+    ASSERT_OK(sg_federation_new(&f, ds, "example.org", NULL, NULL, &err));
+
+    /* Bootstrap bundle with a higher local number and the same keys: kept as it is. */
+    fx.bundle.sequence = 9;
+    ASSERT_OK(sg_bundle_to_jwks(&fx.bundle, &json, &err));
+    ASSERT_OK(sg_ds_fed_bundle_put(ds, "other.test", json, 9, NULL, &err));
+    free(json);
+    fx.bundle.sequence = 7;
+    ASSERT_OK(sg_federation_refresh(f, "other.test", &got, &err));
+    ASSERT_EQ(got.sequence, 9);
+    sg_bundle_cleanup(&got);
+    ASSERT_OK(sg_ds_fed_bundle_get(ds, "other.test", &rec, &err));
+    ASSERT_EQ(rec.sequence, 9);
+    sg_fed_bundle_rec_cleanup(&rec);
+
+    /* No spiffe_sequence at all: stored under the current number. */
+    fx.bundle.sequence = 0;
+    ASSERT_OK(sg_federation_refresh(f, "other.test", NULL, &err));
+    ASSERT_OK(sg_ds_fed_bundle_get(ds, "other.test", &rec, &err));
+    ASSERT_EQ(rec.sequence, 9);
+    sg_fed_bundle_rec_cleanup(&rec);
+
+    /* A newer one is stored. */
+    fx.bundle.sequence = 12;
+    ASSERT_OK(sg_federation_refresh(f, "other.test", NULL, &err));
+    ASSERT_OK(sg_ds_fed_bundle_get(ds, "other.test", &rec, &err));
+    ASSERT_EQ(rec.sequence, 12);
+    sg_fed_bundle_rec_cleanup(&rec);
+
+    /* No relationship: named. */
+    ASSERT_EQ(sg_federation_refresh(f, "none.test", NULL, &err), SG_ENOENT);
+    ASSERT(strstr(err.msg, "none.test") != NULL);
+    sg_federation_free(f);
+    sg_datastore_close(ds);
+    fx_stop(&fx);
+}
