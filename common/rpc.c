@@ -543,12 +543,23 @@ static bool call_arm_close(sg_rpc_call *c)
 static void call_arrive_run(sg_rpc_event *ev, bool ok)
 {
     sg_rpc_call *c = SG_CONTAINER(ev, sg_rpc_call, arrive_ev);
+    sg_rpc_server *srv = c->srv;
     sg_rpc_method *m = c->method;
     ProtobufCMessage *req = c->req;
     (void)ok;
     c->method = NULL;
     c->req = NULL;
-    m->handler(c, req, m->user);
+    pthread_mutex_lock(&srv->mu);
+    bool stopping = srv->shutting_down;
+    pthread_mutex_unlock(&srv->mu);
+    if (stopping) {
+        /* The server began to stop after the call was accepted: as for a
+         * call that arrives while stopping, no handler runs. */
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE, "server shutting down",
+                                     NULL);
+    } else {
+        m->handler(c, req, m->user);
+    }
     if (req != NULL)
         protobuf_c_message_free_unpacked(req, NULL);
     pthread_mutex_lock(&c->mu);

@@ -665,6 +665,46 @@ TEST(rpc_dispatcher_answers_bad_calls_without_owner)
     grpc_shutdown_blocking();
 }
 
+static struct {
+    grpc_channel *ch;
+    int rc;
+} bg_call;
+
+static void *bg_unary(void *arg)
+{
+    (void)arg;
+    ValidateJWTSVIDResponse *resp = NULL;
+    sg_err err;
+    bg_call.rc = call_unary(bg_call.ch, "a", "spiffe://example.org/late", &resp, NULL, &err);
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return NULL;
+}
+
+TEST(rpc_dispatcher_skips_handler_once_stopping)
+{
+    fixture f;
+    pthread_t t;
+    sg_rpc_server_options opts = {.dispatch = dispatch};
+    fixture_start(&f, &opts);
+    bg_call.ch = f.ch;
+    ASSERT_OK(pthread_create(&t, NULL, bg_unary, NULL));
+    /* The call is accepted and its handler queued, but no owner runs yet. */
+    for (int i = 0; i < 500 && atomic_load(&dq.dispatched) == 0; i++)
+        usleep(10000);
+    ASSERT(atomic_load(&dq.dispatched) > 0);
+    sg_rpc_server_shutdown(f.srv);
+    while (!sg_rpc_server_shutdown_done(f.srv))
+        run_events(10);
+    run_events(0);
+    pthread_join(t, NULL);
+    ASSERT(!st.handler_ran);
+    ASSERT(bg_call.rc < 0);
+    grpc_channel_destroy(f.ch);
+    sg_rpc_server_free(f.srv);
+    grpc_shutdown_blocking();
+}
+
 TEST(rpc_shutdown_with_open_stream_is_prompt)
 {
     fixture f;
