@@ -71,6 +71,12 @@ openssl verify -CAfile "$WORK/svid/bundle.0.pem" -untrusted "$WORK/svid/svid.0.p
 step "The SVID"
 openssl x509 -in "$WORK/svid/svid.0.pem" -noout -subject -issuer -serial -dates -ext subjectAltName,keyUsage,extendedKeyUsage,basicConstraints
 
+step "Fetching a JWT-SVID for audience demo-audience and validating it through the agent"
+"$BIN/sigil-agent" api fetch jwt -socketPath "$WL" -audience demo-audience >"$WORK/jwt.out"
+sed -n 's/^\(token(.*)\):.*/\1: (printed in full by the command; not shown here)/p' "$WORK/jwt.out"
+TOKEN_JWT=$(sed -n '2p' "$WORK/jwt.out" | tr -d '[:space:]')
+"$BIN/sigil-agent" api validate jwt -socketPath "$WL" -audience demo-audience -svid "$TOKEN_JWT"
+
 step "Stopping"
 cleanup
 pids=()
