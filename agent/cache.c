@@ -14,7 +14,7 @@
 #include <string.h>
 
 struct sg_cache_sub {
-    sg_cache_sub *next;
+    sg_cache_sub *next, *prev; /* unsubscribing is O(1): a thousand streams come and go */
     sg_cache_watch what;
     const sg_selector_set *sels;
     sg_cache_notify_fn fn;
@@ -54,6 +54,7 @@ struct sg_cache {
     uint64_t bundle_gen;
     sg_cache_sub *subs;
     size_t nsubs;
+    size_t ndead; /* unsubscribed during a flush, unlinked after it */
     int flushing;
 };
 
@@ -728,23 +729,36 @@ int sg_cache_subscribe(sg_cache *c, sg_cache_watch what, const sg_selector_set *
     s->user = user;
     s->view = view_of(c, what, sels, now);
     s->next = c->subs;
+    if (c->subs != NULL)
+        c->subs->prev = s;
     c->subs = s;
     c->nsubs++;
     *out = s;
     return 0;
 }
 
+static void unlink_sub(sg_cache *c, sg_cache_sub *s)
+{
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        c->subs = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    free(s);
+}
+
+/* Unlinks what was unsubscribed while a flush walked the list. */
 static void reap(sg_cache *c)
 {
-    sg_cache_sub **pp = &c->subs;
-    while (*pp != NULL) {
-        sg_cache_sub *s = *pp;
+    sg_cache_sub *s = c->subs;
+    while (s != NULL && c->ndead > 0) {
+        sg_cache_sub *next = s->next;
         if (s->dead) {
-            *pp = s->next;
-            free(s);
-        } else {
-            pp = &s->next;
+            unlink_sub(c, s);
+            c->ndead--;
         }
+        s = next;
     }
 }
 
@@ -755,7 +769,9 @@ void sg_cache_unsubscribe(sg_cache *c, sg_cache_sub *sub)
     sub->dead = true;
     c->nsubs--;
     if (c->flushing == 0)
-        reap(c);
+        unlink_sub(c, sub);
+    else
+        c->ndead++;
 }
 
 void sg_cache_flush(sg_cache *c, int64_t now)
@@ -771,6 +787,6 @@ void sg_cache_flush(sg_cache *c, int64_t now)
         s->fn(c, s, s->user);
     }
     c->flushing--;
-    if (c->flushing == 0)
+    if (c->flushing == 0 && c->ndead > 0)
         reap(c);
 }

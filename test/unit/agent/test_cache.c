@@ -342,6 +342,37 @@ TEST(cache_unsubscribe_inside_notification)
     sg_cache_free(c); /* also frees nothing twice */
 }
 
+TEST(cache_unsubscribe_from_head_middle_and_tail)
+{
+    sg_cache *c = new_cache();
+    set_entries1(c, make_entry("e1", "spiffe://example.org/a", 1,
+                               (const char *const[]){"unix:uid:1", NULL}));
+    sg_selector_set w = {0};
+    workload(&w, (const char *const[]){"unix:uid:1", NULL});
+    counter k[3] = {0};
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_SVIDS, &w, count_cb, &k[i], NOW,
+                                     &k[i].sub, NULL));
+    sg_cache_unsubscribe(c, k[1].sub); /* middle */
+    put_svid(c, "e1", 1, "01", NOW + 3600);
+    sg_cache_flush(c, NOW);
+    ASSERT_EQ(k[0].calls, 1);
+    ASSERT_EQ(k[1].calls, 0);
+    ASSERT_EQ(k[2].calls, 1);
+    sg_cache_unsubscribe(c, k[2].sub); /* newest: the head */
+    put_svid(c, "e1", 1, "02", NOW + 3600);
+    sg_cache_flush(c, NOW);
+    ASSERT_EQ(k[0].calls, 2);
+    ASSERT_EQ(k[2].calls, 1);
+    sg_cache_unsubscribe(c, k[0].sub); /* the last one */
+    ASSERT_EQ(sg_cache_nsubscribers(c), 0);
+    put_svid(c, "e1", 1, "03", NOW + 3600);
+    sg_cache_flush(c, NOW);
+    ASSERT_EQ(k[0].calls, 2);
+    sg_selector_set_cleanup(&w);
+    sg_cache_free(c);
+}
+
 TEST(cache_has_no_bundle_until_one_is_set)
 {
     sg_cache *c = new_cache();
