@@ -133,7 +133,10 @@ static const struct flag_def {
      F(FL_DNS) | F(FL_ENTRYID) | F(FL_NODE) | F(FL_HINT) | F(FL_DOWNSTREAM) | F(FL_ADMIN) |        \
      F(FL_FEDERATES))
 
+typedef struct cmd_def cmd_def;
+
 typedef struct cli_ctx {
+    const cmd_def *cmd;
     const char *cmdname; /* "entry create" */
     const char *val[FL__COUNT];
     bool set[FL__COUNT];
@@ -144,13 +147,13 @@ typedef struct cli_ctx {
     grpc_channel *ch;
 } cli_ctx;
 
-typedef struct cmd_def {
+struct cmd_def {
     const char *group;
     const char *name; /* NULL for a command without subcommands */
     int (*run)(cli_ctx *c);
     uint32_t flags;
     const char *summary;
-} cmd_def;
+};
 
 static void print_usage(const cmd_def *cmd, const char *cmdname)
 {
@@ -1574,22 +1577,127 @@ static int cmd_healthcheck(cli_ctx *c)
 
 /* ------------------------------------------------------------ localauthority */
 
-static json_t *authority_json(const Sigil__Admin__V1__X509Authority *a)
+/* One authority of a reply, whichever kind (X.509 or JWT) it is. */
+typedef struct authority_view {
+    const char *id, *state;
+    const char *upstream_skid; /* X.509 only; NULL for JWT */
+    int64_t issued_at, expires_at, tainted_at;
+    bool tainted;
+} authority_view;
+
+/* The authority_id request of an activate, taint or revoke call of either kind. */
+typedef union authority_id_req {
+    ProtobufCMessage base;
+    Sigil__Admin__V1__X509AuthorityRequest x509;
+    Sigil__Admin__V1__JWTAuthorityRequest jwt;
+} authority_id_req;
+
+/*
+ * What the X.509 and JWT localauthority commands do not share: the words
+ * of the output, the method and message names, and the typed parts of
+ * requests and replies.
+ */
+typedef struct authority_kind {
+    const char *word;  /* in the command: "x509" */
+    const char *title; /* in the output: "X.509" */
+    const char *infix; /* in the method names: "X509" */
+    const ProtobufCMessageDescriptor *show_req, *show_resp, *prepare_req, *action_resp;
+    void (*id_req)(authority_id_req *r, const char *id);
+    /* The authorities of a show or action reply as views (at most max); returns how many. */
+    size_t (*views)(const ProtobufCMessage *m, authority_view *v, size_t max);
+} authority_kind;
+
+static void x509_id_req(authority_id_req *r, const char *id)
 {
-    return json_pack("{s:s,s:o,s:s,s:b}", "authority_id", a->authority_id, "expires_at",
-                     i64_str(a->expires_at), "upstream_authority_subject_key_id",
-                     a->upstream_authority_subject_key_id, "tainted", a->tainted);
+    sigil__admin__v1__x509_authority_request__init(&r->x509);
+    r->x509.authority_id = (char *)(uintptr_t)id;
 }
 
-static void print_authority(const Sigil__Admin__V1__X509Authority *a)
+static size_t x509_views(const ProtobufCMessage *m, authority_view *v, size_t max)
+{
+    Sigil__Admin__V1__X509Authority *const *a;
+    size_t n;
+
+    if (m->descriptor == &sigil__admin__v1__x509_authorities__descriptor) {
+        a = ((const Sigil__Admin__V1__X509Authorities *)m)->authorities;
+        n = ((const Sigil__Admin__V1__X509Authorities *)m)->n_authorities;
+    } else {
+        a = &((const Sigil__Admin__V1__X509AuthorityResponse *)m)->authority;
+        n = *a != NULL;
+    }
+    for (size_t i = 0; i < n && i < max; i++)
+        v[i] = (authority_view){
+            a[i]->authority_id, a[i]->state,      a[i]->upstream_authority_subject_key_id,
+            a[i]->issued_at,    a[i]->expires_at, a[i]->tainted_at,
+            a[i]->tainted};
+    return n;
+}
+
+static void jwt_id_req(authority_id_req *r, const char *id)
+{
+    sigil__admin__v1__jwtauthority_request__init(&r->jwt);
+    r->jwt.authority_id = (char *)(uintptr_t)id;
+}
+
+static size_t jwt_views(const ProtobufCMessage *m, authority_view *v, size_t max)
+{
+    Sigil__Admin__V1__JWTAuthority *const *a;
+    size_t n;
+
+    if (m->descriptor == &sigil__admin__v1__jwtauthorities__descriptor) {
+        a = ((const Sigil__Admin__V1__JWTAuthorities *)m)->authorities;
+        n = ((const Sigil__Admin__V1__JWTAuthorities *)m)->n_authorities;
+    } else {
+        a = &((const Sigil__Admin__V1__JWTAuthorityResponse *)m)->authority;
+        n = *a != NULL;
+    }
+    for (size_t i = 0; i < n && i < max; i++)
+        v[i] = (authority_view){a[i]->authority_id, a[i]->state,      NULL,         a[i]->issued_at,
+                                a[i]->expires_at,   a[i]->tainted_at, a[i]->tainted};
+    return n;
+}
+
+static const authority_kind authority_kinds[] = {
+    {"x509", "X.509", "X509", &sigil__admin__v1__get_x509_authorities_request__descriptor,
+     &sigil__admin__v1__x509_authorities__descriptor,
+     &sigil__admin__v1__prepare_x509_authority_request__descriptor,
+     &sigil__admin__v1__x509_authority_response__descriptor, x509_id_req, x509_views},
+    {"jwt", "JWT", "JWT", &sigil__admin__v1__get_jwtauthorities_request__descriptor,
+     &sigil__admin__v1__jwtauthorities__descriptor,
+     &sigil__admin__v1__prepare_jwtauthority_request__descriptor,
+     &sigil__admin__v1__jwtauthority_response__descriptor, jwt_id_req, jwt_views},
+};
+
+/* The actions on one authority: the method verb, the output's title and JSON key. */
+static const struct authority_action {
+    const char *word, *verb, *title, *key;
+    bool needs_id;
+} authority_actions[] = {
+    {"prepare", "Prepare", "Prepared", "prepared_authority", false},
+    {"activate", "Activate", "Activated", "activated_authority", true},
+    {"taint", "Taint", "Tainted", "tainted_authority", true},
+    {"revoke", "Revoke", "Revoked", "revoked_authority", true},
+};
+
+static json_t *authority_json(const authority_view *a)
+{
+    if (a->upstream_skid != NULL)
+        return json_pack("{s:s,s:o,s:s,s:b}", "authority_id", a->id, "expires_at",
+                         i64_str(a->expires_at), "upstream_authority_subject_key_id",
+                         a->upstream_skid, "tainted", a->tainted);
+    return json_pack("{s:s,s:o,s:o,s:b}", "authority_id", a->id, "issued_at", i64_str(a->issued_at),
+                     "expires_at", i64_str(a->expires_at), "tainted", a->tainted);
+}
+
+static void print_authority(const authority_view *a)
 {
     char when[64];
 
     fmt_time(a->expires_at, when, sizeof when);
-    printf("  Authority ID: %s\n", a->authority_id);
+    printf("  Authority ID: %s\n", a->id);
     printf("  Expires at: %s\n", when);
-    if (a->upstream_authority_subject_key_id[0] != '\0')
-        printf("  Upstream authority Subject Key ID: %s\n", a->upstream_authority_subject_key_id);
+    if (a->upstream_skid != NULL && a->upstream_skid[0] != '\0')
+        printf("  Upstream authority Subject Key ID: %s\n", a->upstream_skid);
     if (a->tainted) {
         fmt_time(a->tainted_at, when, sizeof when);
         printf("  Tainted: true (since %s)\n", when);
@@ -1598,32 +1706,37 @@ static void print_authority(const Sigil__Admin__V1__X509Authority *a)
     }
 }
 
-static int cmd_localauthority_x509_show(cli_ctx *c)
+/* show: the active, prepared and old authorities, newest first in each state. */
+static int authority_show(cli_ctx *c, const authority_kind *k)
 {
     static const char *const states[] = {"active", "prepared", "old"};
     static const char *const titles[] = {"Active", "Prepared", "Old"};
-    Sigil__Admin__V1__GetX509AuthoritiesRequest req =
-        SIGIL__ADMIN__V1__GET_X509_AUTHORITIES_REQUEST__INIT;
-    Sigil__Admin__V1__X509Authorities *r;
-    ProtobufCMessage *resp = NULL;
+    ProtobufCMessage req = PROTOBUF_C_MESSAGE_INIT(k->show_req), *resp = NULL;
+    authority_view *v;
+    char method[64];
+    size_t n;
     sg_err err;
     int rc = 0;
 
+    snprintf(method, sizeof method, "Get%sAuthorities", k->infix);
     sg_err_clear(&err);
-    if (admin_call(c, "GetX509Authorities", &req.base,
-                   &sigil__admin__v1__x509_authorities__descriptor, CALL_TIMEOUT_MS, &resp,
-                   &err) < 0)
+    if (admin_call(c, method, &req, k->show_resp, CALL_TIMEOUT_MS, &resp, &err) < 0)
         return fail_err(&err);
-    r = (Sigil__Admin__V1__X509Authorities *)resp;
+    n = k->views(resp, NULL, 0);
+    v = calloc(n ? n : 1, sizeof *v);
+    if (v == NULL) {
+        protobuf_c_message_free_unpacked(resp, NULL);
+        return fail_msg("out of memory");
+    }
+    k->views(resp, v, n);
     if (c->json) {
         /* SPIRE's shape (active, prepared, old: the newest old one), plus every authority. */
         json_t *root = json_object(), *all = json_array();
-        for (size_t i = 0; root != NULL && all != NULL && i < r->n_authorities; i++) {
-            const Sigil__Admin__V1__X509Authority *a = r->authorities[i];
-            json_t *o = authority_json(a);
-            json_object_set_new(root, a->state, authority_json(a));
+        for (size_t i = 0; root != NULL && all != NULL && i < n; i++) {
+            json_t *o = authority_json(&v[i]);
+            json_object_set_new(root, v[i].state, authority_json(&v[i]));
             if (o != NULL)
-                json_object_set_new(o, "state", json_string(a->state));
+                json_object_set_new(o, "state", json_string(v[i].state));
             json_array_append_new(all, o);
         }
         if (root != NULL)
@@ -1632,208 +1745,74 @@ static int cmd_localauthority_x509_show(cli_ctx *c)
             json_decref(all);
         rc = print_json(root);
     } else {
-        for (size_t k = 0; k < 3; k++) {
+        for (size_t s = 0; s < 3; s++) {
             bool any = false;
-            printf("%s%s X.509 authority:\n", k ? "\n" : "", titles[k]);
-            for (size_t i = r->n_authorities; i-- > 0;) {
-                if (strcmp(r->authorities[i]->state, states[k]) != 0)
+            printf("%s%s %s authority:\n", s ? "\n" : "", titles[s], k->title);
+            for (size_t i = n; i-- > 0;) {
+                if (strcmp(v[i].state, states[s]) != 0)
                     continue;
                 if (any)
                     printf("\n");
-                print_authority(r->authorities[i]);
+                print_authority(&v[i]);
                 any = true;
             }
             if (!any)
-                printf("  No %s X.509 authority found\n", states[k]);
+                printf("  No %s %s authority found\n", states[s], k->title);
         }
     }
+    free(v);
     protobuf_c_message_free_unpacked(resp, NULL);
     return rc;
 }
 
 /* prepare, activate, taint, revoke: one call, then the authority it acted on. */
-static int authority_action(cli_ctx *c, const char *method, const char *title, const char *key,
-                            bool needs_id)
+static int authority_act(cli_ctx *c, const authority_kind *k, const struct authority_action *a)
 {
-    Sigil__Admin__V1__X509AuthorityRequest idreq = SIGIL__ADMIN__V1__X509_AUTHORITY_REQUEST__INIT;
-    Sigil__Admin__V1__PrepareX509AuthorityRequest preq =
-        SIGIL__ADMIN__V1__PREPARE_X509_AUTHORITY_REQUEST__INIT;
-    Sigil__Admin__V1__X509AuthorityResponse *r;
-    ProtobufCMessage *resp = NULL;
+    ProtobufCMessage preq = PROTOBUF_C_MESSAGE_INIT(k->prepare_req), *resp = NULL;
+    authority_id_req idreq;
+    authority_view v;
     const char *id = c->val[FL_AUTHORITYID];
+    char method[64];
     sg_err err;
     int rc = 0;
 
-    if (needs_id && (id == NULL || id[0] == '\0'))
+    if (a->needs_id && (id == NULL || id[0] == '\0'))
         return fail_msg("an authority ID is required (-authorityID)");
-    idreq.authority_id = (char *)(uintptr_t)(id ? id : "");
+    k->id_req(&idreq, id ? id : "");
+    snprintf(method, sizeof method, "%s%sAuthority", a->verb, k->infix);
     sg_err_clear(&err);
-    if (admin_call(c, method, needs_id ? &idreq.base : &preq.base,
-                   &sigil__admin__v1__x509_authority_response__descriptor, CALL_TIMEOUT_MS, &resp,
-                   &err) < 0)
+    if (admin_call(c, method, a->needs_id ? &idreq.base : &preq, k->action_resp, CALL_TIMEOUT_MS,
+                   &resp, &err) < 0)
         return fail_err(&err);
-    r = (Sigil__Admin__V1__X509AuthorityResponse *)resp;
-    if (r->authority == NULL) {
+    if (k->views(resp, &v, 1) == 0) {
         rc = fail_msg("the server returned no authority");
     } else if (c->json) {
-        rc = print_json(json_pack("{s:o}", key, authority_json(r->authority)));
+        rc = print_json(json_pack("{s:o}", a->key, authority_json(&v)));
     } else {
-        printf("%s X.509 authority:\n", title);
-        print_authority(r->authority);
+        printf("%s %s authority:\n", a->title, k->title);
+        print_authority(&v);
     }
     protobuf_c_message_free_unpacked(resp, NULL);
     return rc;
 }
 
-static int cmd_localauthority_x509_prepare(cli_ctx *c)
+/* localauthority <kind> <action>, as the command table names it ("x509 show"). */
+static int cmd_localauthority(cli_ctx *c)
 {
-    return authority_action(c, "PrepareX509Authority", "Prepared", "prepared_authority", false);
-}
+    const char *name = c->cmd->name, *action = strchr(name, ' ') + 1;
+    size_t len = (size_t)(action - 1 - name);
 
-static int cmd_localauthority_x509_activate(cli_ctx *c)
-{
-    return authority_action(c, "ActivateX509Authority", "Activated", "activated_authority", true);
-}
-
-static int cmd_localauthority_x509_taint(cli_ctx *c)
-{
-    return authority_action(c, "TaintX509Authority", "Tainted", "tainted_authority", true);
-}
-
-static int cmd_localauthority_x509_revoke(cli_ctx *c)
-{
-    return authority_action(c, "RevokeX509Authority", "Revoked", "revoked_authority", true);
-}
-
-/* ------------------------------------------------------------ localauthority jwt */
-
-static json_t *jwt_authority_json(const Sigil__Admin__V1__JWTAuthority *a)
-{
-    return json_pack("{s:s,s:o,s:o,s:b}", "authority_id", a->authority_id, "issued_at",
-                     i64_str(a->issued_at), "expires_at", i64_str(a->expires_at), "tainted",
-                     a->tainted);
-}
-
-static void print_jwt_authority(const Sigil__Admin__V1__JWTAuthority *a)
-{
-    char when[64];
-
-    fmt_time(a->expires_at, when, sizeof when);
-    printf("  Authority ID: %s\n", a->authority_id);
-    printf("  Expires at: %s\n", when);
-    if (a->tainted) {
-        fmt_time(a->tainted_at, when, sizeof when);
-        printf("  Tainted: true (since %s)\n", when);
-    } else {
-        printf("  Tainted: false\n");
+    for (size_t i = 0; i < sizeof authority_kinds / sizeof authority_kinds[0]; i++) {
+        const authority_kind *k = &authority_kinds[i];
+        if (strlen(k->word) != len || strncmp(name, k->word, len) != 0)
+            continue;
+        if (strcmp(action, "show") == 0)
+            return authority_show(c, k);
+        for (size_t j = 0; j < sizeof authority_actions / sizeof authority_actions[0]; j++)
+            if (strcmp(action, authority_actions[j].word) == 0)
+                return authority_act(c, k, &authority_actions[j]);
     }
-}
-
-static int cmd_localauthority_jwt_show(cli_ctx *c)
-{
-    static const char *const states[] = {"active", "prepared", "old"};
-    static const char *const titles[] = {"Active", "Prepared", "Old"};
-    Sigil__Admin__V1__GetJWTAuthoritiesRequest req =
-        SIGIL__ADMIN__V1__GET_JWTAUTHORITIES_REQUEST__INIT;
-    Sigil__Admin__V1__JWTAuthorities *r;
-    ProtobufCMessage *resp = NULL;
-    sg_err err;
-    int rc = 0;
-
-    sg_err_clear(&err);
-    if (admin_call(c, "GetJWTAuthorities", &req.base, &sigil__admin__v1__jwtauthorities__descriptor,
-                   CALL_TIMEOUT_MS, &resp, &err) < 0)
-        return fail_err(&err);
-    r = (Sigil__Admin__V1__JWTAuthorities *)resp;
-    if (c->json) {
-        /* SPIRE's shape (active, prepared, old: the newest old one), plus every authority. */
-        json_t *root = json_object(), *all = json_array();
-        for (size_t i = 0; root != NULL && all != NULL && i < r->n_authorities; i++) {
-            const Sigil__Admin__V1__JWTAuthority *a = r->authorities[i];
-            json_t *o = jwt_authority_json(a);
-            json_object_set_new(root, a->state, jwt_authority_json(a));
-            if (o != NULL)
-                json_object_set_new(o, "state", json_string(a->state));
-            json_array_append_new(all, o);
-        }
-        if (root != NULL)
-            json_object_set_new(root, "authorities", all);
-        else
-            json_decref(all);
-        rc = print_json(root);
-    } else {
-        for (size_t k = 0; k < 3; k++) {
-            bool any = false;
-            printf("%s%s JWT authority:\n", k ? "\n" : "", titles[k]);
-            for (size_t i = r->n_authorities; i-- > 0;) {
-                if (strcmp(r->authorities[i]->state, states[k]) != 0)
-                    continue;
-                if (any)
-                    printf("\n");
-                print_jwt_authority(r->authorities[i]);
-                any = true;
-            }
-            if (!any)
-                printf("  No %s JWT authority found\n", states[k]);
-        }
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rc;
-}
-
-/* prepare, activate, taint, revoke: one call, then the JWT authority it acted on. */
-static int jwt_authority_action(cli_ctx *c, const char *method, const char *title, const char *key,
-                                bool needs_id)
-{
-    Sigil__Admin__V1__JWTAuthorityRequest idreq = SIGIL__ADMIN__V1__JWTAUTHORITY_REQUEST__INIT;
-    Sigil__Admin__V1__PrepareJWTAuthorityRequest preq =
-        SIGIL__ADMIN__V1__PREPARE_JWTAUTHORITY_REQUEST__INIT;
-    Sigil__Admin__V1__JWTAuthorityResponse *r;
-    ProtobufCMessage *resp = NULL;
-    const char *id = c->val[FL_AUTHORITYID];
-    sg_err err;
-    int rc = 0;
-
-    if (needs_id && (id == NULL || id[0] == '\0'))
-        return fail_msg("an authority ID is required (-authorityID)");
-    idreq.authority_id = (char *)(uintptr_t)(id ? id : "");
-    sg_err_clear(&err);
-    if (admin_call(c, method, needs_id ? &idreq.base : &preq.base,
-                   &sigil__admin__v1__jwtauthority_response__descriptor, CALL_TIMEOUT_MS, &resp,
-                   &err) < 0)
-        return fail_err(&err);
-    r = (Sigil__Admin__V1__JWTAuthorityResponse *)resp;
-    if (r->authority == NULL) {
-        rc = fail_msg("the server returned no authority");
-    } else if (c->json) {
-        rc = print_json(json_pack("{s:o}", key, jwt_authority_json(r->authority)));
-    } else {
-        printf("%s JWT authority:\n", title);
-        print_jwt_authority(r->authority);
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rc;
-}
-
-static int cmd_localauthority_jwt_prepare(cli_ctx *c)
-{
-    return jwt_authority_action(c, "PrepareJWTAuthority", "Prepared", "prepared_authority", false);
-}
-
-static int cmd_localauthority_jwt_activate(cli_ctx *c)
-{
-    return jwt_authority_action(c, "ActivateJWTAuthority", "Activated", "activated_authority",
-                                true);
-}
-
-static int cmd_localauthority_jwt_taint(cli_ctx *c)
-{
-    return jwt_authority_action(c, "TaintJWTAuthority", "Tainted", "tainted_authority", true);
-}
-
-static int cmd_localauthority_jwt_revoke(cli_ctx *c)
-{
-    return jwt_authority_action(c, "RevokeJWTAuthority", "Revoked", "revoked_authority", true);
+    return fail_msg("unknown localauthority command");
 }
 
 /* ------------------------------------------------------------ jwt mint, x509 mint */
@@ -2041,9 +2020,8 @@ static int upstream_action(cli_ctx *c, const char *method, const char *title)
         return fail_msg("a Subject Key ID is required (-subjectKeyID)");
     req.subject_key_id = (char *)(uintptr_t)id;
     sg_err_clear(&err);
-    if (admin_call(c, method, &req.base,
-                   &sigil__admin__v1__upstream_authority_response__descriptor, CALL_TIMEOUT_MS,
-                   &resp, &err) < 0)
+    if (admin_call(c, method, &req.base, &sigil__admin__v1__upstream_authority_response__descriptor,
+                   CALL_TIMEOUT_MS, &resp, &err) < 0)
         return fail_err(&err);
     r = (Sigil__Admin__V1__UpstreamAuthorityResponse *)resp;
     if (c->json) {
@@ -2093,30 +2071,30 @@ static const cmd_def commands[] = {
      "Prints the server's trust bundle"},
     {"healthcheck", NULL, cmd_healthcheck, COMMON_FLAGS | F(FL_SHALLOW) | F(FL_VERBOSE),
      "Determines server health status"},
-    {"localauthority", "x509 show", cmd_localauthority_x509_show, COMMON_FLAGS,
+    {"localauthority", "x509 show", cmd_localauthority, COMMON_FLAGS,
      "Shows the active, prepared and old X.509 authorities"},
-    {"localauthority", "x509 prepare", cmd_localauthority_x509_prepare, COMMON_FLAGS,
+    {"localauthority", "x509 prepare", cmd_localauthority, COMMON_FLAGS,
      "Prepares the next X.509 authority"},
-    {"localauthority", "x509 activate", cmd_localauthority_x509_activate,
-     COMMON_FLAGS | F(FL_AUTHORITYID), "Activates the prepared X.509 authority"},
-    {"localauthority", "x509 taint", cmd_localauthority_x509_taint,
-     COMMON_FLAGS | F(FL_AUTHORITYID), "Taints an old X.509 authority"},
-    {"localauthority", "x509 revoke", cmd_localauthority_x509_revoke,
-     COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted X.509 authority"},
+    {"localauthority", "x509 activate", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Activates the prepared X.509 authority"},
+    {"localauthority", "x509 taint", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Taints an old X.509 authority"},
+    {"localauthority", "x509 revoke", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Revokes a tainted X.509 authority"},
     {"upstreamauthority", "taint", cmd_upstreamauthority_taint, COMMON_FLAGS | F(FL_SKID),
      "Taints an upstream X.509 authority (its local authorities too)"},
     {"upstreamauthority", "revoke", cmd_upstreamauthority_revoke, COMMON_FLAGS | F(FL_SKID),
      "Revokes a tainted upstream X.509 authority (it leaves the bundle)"},
-    {"localauthority", "jwt show", cmd_localauthority_jwt_show, COMMON_FLAGS,
+    {"localauthority", "jwt show", cmd_localauthority, COMMON_FLAGS,
      "Shows the active, prepared and old JWT authorities"},
-    {"localauthority", "jwt prepare", cmd_localauthority_jwt_prepare, COMMON_FLAGS,
+    {"localauthority", "jwt prepare", cmd_localauthority, COMMON_FLAGS,
      "Prepares the next JWT authority"},
-    {"localauthority", "jwt activate", cmd_localauthority_jwt_activate,
-     COMMON_FLAGS | F(FL_AUTHORITYID), "Activates the prepared JWT authority"},
-    {"localauthority", "jwt taint", cmd_localauthority_jwt_taint, COMMON_FLAGS | F(FL_AUTHORITYID),
+    {"localauthority", "jwt activate", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Activates the prepared JWT authority"},
+    {"localauthority", "jwt taint", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
      "Taints an old JWT authority"},
-    {"localauthority", "jwt revoke", cmd_localauthority_jwt_revoke,
-     COMMON_FLAGS | F(FL_AUTHORITYID), "Revokes a tainted JWT authority"},
+    {"localauthority", "jwt revoke", cmd_localauthority, COMMON_FLAGS | F(FL_AUTHORITYID),
+     "Revokes a tainted JWT authority"},
     {"jwt", "mint", cmd_jwt_mint,
      COMMON_FLAGS | F(FL_SPIFFE) | F(FL_AUDIENCE) | F(FL_SVIDTTL) | F(FL_WRITE),
      "Mints a JWT-SVID"},
@@ -2145,6 +2123,7 @@ static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **arg
     int rc;
 
     memset(&c, 0, sizeof c);
+    c.cmd = cmd;
     c.cmdname = cmdname;
     store[0] = calloc((size_t)argc + 1, sizeof(char *));
     store[1] = calloc((size_t)argc + 1, sizeof(char *));
