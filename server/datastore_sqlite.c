@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,6 +197,164 @@ static void bind_text(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_null(st, i);
     else
         sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+}
+
+/*
+ * Binds the parameters of st from ap by the letters of types: 't' a const
+ * char * (NULL binds SQL NULL), 'i' an int, 'I' an int64_t.
+ */
+static void bind_args(sqlite3_stmt *st, const char *types, va_list ap)
+{
+    for (int i = 0; types[i] != '\0'; i++) {
+        if (types[i] == 'i')
+            sqlite3_bind_int(st, i + 1, va_arg(ap, int));
+        else if (types[i] == 'I')
+            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        else
+            bind_text(st, i + 1, va_arg(ap, const char *));
+    }
+}
+
+/* The cached statement q with its parameters bound as bind_args() binds them; NULL (err set). */
+static sqlite3_stmt *vprep(sqlite_ds *s, sg_err *err, const char *q, const char *types, va_list ap)
+{
+    sqlite3_stmt *st = stmt(s, q, err);
+
+    if (st != NULL)
+        bind_args(st, types, ap);
+    return st;
+}
+
+/*
+ * Runs the write q, its parameters bound from the arguments by types (see
+ * bind_args), to its end; *changes (may be NULL) gets the number of rows it
+ * changed. A constraint violation returns SG_EEXIST, any other failure
+ * SG_EDB, both with the database's message after what.
+ */
+static int run(sqlite_ds *s, int *changes, sg_err *err, const char *what, const char *q,
+               const char *types, ...)
+{
+    sqlite3_stmt *st;
+    va_list ap;
+    int rc = 0, r;
+
+    va_start(ap, types);
+    st = vprep(s, err, q, types, ap);
+    va_end(ap);
+    if (st == NULL)
+        return SG_EDB;
+    r = sqlite3_step(st);
+    if (r != SQLITE_DONE)
+        rc = sg_err_set(err, r == SQLITE_CONSTRAINT ? SG_EEXIST : SG_EDB, "datastore: %s: %s", what,
+                        sqlite3_errmsg(s->db));
+    else if (changes != NULL)
+        *changes = sqlite3_changes(s->db);
+    stmt_done(s, st);
+    return rc;
+}
+
+static int vfirst_row(sqlite_ds *s, sqlite3_stmt **stp, sg_err *err, const char *what,
+                      const char *q, const char *types, va_list ap)
+{
+    sqlite3_stmt *st = vprep(s, err, q, types, ap);
+    int rc = 0, r;
+
+    *stp = NULL;
+    if (st == NULL)
+        return SG_EDB;
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        *stp = st;
+        return 1;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_fail(s, err, what);
+    stmt_done(s, st);
+    return rc;
+}
+
+/*
+ * Runs the query q, bound as run() binds, for its first row: 1 with *stp on
+ * that row (release it with stmt_done), 0 when there is none, or SG_EDB
+ * naming what.
+ */
+static int first_row(sqlite_ds *s, sqlite3_stmt **stp, sg_err *err, const char *what, const char *q,
+                     const char *types, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, types);
+    rc = vfirst_row(s, stp, err, what, q, types, ap);
+    va_end(ap);
+    return rc;
+}
+
+/*
+ * Runs the query q, bound as run() binds, for the integer in the first
+ * column of its first row, into *out (may be NULL; untouched when there is
+ * no row). *found tells whether there was a row; with found NULL a missing
+ * row is an SG_EDB error naming what.
+ */
+static int query_int64(sqlite_ds *s, int64_t *out, bool *found, sg_err *err, const char *what,
+                       const char *q, const char *types, ...)
+{
+    sqlite3_stmt *st;
+    va_list ap;
+    int rc;
+
+    va_start(ap, types);
+    rc = vfirst_row(s, &st, err, what, q, types, ap);
+    va_end(ap);
+    if (rc == 1 && out != NULL)
+        *out = sqlite3_column_int64(st, 0);
+    stmt_done(s, st);
+    if (rc == 0 && found == NULL)
+        return db_fail(s, err, what);
+    if (found != NULL)
+        *found = rc == 1;
+    return rc < 0 ? rc : 0;
+}
+
+/* Takes the handle's lock and starts a write transaction; on failure the lock is released. */
+static int tx_begin(sqlite_ds *s, sg_err *err)
+{
+    int rc;
+
+    pthread_mutex_lock(&s->mu);
+    rc = begin(s, err);
+    if (rc < 0)
+        pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/*
+ * Ends what tx_begin() started: commits when rc is 0, rolls back when rc or
+ * the commit fails, and unlocks. Returns rc or the commit's error.
+ */
+static int tx_end(sqlite_ds *s, int rc, sg_err *err)
+{
+    if (rc == 0)
+        rc = commit(s, err);
+    if (rc < 0)
+        rollback(s);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/*
+ * The end of a row reader: rc SG_ENOMEM (from col_strdup) gets its message,
+ * and a row that lacks a required column (complete false) is corrupt, named
+ * by what and, when not NULL, key. Returns the outcome.
+ */
+static int row_status(int rc, bool complete, const char *what, const char *key, sg_err *err)
+{
+    if (rc == SG_ENOMEM)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    if (rc == 0 && !complete)
+        return sg_err_set(err, SG_EDB, "datastore: corrupt %s%s%s%s", what, key ? " \"" : "",
+                          key ? key : "", key ? "\"" : "");
+    return rc;
 }
 
 /* ------------------------------------------------------------ JSON columns */
@@ -503,17 +662,8 @@ fail:
 static int bump_revision(sqlite_ds *s, int64_t *out, sg_err *err)
 {
     static const char up[] = "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value";
-    sqlite3_stmt *st = stmt(s, up, err);
-    int rc = 0;
 
-    if (st == NULL)
-        return SG_EDB;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *out = sqlite3_column_int64(st, 0);
-    else
-        rc = db_fail(s, err, "bumping the revision");
-    stmt_done(s, st);
-    return rc;
+    return query_int64(s, out, NULL, err, "bumping the revision", up, "");
 }
 
 /* Finds another entry with the same spiffe_id, parent_id and selectors. */
@@ -521,23 +671,16 @@ static int check_duplicate(sqlite_ds *s, const sg_entry *e, const char *sel_json
 {
     static const char q[] = "SELECT id FROM entries WHERE spiffe_id = ? AND parent_id = ? AND "
                             "selectors = ? AND id <> ?";
-    sqlite3_stmt *st = stmt(s, q, err);
-    int rc = 0, r;
+    sqlite3_stmt *st;
+    int rc = first_row(s, &st, err, "checking for duplicates", q, "tttt", e->spiffe_id,
+                       e->parent_id, sel_json, e->id);
 
-    if (st == NULL)
-        return SG_EDB;
-    bind_text(st, 1, e->spiffe_id);
-    bind_text(st, 2, e->parent_id);
-    bind_text(st, 3, sel_json);
-    bind_text(st, 4, e->id);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW)
-        rc = sg_err_set(err, SG_EEXIST,
-                        "an entry with SPIFFE ID \"%.96s\", parent ID \"%.96s\" and the same "
-                        "selectors already exists (id %.36s)",
-                        e->spiffe_id, e->parent_id, (const char *)sqlite3_column_text(st, 0));
-    else if (r != SQLITE_DONE)
-        rc = db_fail(s, err, "checking for duplicates");
+    if (rc <= 0)
+        return rc;
+    rc = sg_err_set(err, SG_EEXIST,
+                    "an entry with SPIFFE ID \"%.96s\", parent ID \"%.96s\" and the same "
+                    "selectors already exists (id %.36s)",
+                    e->spiffe_id, e->parent_id, (const char *)sqlite3_column_text(st, 0));
     stmt_done(s, st);
     return rc;
 }
@@ -545,22 +688,12 @@ static int check_duplicate(sqlite_ds *s, const sg_entry *e, const char *sel_json
 static int insert_selectors(sqlite_ds *s, const sg_entry *e, sg_err *err)
 {
     static const char q[] = "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)";
+    int rc = 0;
 
-    for (size_t i = 0; i < e->nselectors; i++) {
-        sqlite3_stmt *st = stmt(s, q, err);
-        int r;
-
-        if (st == NULL)
-            return SG_EDB;
-        bind_text(st, 1, e->id);
-        bind_text(st, 2, e->selectors[i].type);
-        bind_text(st, 3, e->selectors[i].value);
-        r = sqlite3_step(st);
-        stmt_done(s, st);
-        if (r != SQLITE_DONE)
-            return db_fail(s, err, "storing selectors");
-    }
-    return 0;
+    for (size_t i = 0; rc == 0 && i < e->nselectors; i++)
+        rc = run(s, NULL, err, "storing selectors", q, "ttt", e->id, e->selectors[i].type,
+                 e->selectors[i].value);
+    return rc;
 }
 
 /*
@@ -571,64 +704,28 @@ static int insert_federates(sqlite_ds *s, const sg_entry *e, sg_err *err)
 {
     static const char chk[] = "SELECT 1 FROM federated_bundles WHERE trust_domain = ?";
     static const char q[] = "INSERT INTO entry_federates (entry_id, trust_domain) VALUES (?, ?)";
+    int rc = 0;
 
-    for (size_t i = 0; i < e->nfederates_with; i++) {
+    for (size_t i = 0; rc == 0 && i < e->nfederates_with; i++) {
         const char *td = e->federates_with[i] + strlen("spiffe://");
-        sqlite3_stmt *st = stmt(s, chk, err);
-        int r;
+        bool found = false;
 
-        if (st == NULL)
-            return SG_EDB;
-        bind_text(st, 1, td);
-        r = sqlite3_step(st);
-        stmt_done(s, st);
-        if (r == SQLITE_DONE)
-            return sg_err_set(err, SG_ENOENT,
-                              "unable to find federated bundle \"%.200s\" (set it with bundle set "
-                              "or a federation relationship first)",
-                              e->federates_with[i]);
-        if (r != SQLITE_ROW)
-            return db_fail(s, err, "looking up a federated bundle");
-        st = stmt(s, q, err);
-        if (st == NULL)
-            return SG_EDB;
-        bind_text(st, 1, e->id);
-        bind_text(st, 2, td);
-        r = sqlite3_step(st);
-        stmt_done(s, st);
-        if (r != SQLITE_DONE)
-            return db_fail(s, err, "storing federated trust domains");
+        rc = query_int64(s, NULL, &found, err, "looking up a federated bundle", chk, "t", td);
+        if (rc == 0 && !found)
+            rc = sg_err_set(err, SG_ENOENT,
+                            "unable to find federated bundle \"%.200s\" (set it with bundle set "
+                            "or a federation relationship first)",
+                            e->federates_with[i]);
+        if (rc == 0)
+            rc = run(s, NULL, err, "storing federated trust domains", q, "tt", e->id, td);
     }
-    return 0;
-}
-
-static bool entry_exists(sqlite_ds *s, const char *id, int *rc, int64_t *created_at, sg_err *err)
-{
-    static const char q[] = "SELECT created_at FROM entries WHERE id = ?";
-    sqlite3_stmt *st = stmt(s, q, err);
-    bool found = false;
-    int r;
-
-    if (st == NULL) {
-        *rc = SG_EDB;
-        return false;
-    }
-    bind_text(st, 1, id);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
-        found = true;
-        if (created_at != NULL)
-            *created_at = sqlite3_column_int64(st, 0);
-    } else if (r != SQLITE_DONE) {
-        *rc = db_fail(s, err, "looking up an entry");
-    }
-    stmt_done(s, st);
-    return found;
+    return rc;
 }
 
 /* Inserts or replaces (update) the entry row and its selectors inside a transaction. */
 static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
 {
+    static const char get[] = "SELECT created_at FROM entries WHERE id = ?";
     static const char ins[] =
         "INSERT INTO entries (id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, "
         "jwt_svid_ttl, hint, downstream, admin, revision, created_at, federates_with) "
@@ -642,99 +739,44 @@ static int entry_write(sqlite_ds *s, sg_entry *e, bool update, sg_err *err)
     char *sel_json = selectors_json(e->selectors, e->nselectors);
     char *dns_json = strings_json(e->dns_names, e->ndns);
     char *fed_json = strings_json(e->federates_with, e->nfederates_with);
-    sqlite3_stmt *st;
     int64_t rev = 0, created = (int64_t)time(NULL);
-    int rc = 0;
-    bool exists;
+    int rc;
+    bool exists = false;
 
     if (sel_json == NULL || dns_json == NULL || fed_json == NULL) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory encoding an entry");
         goto out;
     }
-    pthread_mutex_lock(&s->mu);
-    rc = begin(s, err);
+    rc = tx_begin(s, err);
     if (rc < 0)
-        goto unlock;
-    exists = entry_exists(s, e->id, &rc, &created, err);
-    if (rc < 0)
-        goto fail;
-    if (update && !exists) {
+        goto out;
+    rc = query_int64(s, &created, &exists, err, "looking up an entry", get, "t", e->id);
+    if (rc == 0 && update && !exists)
         rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", e->id);
-        goto fail;
-    }
-    if (!update && exists) {
+    else if (rc == 0 && !update && exists)
         rc = sg_err_set(err, SG_EEXIST, "entry id \"%s\" already exists", e->id);
-        goto fail;
-    }
-    rc = check_duplicate(s, e, sel_json, err);
-    if (rc < 0)
-        goto fail;
-    rc = bump_revision(s, &rev, err);
-    if (rc < 0)
-        goto fail;
-    st = stmt(s, update ? upd : ins, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto fail;
-    }
-    bind_text(st, 1, e->id);
-    bind_text(st, 2, e->spiffe_id);
-    bind_text(st, 3, e->parent_id);
-    bind_text(st, 4, sel_json);
-    bind_text(st, 5, dns_json);
-    sqlite3_bind_int(st, 6, e->x509_svid_ttl);
-    sqlite3_bind_int(st, 7, e->jwt_svid_ttl);
-    bind_text(st, 8, e->hint);
-    sqlite3_bind_int(st, 9, e->downstream ? 1 : 0);
-    sqlite3_bind_int(st, 10, e->admin ? 1 : 0);
-    sqlite3_bind_int64(st, 11, rev);
-    sqlite3_bind_int64(st, 12, created);
-    bind_text(st, 13, fed_json);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        rc = db_fail(s, err, update ? "updating an entry" : "inserting an entry");
-        stmt_done(s, st);
-        goto fail;
-    }
-    stmt_done(s, st);
-    if (update) {
-        st = stmt(s, delsel, err);
-        if (st == NULL) {
-            rc = SG_EDB;
-            goto fail;
-        }
-        bind_text(st, 1, e->id);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "replacing selectors");
-        stmt_done(s, st);
-        if (rc < 0)
-            goto fail;
-        st = stmt(s, delfed, err);
-        if (st == NULL) {
-            rc = SG_EDB;
-            goto fail;
-        }
-        bind_text(st, 1, e->id);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "replacing federated trust domains");
-        stmt_done(s, st);
-        if (rc < 0)
-            goto fail;
-    }
-    rc = insert_selectors(s, e, err);
+    if (rc == 0)
+        rc = check_duplicate(s, e, sel_json, err);
+    if (rc == 0)
+        rc = bump_revision(s, &rev, err);
+    if (rc == 0)
+        rc = run(s, NULL, err, update ? "updating an entry" : "inserting an entry",
+                 update ? upd : ins, "tttttiitiiIIt", e->id, e->spiffe_id, e->parent_id, sel_json,
+                 dns_json, e->x509_svid_ttl, e->jwt_svid_ttl, e->hint, e->downstream ? 1 : 0,
+                 e->admin ? 1 : 0, rev, created, fed_json);
+    if (rc == 0 && update)
+        rc = run(s, NULL, err, "replacing selectors", delsel, "t", e->id);
+    if (rc == 0 && update)
+        rc = run(s, NULL, err, "replacing federated trust domains", delfed, "t", e->id);
+    if (rc == 0)
+        rc = insert_selectors(s, e, err);
     if (rc == 0)
         rc = insert_federates(s, e, err);
-    if (rc < 0)
-        goto fail;
-    rc = commit(s, err);
-    if (rc < 0)
-        goto fail;
-    e->revision = rev;
-    e->created_at = created;
-    goto unlock;
-fail:
-    rollback(s);
-unlock:
-    pthread_mutex_unlock(&s->mu);
+    rc = tx_end(s, rc, err);
+    if (rc == 0) {
+        e->revision = rev;
+        e->created_at = created;
+    }
 out:
     free(sel_json);
     free(dns_json);
@@ -756,38 +798,17 @@ static int ds_entry_delete(void *state, const char *id, sg_err *err)
 {
     static const char q[] = "DELETE FROM entries WHERE id = ?";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
     int64_t rev;
-    int rc;
+    int rc = tx_begin(s, err), ch = 0;
 
-    pthread_mutex_lock(&s->mu);
-    rc = begin(s, err);
     if (rc < 0)
-        goto unlock;
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto fail;
-    }
-    bind_text(st, 1, id);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(s, err, "deleting an entry");
-    else if (sqlite3_changes(s->db) == 0)
+        return rc;
+    rc = run(s, &ch, err, "deleting an entry", q, "t", id);
+    if (rc == 0 && ch == 0)
         rc = sg_err_set(err, SG_ENOENT, "entry \"%s\" not found", id);
-    stmt_done(s, st);
-    if (rc < 0)
-        goto fail;
-    rc = bump_revision(s, &rev, err);
-    if (rc < 0)
-        goto fail;
-    rc = commit(s, err);
     if (rc == 0)
-        goto unlock;
-fail:
-    rollback(s);
-unlock:
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+        rc = bump_revision(s, &rev, err);
+    return tx_end(s, rc, err);
 }
 
 /* Reads one row of a list query into the element at out. */
@@ -829,23 +850,33 @@ static int read_one(sqlite_ds *s, const char *q, const char *key, row_reader rea
                     const char *noun, const char *what, sg_err *err)
 {
     sqlite3_stmt *st;
-    int rc, r;
+    int rc;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, key);
-        r = sqlite3_step(st);
-        if (r == SQLITE_ROW)
-            rc = read_row(st, out, err);
-        else if (r == SQLITE_DONE)
-            rc = sg_err_set(err, SG_ENOENT, "%s \"%.200s\" not found", noun, key);
-        else
-            rc = db_fail(s, err, what);
+    rc = first_row(s, &st, err, what, q, "t", key);
+    if (rc == 1) {
+        rc = read_row(st, out, err);
         stmt_done(s, st);
+    } else if (rc == 0) {
+        rc = sg_err_set(err, SG_ENOENT, "%s \"%.200s\" not found", noun, key);
     }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* Runs a parameterless list query q into *list with read_row. */
+static int list_all(sqlite_ds *s, const char *q, size_t elem, row_reader read_row, const char *what,
+                    void **list, size_t *n, sg_err *err)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    *list = NULL;
+    *n = 0;
+    pthread_mutex_lock(&s->mu);
+    st = stmt(s, q, err);
+    rc = st == NULL ? SG_EDB : read_rows(s, st, elem, read_row, what, list, n, err);
+    stmt_done(s, st);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -854,8 +885,8 @@ static int read_one(sqlite_ds *s, const char *q, const char *key, row_reader rea
     "id, spiffe_id, parent_id, selectors, dns_names, x509_svid_ttl, jwt_svid_ttl, hint, "          \
     "downstream, admin, revision, created_at, federates_with"
 
-/* Reads one row of ENTRY_COLS into out. */
-static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
+/* Reads one row of ENTRY_COLS into out (an sg_entry). */
+static int read_entry_row(sqlite3_stmt *st, void *out, sg_err *err)
 {
     sg_entry e;
     const unsigned char *id = sqlite3_column_text(st, 0);
@@ -876,10 +907,7 @@ static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
     if (rc == 0)
         rc = parse_strings_col((const char *)sqlite3_column_text(st, 12), "federates_with",
                                &e.federates_with, &e.nfederates_with, err);
-    if (rc == SG_ENOMEM)
-        sg_err_set(err, SG_ENOMEM, "out of memory");
-    if (rc == 0 && (e.spiffe_id == NULL || e.parent_id == NULL))
-        rc = sg_err_set(err, SG_EDB, "datastore: corrupt entry \"%s\"", e.id);
+    rc = row_status(rc, e.spiffe_id != NULL && e.parent_id != NULL, "entry", e.id, err);
     if (rc < 0) {
         sg_entry_cleanup(&e);
         return rc;
@@ -890,13 +918,8 @@ static int read_entry(sqlite3_stmt *st, sg_entry *out, sg_err *err)
     e.admin = sqlite3_column_int(st, 9) != 0;
     e.revision = sqlite3_column_int64(st, 10);
     e.created_at = sqlite3_column_int64(st, 11);
-    *out = e;
+    *(sg_entry *)out = e;
     return 0;
-}
-
-static int read_entry_row(sqlite3_stmt *st, void *out, sg_err *err)
-{
-    return read_entry(st, out, err);
 }
 
 static int ds_entry_get(void *state, const char *id, sg_entry *out, sg_err *err)
@@ -976,18 +999,10 @@ static int ds_entry_revision(void *state, int64_t *out, sg_err *err)
 {
     static const char q[] = "SELECT value FROM revision WHERE id = 1";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc = 0;
+    int rc;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL)
-        rc = SG_EDB;
-    else if (sqlite3_step(st) == SQLITE_ROW)
-        *out = sqlite3_column_int64(st, 0);
-    else
-        rc = db_fail(s, err, "reading the revision");
-    stmt_done(s, st);
+    rc = query_int64(s, out, NULL, err, "reading the revision", q, "");
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -998,24 +1013,13 @@ static int ds_token_create(void *state, const char *hash, int64_t expires_at, sg
 {
     static const char q[] = "INSERT INTO join_tokens (hash, expires_at) VALUES (?, ?)";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc = 0, r;
+    int rc;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, hash);
-        sqlite3_bind_int64(st, 2, expires_at);
-        r = sqlite3_step(st);
-        if (r == SQLITE_CONSTRAINT)
-            rc = sg_err_set(err, SG_EEXIST, "join token already exists");
-        else if (r != SQLITE_DONE)
-            rc = db_fail(s, err, "storing a join token");
-        stmt_done(s, st);
-    }
+    rc = run(s, NULL, err, "storing a join token", q, "tI", hash, expires_at);
     pthread_mutex_unlock(&s->mu);
+    if (rc == SG_EEXIST)
+        sg_err_set(err, SG_EEXIST, "join token already exists");
     return rc;
 }
 
@@ -1025,44 +1029,24 @@ static int ds_token_consume(void *state, const char *hash, int64_t now, sg_err *
     sqlite_ds *s = state;
     sqlite3_stmt *st;
     int64_t expires_at = 0;
-    bool found = false;
-    int rc, r;
+    int rc, found;
 
     /* One DELETE ... RETURNING in one transaction: two concurrent consumers
      * can never both see the row. */
-    pthread_mutex_lock(&s->mu);
-    rc = begin(s, err);
+    rc = tx_begin(s, err);
     if (rc < 0)
-        goto unlock;
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto fail;
-    }
-    bind_text(st, 1, hash);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
+        return rc;
+    found = rc = first_row(s, &st, err, "consuming a join token", q, "t", hash);
+    if (found == 1) {
         expires_at = sqlite3_column_int64(st, 0);
-        found = true;
-        r = sqlite3_step(st);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(s, err, "consuming a join token");
+        stmt_done(s, st);
     }
-    if (r != SQLITE_DONE)
-        rc = db_fail(s, err, "consuming a join token");
-    stmt_done(s, st);
-    if (rc < 0)
-        goto fail;
-    rc = commit(s, err);
-    if (rc < 0)
-        goto fail;
-    if (!found)
+    rc = tx_end(s, rc, err);
+    if (rc == 0 && found == 0)
         rc = sg_err_set(err, SG_ENOENT, "join token not found or already used");
-    else if (now > expires_at)
+    else if (rc == 0 && now > expires_at)
         rc = sg_err_set(err, SG_EEXPIRED, "join token expired");
-    goto unlock;
-fail:
-    rollback(s);
-unlock:
-    pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
@@ -1070,19 +1054,10 @@ static int ds_token_prune(void *state, int64_t now, sg_err *err)
 {
     static const char q[] = "DELETE FROM join_tokens WHERE expires_at < ?";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc = 0;
+    int rc;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        sqlite3_bind_int64(st, 1, now);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "pruning join tokens");
-        stmt_done(s, st);
-    }
+    rc = run(s, NULL, err, "pruning join tokens", q, "I", now);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -1095,29 +1070,15 @@ static int ds_agent_put(void *state, const sg_agent_rec *a, sg_err *err)
         "INSERT OR REPLACE INTO agents (spiffe_id, attestation_type, serial, prev_serial, "
         "expires_at, attested_at, banned, selectors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
     char *sel = selectors_json(a->selectors, a->nselectors);
-    int rc = 0;
+    int rc;
 
     if (sel == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory encoding an agent");
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, a->spiffe_id);
-        bind_text(st, 2, a->attestation_type ? a->attestation_type : "");
-        bind_text(st, 3, a->serial);
-        bind_text(st, 4, a->prev_serial);
-        sqlite3_bind_int64(st, 5, a->expires_at);
-        sqlite3_bind_int64(st, 6, a->attested_at);
-        sqlite3_bind_int(st, 7, a->banned ? 1 : 0);
-        bind_text(st, 8, sel);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "storing an agent");
-        stmt_done(s, st);
-    }
+    rc = run(s, NULL, err, "storing an agent", q, "ttttIIit", a->spiffe_id,
+             a->attestation_type ? a->attestation_type : "", a->serial, a->prev_serial,
+             a->expires_at, a->attested_at, a->banned ? 1 : 0, sel);
     pthread_mutex_unlock(&s->mu);
     free(sel);
     return rc;
@@ -1131,7 +1092,8 @@ static void copy_serial(char dst[41], const unsigned char *src)
     snprintf(dst, 41, "%s", src ? (const char *)src : "");
 }
 
-static int read_agent(sqlite3_stmt *st, sg_agent_rec *out, sg_err *err)
+/* Reads one row of AGENT_COLS into out (an sg_agent_rec). */
+static int read_agent_row(sqlite3_stmt *st, void *out, sg_err *err)
 {
     sg_agent_rec a;
     int rc = 0;
@@ -1147,21 +1109,13 @@ static int read_agent(sqlite3_stmt *st, sg_agent_rec *out, sg_err *err)
     if (rc == 0)
         rc = parse_selectors((const char *)sqlite3_column_text(st, 7), &a.selectors, &a.nselectors,
                              err);
-    if (rc == SG_ENOMEM)
-        sg_err_set(err, SG_ENOMEM, "out of memory");
-    if (rc == 0 && a.spiffe_id == NULL)
-        rc = sg_err_set(err, SG_EDB, "datastore: corrupt agent row");
+    rc = row_status(rc, a.spiffe_id != NULL, "agent row", NULL, err);
     if (rc < 0) {
         sg_agent_rec_cleanup(&a);
         return rc;
     }
-    *out = a;
+    *(sg_agent_rec *)out = a;
     return 0;
-}
-
-static int read_agent_row(sqlite3_stmt *st, void *out, sg_err *err)
-{
-    return read_agent(st, out, err);
 }
 
 static int ds_agent_get(void *state, const char *id, sg_agent_rec *out, sg_err *err)
@@ -1174,22 +1128,11 @@ static int ds_agent_get(void *state, const char *id, sg_agent_rec *out, sg_err *
 static int ds_agent_list(void *state, sg_agent_rec **list, size_t *n, sg_err *err)
 {
     static const char q[] = "SELECT " AGENT_COLS " FROM agents ORDER BY spiffe_id";
-    sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    void *v = NULL;
-    size_t cnt = 0;
-    int rc = 0;
+    void *v;
+    size_t cnt;
+    int rc =
+        list_all(state, q, sizeof(sg_agent_rec), read_agent_row, "listing agents", &v, &cnt, err);
 
-    pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto unlock;
-    }
-    rc = read_rows(s, st, sizeof(sg_agent_rec), read_agent_row, "listing agents", &v, &cnt, err);
-unlock:
-    stmt_done(s, st);
-    pthread_mutex_unlock(&s->mu);
     if (rc < 0) {
         sg_agent_rec_list_free(v, cnt);
         return rc;
@@ -1199,26 +1142,18 @@ unlock:
     return 0;
 }
 
-/* Runs a one-parameter-bound write on an agent and reports SG_ENOENT when no row changed. */
+/*
+ * Runs sql on the agent id (with banned as its second parameter unless
+ * negative) and reports SG_ENOENT when no row changed.
+ */
 static int agent_write(sqlite_ds *s, const char *sql, const char *id, int banned, sg_err *err)
 {
-    sqlite3_stmt *st;
-    int rc = 0;
+    int rc, ch = 0;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, sql, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, id);
-        if (banned >= 0)
-            sqlite3_bind_int(st, 2, banned);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "updating an agent");
-        else if (sqlite3_changes(s->db) == 0)
-            rc = sg_err_set(err, SG_ENOENT, "agent \"%.200s\" not found", id);
-        stmt_done(s, st);
-    }
+    rc = run(s, &ch, err, "updating an agent", sql, banned >= 0 ? "ti" : "t", id, banned);
+    if (rc == 0 && ch == 0)
+        rc = sg_err_set(err, SG_ENOENT, "agent \"%.200s\" not found", id);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -1247,61 +1182,32 @@ static int ds_fed_bundle_put(void *state, const char *td, const char *jwks, uint
                               "sequence, updated_at) VALUES (?, ?, ?, ?)";
     sqlite_ds *s = state;
     sqlite3_stmt *st;
-    int rc, r;
+    int rc;
     bool same = false;
 
     *changed = false;
-    pthread_mutex_lock(&s->mu);
-    rc = begin(s, err);
+    rc = tx_begin(s, err);
     if (rc < 0)
-        goto unlock;
-    st = stmt(s, get, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto fail;
-    }
-    bind_text(st, 1, td);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
+        return rc;
+    rc = first_row(s, &st, err, "reading a federated bundle", get, "t", td);
+    if (rc == 1) {
         const unsigned char *old = sqlite3_column_text(st, 0);
         uint64_t oldseq = (uint64_t)sqlite3_column_int64(st, 1);
+        rc = 0;
         if (seq < oldseq)
             rc = sg_err_set(err, SG_EINVAL,
                             "bundle of \"%.200s\": sequence %llu is older than the stored %llu", td,
                             (unsigned long long)seq, (unsigned long long)oldseq);
         else if (seq == oldseq && old != NULL && strcmp((const char *)old, jwks) == 0)
             same = true;
-    } else if (r != SQLITE_DONE) {
-        rc = db_fail(s, err, "reading a federated bundle");
-    }
-    stmt_done(s, st);
-    if (rc < 0)
-        goto fail;
-    if (!same) {
-        st = stmt(s, put, err);
-        if (st == NULL) {
-            rc = SG_EDB;
-            goto fail;
-        }
-        bind_text(st, 1, td);
-        bind_text(st, 2, jwks);
-        sqlite3_bind_int64(st, 3, (int64_t)seq);
-        sqlite3_bind_int64(st, 4, now);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = db_fail(s, err, "storing a federated bundle");
         stmt_done(s, st);
-        if (rc < 0)
-            goto fail;
     }
-    rc = commit(s, err);
-    if (rc < 0)
-        goto fail;
-    *changed = !same;
-    goto unlock;
-fail:
-    rollback(s);
-unlock:
-    pthread_mutex_unlock(&s->mu);
+    if (rc == 0 && !same)
+        rc = run(s, NULL, err, "storing a federated bundle", put, "ttII", td, jwks, (int64_t)seq,
+                 now);
+    rc = tx_end(s, rc, err);
+    if (rc == 0)
+        *changed = !same;
     return rc;
 }
 
@@ -1317,10 +1223,8 @@ static int read_fed_bundle_row(sqlite3_stmt *st, void *out, sg_err *err)
     b.jwks = col_strdup(st, 1, &rc);
     b.sequence = (uint64_t)sqlite3_column_int64(st, 2);
     b.updated_at = sqlite3_column_int64(st, 3);
-    if (rc == 0 && (b.trust_domain == NULL || b.jwks == NULL))
-        rc = sg_err_set(err, SG_EDB, "datastore: corrupt federated bundle row");
-    else if (rc < 0)
-        sg_err_set(err, rc, "out of memory");
+    rc =
+        row_status(rc, b.trust_domain != NULL && b.jwks != NULL, "federated bundle row", NULL, err);
     if (rc < 0) {
         sg_fed_bundle_rec_cleanup(&b);
         return rc;
@@ -1338,29 +1242,12 @@ static int ds_fed_bundle_get(void *state, const char *td, sg_fed_bundle_rec *out
                     "reading a federated bundle", err);
 }
 
-/* Runs a parameterless list query q into *list with read_row. */
-static int list_all(sqlite_ds *s, const char *q, size_t elem, row_reader read_row, const char *what,
-                    void **list, size_t *n, sg_err *err)
-{
-    sqlite3_stmt *st;
-    int rc;
-
-    *list = NULL;
-    *n = 0;
-    pthread_mutex_lock(&s->mu);
-    st = stmt(s, q, err);
-    rc = st == NULL ? SG_EDB : read_rows(s, st, elem, read_row, what, list, n, err);
-    stmt_done(s, st);
-    pthread_mutex_unlock(&s->mu);
-    return rc;
-}
-
 static int ds_fed_bundle_list(void *state, sg_fed_bundle_rec **list, size_t *n, sg_err *err)
 {
     static const char q[] =
         "SELECT " FED_BUNDLE_COLS " FROM federated_bundles ORDER BY trust_domain";
-    void *v = NULL;
-    size_t cnt = 0;
+    void *v;
+    size_t cnt;
     int rc = list_all(state, q, sizeof(sg_fed_bundle_rec), read_fed_bundle_row,
                       "listing federated bundles", &v, &cnt, err);
 
@@ -1373,6 +1260,27 @@ static int ds_fed_bundle_list(void *state, sg_fed_bundle_rec **list, size_t *n, 
     return 0;
 }
 
+/* An entry that federates with a trust domain being dissociated. */
+typedef struct fed_entry {
+    char *id;
+    char *federates_with; /* the JSON column */
+} fed_entry;
+
+static int read_fed_entry_row(sqlite3_stmt *st, void *out, sg_err *err)
+{
+    fed_entry *f = out;
+    int rc = 0;
+
+    f->id = col_strdup(st, 0, &rc);
+    f->federates_with = col_strdup(st, 1, &rc);
+    if (rc < 0) {
+        free(f->id);
+        free(f->federates_with);
+        return sg_err_set(err, rc, "out of memory");
+    }
+    return 0;
+}
+
 /* Removes "spiffe://td" from every entry that federates with td, each with a new revision. */
 static int dissociate_entries(sqlite_ds *s, const char *td, size_t *changed, sg_err *err)
 {
@@ -1380,46 +1288,25 @@ static int dissociate_entries(sqlite_ds *s, const char *td, size_t *changed, sg_
                               "ON f.entry_id = e.id WHERE f.trust_domain = ? ORDER BY e.id";
     static const char upd[] = "UPDATE entries SET federates_with = ?, revision = ? WHERE id = ?";
     char want[SG_TRUST_DOMAIN_MAX + 16];
-    char **ids = NULL, **feds = NULL;
-    size_t n = 0, cap = 0;
-    sqlite3_stmt *st;
-    int rc = 0, r;
+    void *mem = NULL;
+    fed_entry *rows;
+    size_t n = 0;
+    sqlite3_stmt *st = stmt(s, sel, err);
+    int rc = SG_EDB;
 
-    snprintf(want, sizeof want, "spiffe://%s", td);
-    st = stmt(s, sel, err);
-    if (st == NULL)
-        return SG_EDB;
-    bind_text(st, 1, td);
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            char **a = realloc(ids, nc * sizeof *a), **b;
-            if (a != NULL)
-                ids = a;
-            b = a != NULL ? realloc(feds, nc * sizeof *b) : NULL;
-            if (b == NULL) {
-                rc = sg_err_set(err, SG_ENOMEM, "out of memory");
-                break;
-            }
-            feds = b;
-            cap = nc;
-        }
-        ids[n] = col_strdup(st, 0, &rc);
-        feds[n] = col_strdup(st, 1, &rc);
-        n++;
-        if (rc < 0) {
-            sg_err_set(err, rc, "out of memory");
-            break;
-        }
+    if (st != NULL) {
+        bind_text(st, 1, td);
+        rc = read_rows(s, st, sizeof(fed_entry), read_fed_entry_row, "listing federated entries",
+                       &mem, &n, err);
+        stmt_done(s, st);
     }
-    if (rc == 0 && r != SQLITE_DONE)
-        rc = db_fail(s, err, "listing federated entries");
-    stmt_done(s, st);
+    rows = mem;
+    snprintf(want, sizeof want, "spiffe://%s", td);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char **v = NULL, *json;
         size_t nv = 0, w = 0;
         int64_t rev;
-        rc = parse_strings_col(feds[i], "federates_with", &v, &nv, err);
+        rc = parse_strings_col(rows[i].federates_with, "federates_with", &v, &nv, err);
         if (rc < 0)
             break;
         for (size_t j = 0; j < nv; j++) {
@@ -1437,47 +1324,17 @@ static int dissociate_entries(sqlite_ds *s, const char *td, size_t *changed, sg_
             break;
         }
         rc = bump_revision(s, &rev, err);
-        if (rc == 0) {
-            st = stmt(s, upd, err);
-            if (st == NULL) {
-                rc = SG_EDB;
-            } else {
-                bind_text(st, 1, json);
-                sqlite3_bind_int64(st, 2, rev);
-                bind_text(st, 3, ids[i]);
-                if (sqlite3_step(st) != SQLITE_DONE)
-                    rc = db_fail(s, err, "dissociating an entry");
-                stmt_done(s, st);
-            }
-        }
+        if (rc == 0)
+            rc = run(s, NULL, err, "dissociating an entry", upd, "tIt", json, rev, rows[i].id);
         free(json);
     }
     for (size_t i = 0; i < n; i++) {
-        free(ids[i]);
-        free(feds[i]);
+        free(rows[i].id);
+        free(rows[i].federates_with);
     }
-    free(ids);
-    free(feds);
+    free(rows);
     if (rc == 0)
         *changed = n;
-    return rc;
-}
-
-/* Runs a one-text-parameter statement; *changes (may be NULL) gets the changed row count. */
-static int exec_td(sqlite_ds *s, const char *q, const char *td, int *changes, const char *what,
-                   sg_err *err)
-{
-    sqlite3_stmt *st = stmt(s, q, err);
-    int rc = 0;
-
-    if (st == NULL)
-        return SG_EDB;
-    bind_text(st, 1, td);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(s, err, what);
-    else if (changes != NULL)
-        *changes = sqlite3_changes(s->db);
-    stmt_done(s, st);
     return rc;
 }
 
@@ -1490,64 +1347,37 @@ static int ds_fed_bundle_delete(void *state, const char *td, sg_fed_delete_mode 
     static const char delfed[] = "DELETE FROM entry_federates WHERE trust_domain = ?";
     static const char del[] = "DELETE FROM federated_bundles WHERE trust_domain = ?";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
     int64_t used = 0, rev;
     int rc, ch = 0;
 
     *changed = 0;
-    pthread_mutex_lock(&s->mu);
-    rc = begin(s, err);
+    rc = tx_begin(s, err);
     if (rc < 0)
-        goto unlock;
-    st = stmt(s, cnt, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-        goto fail;
-    }
-    bind_text(st, 1, td);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        used = sqlite3_column_int64(st, 0);
-    else
-        rc = db_fail(s, err, "counting federated entries");
-    stmt_done(s, st);
-    if (rc < 0)
-        goto fail;
-    rc = exec_td(s, del, td, &ch, "deleting a federated bundle", err);
-    if (rc < 0)
-        goto fail;
-    if (ch == 0) {
+        return rc;
+    rc = query_int64(s, &used, NULL, err, "counting federated entries", cnt, "t", td);
+    if (rc == 0)
+        rc = run(s, &ch, err, "deleting a federated bundle", del, "t", td);
+    if (rc == 0 && ch == 0) {
         rc = sg_err_set(err, SG_ENOENT, "federated bundle \"spiffe://%.200s\" not found", td);
-        goto fail;
-    }
-    if (used > 0 && mode == SG_FED_DELETE_RESTRICT) {
+    } else if (rc == 0 && used > 0 && mode == SG_FED_DELETE_RESTRICT) {
         rc = sg_err_set(err, SG_EPERM,
                         "cannot delete bundle \"spiffe://%.200s\": %lld registration entries "
                         "federate with it (use -mode delete or -mode dissociate)",
                         td, (long long)used);
-        goto fail;
-    }
-    if (used > 0 && mode == SG_FED_DELETE_DELETE) {
-        rc = exec_td(s, delent, td, &ch, "deleting federated entries", err);
+    } else if (rc == 0 && used > 0 && mode == SG_FED_DELETE_DELETE) {
+        rc = run(s, &ch, err, "deleting federated entries", delent, "t", td);
         if (rc == 0)
             rc = bump_revision(s, &rev, err);
-        if (rc < 0)
-            goto fail;
-        *changed = (size_t)ch;
-    } else if (used > 0) {
+        if (rc == 0)
+            *changed = (size_t)ch;
+    } else if (rc == 0 && used > 0) {
         rc = dissociate_entries(s, td, changed, err);
         if (rc == 0)
-            rc = exec_td(s, delfed, td, NULL, "dissociating entries", err);
-        if (rc < 0)
-            goto fail;
+            rc = run(s, NULL, err, "dissociating entries", delfed, "t", td);
     }
-    rc = commit(s, err);
-    if (rc == 0)
-        goto unlock;
-fail:
-    *changed = 0;
-    rollback(s);
-unlock:
-    pthread_mutex_unlock(&s->mu);
+    rc = tx_end(s, rc, err);
+    if (rc < 0)
+        *changed = 0;
     return rc;
 }
 
@@ -1558,32 +1388,19 @@ static int ds_fed_rel_put(void *state, const sg_fed_rel *r, bool update, sg_err 
     static const char upd[] = "UPDATE federation_relationships SET url = ?2, profile = ?3, "
                               "endpoint_spiffe_id = ?4 WHERE trust_domain = ?1";
     sqlite_ds *s = state;
-    sqlite3_stmt *st;
-    int rc = 0, x;
+    int rc, ch = 0;
 
     pthread_mutex_lock(&s->mu);
-    st = stmt(s, update ? upd : ins, err);
-    if (st == NULL) {
-        rc = SG_EDB;
-    } else {
-        bind_text(st, 1, r->trust_domain);
-        bind_text(st, 2, r->url);
-        bind_text(st, 3, r->profile);
-        bind_text(st, 4,
-                  r->endpoint_spiffe_id && r->endpoint_spiffe_id[0] ? r->endpoint_spiffe_id : NULL);
-        x = sqlite3_step(st);
-        if (x == SQLITE_CONSTRAINT)
-            rc = sg_err_set(err, SG_EEXIST,
-                            "a federation relationship with \"%.200s\" already exists",
-                            r->trust_domain);
-        else if (x != SQLITE_DONE)
-            rc = db_fail(s, err, "storing a federation relationship");
-        else if (update && sqlite3_changes(s->db) == 0)
-            rc = sg_err_set(err, SG_ENOENT, "federation relationship with \"%.200s\" not found",
-                            r->trust_domain);
-        stmt_done(s, st);
-    }
+    rc = run(s, &ch, err, "storing a federation relationship", update ? upd : ins, "tttt",
+             r->trust_domain, r->url, r->profile,
+             r->endpoint_spiffe_id && r->endpoint_spiffe_id[0] ? r->endpoint_spiffe_id : NULL);
     pthread_mutex_unlock(&s->mu);
+    if (rc == SG_EEXIST)
+        sg_err_set(err, SG_EEXIST, "a federation relationship with \"%.200s\" already exists",
+                   r->trust_domain);
+    else if (rc == 0 && update && ch == 0)
+        rc = sg_err_set(err, SG_ENOENT, "federation relationship with \"%.200s\" not found",
+                        r->trust_domain);
     return rc;
 }
 
@@ -1599,10 +1416,8 @@ static int read_fed_rel_row(sqlite3_stmt *st, void *out, sg_err *err)
     r.url = col_strdup(st, 1, &rc);
     r.profile = col_strdup(st, 2, &rc);
     r.endpoint_spiffe_id = col_strdup(st, 3, &rc);
-    if (rc == 0 && (r.trust_domain == NULL || r.url == NULL || r.profile == NULL))
-        rc = sg_err_set(err, SG_EDB, "datastore: corrupt federation relationship row");
-    else if (rc < 0)
-        sg_err_set(err, rc, "out of memory");
+    rc = row_status(rc, r.trust_domain != NULL && r.url != NULL && r.profile != NULL,
+                    "federation relationship row", NULL, err);
     if (rc < 0) {
         sg_fed_rel_cleanup(&r);
         return rc;
@@ -1624,8 +1439,8 @@ static int ds_fed_rel_list(void *state, sg_fed_rel **list, size_t *n, sg_err *er
 {
     static const char q[] =
         "SELECT " FED_REL_COLS " FROM federation_relationships ORDER BY trust_domain";
-    void *v = NULL;
-    size_t cnt = 0;
+    void *v;
+    size_t cnt;
     int rc = list_all(state, q, sizeof(sg_fed_rel), read_fed_rel_row,
                       "listing federation relationships", &v, &cnt, err);
 
@@ -1645,7 +1460,7 @@ static int ds_fed_rel_delete(void *state, const char *td, sg_err *err)
     int rc, ch = 0;
 
     pthread_mutex_lock(&s->mu);
-    rc = exec_td(s, q, td, &ch, "deleting a federation relationship", err);
+    rc = run(s, &ch, err, "deleting a federation relationship", q, "t", td);
     if (rc == 0 && ch == 0)
         rc = sg_err_set(err, SG_ENOENT, "federation relationship with \"%.200s\" not found", td);
     pthread_mutex_unlock(&s->mu);

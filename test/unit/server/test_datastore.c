@@ -582,3 +582,52 @@ TEST(datastore_threads_share_handle)
     ASSERT_EQ(rev, 200);
     sg_datastore_close(ds);
 }
+
+/* Runs sql on the database at db_path directly, as damage from outside would. */
+static void damage(const char *sql)
+{
+    sqlite3 *db = NULL;
+
+    if (sqlite3_open(db_path, &db) != SQLITE_OK || sqlite3_exec(db, sql, NULL, NULL, NULL) != 0)
+        SG__FAIL("damaging the database: %s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+TEST(datastore_corrupt_columns_named)
+{
+    sg_datastore *ds = open_tmp();
+    sg_entry e, got, *entries;
+    const char *s[] = {"unix:uid:7"};
+    sg_agent_rec a, ga, *agents;
+    sg_selector sel[] = {{"join_token", "abc"}};
+    size_t n = 99;
+    sg_err err;
+
+    mk_entry(&e, "spiffe://example.org/w", PARENT, s, 1);
+    ASSERT_OK(sg_ds_entry_create(ds, &e, &err));
+    memset(&a, 0, sizeof a);
+    a.spiffe_id = "spiffe://example.org/spire/agent/join_token/abc";
+    a.selectors = sel;
+    a.nselectors = 1;
+    ASSERT_OK(sg_ds_agent_put(ds, &a, &err));
+    sg_datastore_close(ds);
+
+    damage("UPDATE entries SET selectors = 'not json'; UPDATE agents SET selectors = '[[1, 2]]'");
+    ds = reopen();
+    ASSERT_EQ(sg_ds_entry_get(ds, e.id, &got, &err), SG_EDB);
+    ASSERT_STREQ(err.msg, "datastore: corrupt selector column");
+    ASSERT_EQ(sg_ds_entry_list(ds, NULL, &entries, &n, &err), SG_EDB);
+    ASSERT_EQ(n, 99);
+    ASSERT_EQ(sg_ds_agent_get(ds, a.spiffe_id, &ga, &err), SG_EDB);
+    ASSERT_STREQ(err.msg, "datastore: corrupt selector column");
+    ASSERT_EQ(sg_ds_agent_list(ds, &agents, &n, &err), SG_EDB);
+    ASSERT_EQ(n, 99);
+    sg_datastore_close(ds);
+
+    damage("UPDATE entries SET selectors = '[]', federates_with = '[7]'");
+    ds = reopen();
+    ASSERT_EQ(sg_ds_entry_get(ds, e.id, &got, &err), SG_EDB);
+    ASSERT_STREQ(err.msg, "datastore: corrupt federates_with column");
+    sg_datastore_close(ds);
+    sg_entry_cleanup(&e);
+}
