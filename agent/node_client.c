@@ -19,7 +19,6 @@
 
 #include "sigil/node/v1/node.pb-c.h"
 
-#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
@@ -268,84 +267,6 @@ static bool bundle_equals(const sg_agent_bundle *b, const sg_der *certs, size_t 
     return true;
 }
 
-/* Reads trust_bundle_path in SPIFFE bundle format (JWKS with x5c). */
-static int read_spiffe_bundle(const char *path, const char *json, size_t len, sg_der **out,
-                              size_t *n, sg_err *err)
-{
-    json_error_t jerr;
-    json_t *root = json_loadb(json, len, 0, &jerr);
-    if (root == NULL)
-        return sg_err_set(err, SG_ECONFIG, "%.200s:%d: invalid SPIFFE bundle JSON: %.100s", path,
-                          jerr.line, jerr.text);
-    json_t *keys = json_object_get(root, "keys");
-    int rc = 0;
-    sg_der *a = NULL;
-    size_t count = 0;
-    if (!json_is_array(keys)) {
-        rc = sg_err_set(err, SG_ECONFIG, "%.200s: SPIFFE bundle has no \"keys\" array", path);
-        goto done;
-    }
-    a = calloc(json_array_size(keys) + 1, sizeof(*a));
-    if (a == NULL) {
-        rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
-        goto done;
-    }
-    size_t i;
-    json_t *k;
-    json_array_foreach(keys, i, k)
-    {
-        const char *use = json_string_value(json_object_get(k, "use"));
-        json_t *x5c = json_object_get(k, "x5c");
-        if (use == NULL || strcmp(use, "x509-svid") != 0)
-            continue;
-        const char *b64 = json_string_value(json_array_get(x5c, 0));
-        if (b64 == NULL) {
-            rc = sg_err_set(err, SG_ECONFIG, "%.200s: x509-svid key %zu has no x5c certificate",
-                            path, i);
-            goto done;
-        }
-        size_t blen = strlen(b64);
-        uint8_t *der = malloc(blen / 4 * 3 + 4);
-        if (der == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
-            goto done;
-        }
-        int dlen = EVP_DecodeBlock(der, (const unsigned char *)b64, (int)blen);
-        if (dlen <= 0 || blen % 4 != 0) {
-            free(der);
-            rc = sg_err_set(err, SG_ECONFIG, "%.200s: x5c of key %zu is not base64", path, i);
-            goto done;
-        }
-        /* EVP_DecodeBlock counts base64 padding as zero bytes. */
-        if (blen >= 1 && b64[blen - 1] == '=')
-            dlen--;
-        if (blen >= 2 && b64[blen - 2] == '=')
-            dlen--;
-        X509 *x = NULL;
-        if (sg_x509_from_der(der, (size_t)dlen, &x, err) < 0) {
-            free(der);
-            rc = SG_ECONFIG;
-            goto done;
-        }
-        X509_free(x);
-        a[count].data = der;
-        a[count].len = (size_t)dlen;
-        count++;
-    }
-    if (count == 0)
-        rc =
-            sg_err_set(err, SG_ECONFIG, "%.200s: SPIFFE bundle holds no x509-svid authority", path);
-done:
-    json_decref(root);
-    if (rc < 0) {
-        der_array_free(a, count);
-        return rc;
-    }
-    *out = a;
-    *n = count;
-    return 0;
-}
-
 static int read_trust_bundle(const sg_agent_config *cfg, sg_der **out, size_t *n, sg_err *err)
 {
     uint8_t *data = NULL;
@@ -356,9 +277,26 @@ static int read_trust_bundle(const sg_agent_config *cfg, sg_der **out, size_t *n
     if (rc < 0)
         return sg_err_set(err, SG_ECONFIG, "cannot read trust_bundle_path: %.200s", e.msg);
     if (cfg->trust_bundle_format != NULL && strcmp(cfg->trust_bundle_format, "spiffe") == 0) {
-        rc = read_spiffe_bundle(cfg->trust_bundle_path, (const char *)data, len, out, n, err);
+        sg_bundle b;
+        rc = sg_bundle_from_jwks(cfg->trust_domain, (const char *)data, len, &b, &e);
         free(data);
-        return rc;
+        if (rc < 0)
+            return sg_err_set(err, rc == SG_ENOMEM ? rc : SG_ECONFIG,
+                              "trust_bundle_path %.200s: invalid SPIFFE bundle: %.200s",
+                              cfg->trust_bundle_path, e.msg);
+        if (b.nx509 == 0) {
+            sg_bundle_cleanup(&b);
+            return sg_err_set(
+                err, SG_ECONFIG,
+                "trust_bundle_path %.200s: SPIFFE bundle holds no x509-svid authority",
+                cfg->trust_bundle_path);
+        }
+        *out = b.x509; /* the authorities move to the caller */
+        *n = b.nx509;
+        b.x509 = NULL;
+        b.nx509 = 0;
+        sg_bundle_cleanup(&b);
+        return 0;
     }
     STACK_OF(X509) *sk = NULL;
     rc = sg_x509_parse_pem_chain((const char *)data, len, &sk, &e);
