@@ -10,6 +10,7 @@
 #include "common/bundle.h"
 #include "common/log.h"
 #include "common/spiffeid.h"
+#include "server/admin_pb.h"
 #include "server/federation.h"
 #include "server/node_api.h"
 #include "sigil/admin/v1/admin.pb-c.h"
@@ -19,22 +20,6 @@
 #include <string.h>
 
 #define TD_ID_MAX (SG_TRUST_DOMAIN_MAX + 16)
-
-static void reply(sg_rpc_call *call, const ProtobufCMessage *msg)
-{
-    if (sg_rpc_call_send(call, msg) < 0) {
-        sg_rpc_call_finish(call, GRPC_STATUS_CANCELLED, "call is over");
-        return;
-    }
-    sg_rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-}
-
-static void fail(sg_rpc_call *call, sg_err *err, int rc)
-{
-    if (err->code == 0)
-        sg_err_set(err, rc, "%s", sg_strerror(rc));
-    sg_rpc_call_finish_err(call, err);
-}
 
 static void push_all(sg_server *s)
 {
@@ -46,70 +31,18 @@ static void push_all(sg_server *s)
 
 /* ------------------------------------------------------------ bundle <-> protobuf */
 
-/* A protobuf view of b (borrowed pointers); free with pb_bundle_cleanup. */
-typedef struct pb_bundle {
-    Sigil__Admin__V1__Bundle msg;
-    char td_id[TD_ID_MAX];
-    ProtobufCBinaryData *x509;
-    Sigil__Admin__V1__JWTKey *keys;
-    Sigil__Admin__V1__JWTKey **keyp;
-} pb_bundle;
-
-static int pb_bundle_init(pb_bundle *p, const sg_bundle *b)
-{
-    memset(p, 0, sizeof *p);
-    sigil__admin__v1__bundle__init(&p->msg);
-    snprintf(p->td_id, sizeof p->td_id, "spiffe://%s", b->trust_domain ? b->trust_domain : "");
-    p->x509 = calloc(b->nx509 ? b->nx509 : 1, sizeof *p->x509);
-    p->keys = calloc(b->njwt ? b->njwt : 1, sizeof *p->keys);
-    p->keyp = calloc(b->njwt ? b->njwt : 1, sizeof *p->keyp);
-    if (p->x509 == NULL || p->keys == NULL || p->keyp == NULL) {
-        free(p->x509);
-        free(p->keys);
-        free(p->keyp);
-        return SG_ENOMEM;
-    }
-    for (size_t i = 0; i < b->nx509; i++) {
-        p->x509[i].data = b->x509[i].data;
-        p->x509[i].len = b->x509[i].len;
-    }
-    for (size_t i = 0; i < b->njwt; i++) {
-        sigil__admin__v1__jwtkey__init(&p->keys[i]);
-        p->keys[i].kid = b->jwt[i].kid;
-        p->keys[i].public_key.data = b->jwt[i].spki.data;
-        p->keys[i].public_key.len = b->jwt[i].spki.len;
-        p->keys[i].expires_at = b->jwt[i].expires_at;
-        p->keyp[i] = &p->keys[i];
-    }
-    p->msg.trust_domain = p->td_id;
-    p->msg.n_x509_authorities = b->nx509;
-    p->msg.x509_authorities = p->x509;
-    p->msg.n_jwt_authorities = b->njwt;
-    p->msg.jwt_authorities = p->keyp;
-    p->msg.sequence = b->sequence;
-    p->msg.refresh_hint = b->refresh_hint;
-    return 0;
-}
-
-static void pb_bundle_cleanup(pb_bundle *p)
-{
-    free(p->x509);
-    free(p->keys);
-    free(p->keyp);
-}
-
 static void reply_bundle(sg_rpc_call *call, const sg_bundle *b)
 {
-    pb_bundle p;
+    sg_admin_pb_bundle p;
     sg_err err;
 
-    if (pb_bundle_init(&p, b) < 0) {
+    if (sg_admin_pb_bundle_init(&p, b) < 0) {
         sg_err_set(&err, SG_ENOMEM, "out of memory");
         sg_rpc_call_finish_err(call, &err);
         return;
     }
-    reply(call, &p.msg.base);
-    pb_bundle_cleanup(&p);
+    sg_admin_pb_reply(call, &p.msg.base);
+    sg_admin_pb_bundle_cleanup(&p);
 }
 
 /*
@@ -121,45 +54,22 @@ static int bundle_from_pb(const Sigil__Admin__V1__Bundle *pb, const char *td, sg
 {
     sg_bundle b;
     char *json = NULL;
-    int rc = 0;
+    sg_err perr;
+    int rc;
 
-    memset(&b, 0, sizeof b);
-    b.trust_domain = (char *)(uintptr_t)td;
     if (pb->n_x509_authorities == 0 && pb->n_jwt_authorities == 0)
         return sg_err_set(err, SG_EINVAL, "bundle of \"%s\" has no X.509 or JWT authorities", td);
-    b.x509 = calloc(pb->n_x509_authorities ? pb->n_x509_authorities : 1, sizeof *b.x509);
-    b.jwt = calloc(pb->n_jwt_authorities ? pb->n_jwt_authorities : 1, sizeof *b.jwt);
-    if (b.x509 == NULL || b.jwt == NULL) {
-        rc = sg_err_set(err, SG_ENOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < pb->n_x509_authorities; i++) {
-        b.x509[i].data = pb->x509_authorities[i].data;
-        b.x509[i].len = pb->x509_authorities[i].len;
-    }
-    b.nx509 = pb->n_x509_authorities;
-    for (size_t i = 0; i < pb->n_jwt_authorities; i++) {
-        const Sigil__Admin__V1__JWTKey *k = pb->jwt_authorities[i];
-        b.jwt[i].kid = k->kid;
-        b.jwt[i].spki.data = k->public_key.data;
-        b.jwt[i].spki.len = k->public_key.len;
-    }
-    b.njwt = pb->n_jwt_authorities;
-    b.sequence = pb->sequence;
-    b.refresh_hint = pb->refresh_hint;
-    {
-        sg_err perr;
-        sg_err_clear(&perr);
-        rc = sg_bundle_to_jwks(&b, &json, &perr);
-        if (rc == 0)
-            rc = sg_bundle_from_jwks(td, json, strlen(json), out, &perr);
-        if (rc < 0)
-            sg_err_set(err, SG_EINVAL, "invalid bundle for \"spiffe://%s\": %s", td, perr.msg);
-    }
-out:
+    rc = sg_admin_pb_bundle_view(pb, td, &b, err);
+    if (rc < 0)
+        return rc;
+    sg_err_clear(&perr);
+    rc = sg_bundle_to_jwks(&b, &json, &perr);
+    if (rc == 0)
+        rc = sg_bundle_from_jwks(td, json, strlen(json), out, &perr);
+    if (rc < 0)
+        sg_err_set(err, SG_EINVAL, "invalid bundle for \"spiffe://%s\": %s", td, perr.msg);
     free(json);
-    free(b.x509);
-    free(b.jwt);
+    sg_admin_pb_bundle_view_cleanup(&b);
     return rc;
 }
 
@@ -216,7 +126,7 @@ static void h_set_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
             rc = store_bundle(s, &b, &err);
     }
     if (rc < 0)
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
     else
         reply_bundle(call, &b);
     sg_bundle_cleanup(&b);
@@ -229,7 +139,7 @@ static void h_list_bundles(sg_rpc_call *call, const ProtobufCMessage *req, void 
     sg_server *s = user;
     sg_fed_bundle_rec *recs = NULL;
     sg_bundle *bs = NULL;
-    pb_bundle *pbs = NULL;
+    sg_admin_pb_bundle *pbs = NULL;
     Sigil__Admin__V1__Bundle **ptrs = NULL;
     size_t n = 0, ok = 0;
     sg_err err;
@@ -239,7 +149,7 @@ static void h_list_bundles(sg_rpc_call *call, const ProtobufCMessage *req, void 
     sg_err_clear(&err);
     rc = sg_ds_fed_bundle_list(sg_server_datastore(s), &recs, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     bs = calloc(n ? n : 1, sizeof *bs);
@@ -258,7 +168,7 @@ static void h_list_bundles(sg_rpc_call *call, const ProtobufCMessage *req, void 
         }
         if (bs[ok].sequence < recs[i].sequence)
             bs[ok].sequence = recs[i].sequence;
-        if (pb_bundle_init(&pbs[ok], &bs[ok]) < 0) {
+        if (sg_admin_pb_bundle_init(&pbs[ok], &bs[ok]) < 0) {
             sg_bundle_cleanup(&bs[ok]);
             rc = sg_err_set(&err, SG_ENOMEM, "out of memory");
             goto out;
@@ -270,11 +180,11 @@ static void h_list_bundles(sg_rpc_call *call, const ProtobufCMessage *req, void 
     resp.bundles = ptrs;
 out:
     if (rc < 0)
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
     else
-        reply(call, &resp.base);
+        sg_admin_pb_reply(call, &resp.base);
     for (size_t i = 0; i < ok; i++) {
-        pb_bundle_cleanup(&pbs[i]);
+        sg_admin_pb_bundle_cleanup(&pbs[i]);
         sg_bundle_cleanup(&bs[i]);
     }
     free(bs);
@@ -314,7 +224,7 @@ static void h_delete_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void
     if (rc == 0)
         rc = sg_ds_fed_bundle_delete(sg_server_datastore(s), td, mode, &changed, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     sg_log_info("federated bundle deleted trust_domain=%s mode=%s entries_changed=%zu", td,
@@ -322,7 +232,7 @@ static void h_delete_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void
     if (changed > 0)
         sg_server_entries_changed(s);
     push_all(s);
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 /* ------------------------------------------------------------ relationships */
@@ -367,7 +277,7 @@ static void reply_rel(sg_rpc_call *call, sg_server *s, const char *td)
     sg_fed_rel r;
     sg_fed_bundle_rec rec;
     sg_bundle b;
-    pb_bundle pb;
+    sg_admin_pb_bundle pb;
     bool have_bundle = false;
     sg_err err;
     int rc;
@@ -375,23 +285,23 @@ static void reply_rel(sg_rpc_call *call, sg_server *s, const char *td)
     sg_err_clear(&err);
     rc = sg_ds_fed_rel_get(sg_server_datastore(s), td, &r, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     pb_rel(&m, &r, td_id, sizeof td_id);
     memset(&b, 0, sizeof b);
     if (sg_ds_fed_bundle_get(sg_server_datastore(s), td, &rec, &err) == 0) {
         if (sg_bundle_from_jwks(td, rec.jwks, strlen(rec.jwks), &b, &err) == 0 &&
-            pb_bundle_init(&pb, &b) == 0) {
+            sg_admin_pb_bundle_init(&pb, &b) == 0) {
             pb.msg.sequence = rec.sequence > b.sequence ? rec.sequence : b.sequence;
             m.trust_domain_bundle = &pb.msg;
             have_bundle = true;
         }
         sg_fed_bundle_rec_cleanup(&rec);
     }
-    reply(call, &m.base);
+    sg_admin_pb_reply(call, &m.base);
     if (have_bundle)
-        pb_bundle_cleanup(&pb);
+        sg_admin_pb_bundle_cleanup(&pb);
     sg_bundle_cleanup(&b);
     sg_fed_rel_cleanup(&r);
 }
@@ -417,7 +327,7 @@ static void write_rel(sg_rpc_call *call, const ProtobufCMessage *req, sg_server 
         rc = store_bundle(s, &b, &err);
     sg_bundle_cleanup(&b);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     sg_log_info("federation relationship %s trust_domain=%s url=%s profile=%s",
@@ -448,7 +358,7 @@ static void h_get_rel(sg_rpc_call *call, const ProtobufCMessage *req, void *user
     rc = sg_federation_foreign_td("trust domain", r->trust_domain,
                                   sg_server_config_get(s)->trust_domain, td, &err);
     if (rc < 0)
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
     else
         reply_rel(call, s, td);
 }
@@ -469,7 +379,7 @@ static void h_list_rels(sg_rpc_call *call, const ProtobufCMessage *req, void *us
     sg_err_clear(&err);
     rc = sg_ds_fed_rel_list(sg_server_datastore(s), &rels, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     ms = calloc(n ? n : 1, sizeof *ms);
@@ -485,7 +395,7 @@ static void h_list_rels(sg_rpc_call *call, const ProtobufCMessage *req, void *us
         }
         resp.n_relationships = n;
         resp.relationships = ptrs;
-        reply(call, &resp.base);
+        sg_admin_pb_reply(call, &resp.base);
     }
     free(ms);
     free(ptrs);
@@ -509,13 +419,13 @@ static void h_delete_rel(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     if (rc == 0)
         rc = sg_ds_fed_rel_delete(sg_server_datastore(s), td, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     /* As SPIRE: the bundle stays until `bundle delete`; only refreshing stops. */
     sg_log_info("federation relationship deleted trust_domain=%s", td);
     sg_federation_kick(sg_server_federation(s));
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 static void h_refresh(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
@@ -534,7 +444,7 @@ static void h_refresh(sg_rpc_call *call, const ProtobufCMessage *req, void *user
     if (rc == 0)
         rc = sg_federation_refresh(sg_server_federation(s), td, &b, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     reply_bundle(call, &b);
@@ -589,10 +499,7 @@ int sg_admin_federates_with_copy(char *const *v, size_t n, char ***out, size_t *
 
 /* ------------------------------------------------------------ registration */
 
-static const struct {
-    const char *method;
-    sg_rpc_handler handler;
-} methods[] = {
+static const sg_admin_pb_method methods[] = {
     {"SetFederatedBundle", h_set_bundle},
     {"ListFederatedBundles", h_list_bundles},
     {"DeleteFederatedBundle", h_delete_bundle},
@@ -606,12 +513,5 @@ static const struct {
 
 int sg_admin_federation_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
 {
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        int rc =
-            sg_rpc_server_add_method(srv, &sigil__admin__v1__admin__descriptor, methods[i].method,
-                                     SG_RPC_UNARY, methods[i].handler, s, err);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
+    return sg_admin_pb_register(srv, s, methods, sizeof methods / sizeof methods[0], err);
 }

@@ -8,6 +8,7 @@
 
 #include "common/spiffeid.h"
 #include "common/x509.h"
+#include "server/admin_pb.h"
 #include "server/ca.h"
 #include "server/jwt_authority.h"
 
@@ -19,22 +20,6 @@
 
 /* Most DNS names one minted X509-SVID may carry. */
 #define MINT_DNS_MAX 100
-
-static void reply(sg_rpc_call *call, const ProtobufCMessage *msg)
-{
-    if (sg_rpc_call_send(call, msg) < 0) {
-        sg_rpc_call_finish(call, GRPC_STATUS_CANCELLED, "call is over");
-        return;
-    }
-    sg_rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-}
-
-static void fail(sg_rpc_call *call, sg_err *err, int rc)
-{
-    if (err->code == 0)
-        sg_err_set(err, rc, "%s", sg_strerror(rc));
-    sg_rpc_call_finish_err(call, err);
-}
 
 /* A workload SPIFFE ID of trust domain td: never one of the reserved server/agent paths. */
 static int check_mint_id(const char *id, const char *td, sg_err *err)
@@ -110,7 +95,7 @@ static void h_get_jwt_authorities(sg_rpc_call *call, const ProtobufCMessage *req
     sg_err_clear(&err);
     rc = sg_jwt_authority_list(a, &v, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     items = calloc(n ? n : 1, sizeof *items);
@@ -125,7 +110,7 @@ static void h_get_jwt_authorities(sg_rpc_call *call, const ProtobufCMessage *req
         }
         resp.n_authorities = n;
         resp.authorities = ptrs;
-        reply(call, &resp.base);
+        sg_admin_pb_reply(call, &resp.base);
     }
     free(items);
     free(ptrs);
@@ -157,12 +142,12 @@ static void jwt_action(sg_rpc_call *call, const char *kid, void *user, jwt_op op
     sg_err_clear(&err);
     rc = op(a, kid, (int64_t)time(NULL), &info, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     pb_authority(&pa, &info);
     resp.authority = &pa;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
     sg_jwt_authority_info_cleanup(&info);
 }
 
@@ -217,12 +202,12 @@ static void h_mint_jwt_svid(sg_rpc_call *call, const ProtobufCMessage *reqm, voi
         rc = sg_jwt_authority_sign(a, req->spiffe_id, (const char *const *)req->audience,
                                    req->n_audience, req->ttl, (int64_t)time(NULL), &svid, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     resp.token = svid.token;
     resp.expires_at = svid.expires_at;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
     sg_jwt_svid_cleanup(&svid);
 }
 
@@ -234,20 +219,17 @@ static void h_mint_x509_svid(sg_rpc_call *call, const ProtobufCMessage *reqm, vo
     ProtobufCBinaryData chain_bins[4], *root_bins = NULL;
     sg_server *s = user;
     const sg_server_config *cfg = sg_server_config_get(s);
-    sg_ca *ca = sg_server_ca(s);
+    sg_ca *ca = sg_admin_pb_ready_ca(call, s);
     sg_ca_chain chain;
     sg_der spki = {0}, *roots = NULL;
     size_t nroots = 0;
     sg_err err, e2;
     int rc;
 
+    if (ca == NULL)
+        return;
     memset(&chain, 0, sizeof chain);
     sg_err_clear(&err);
-    if (ca == NULL) {
-        sg_err_set(&err, SG_EUNAVAIL, "the CA is not ready");
-        sg_rpc_call_finish_err(call, &err);
-        return;
-    }
     rc = check_mint_id(req->spiffe_id, cfg->trust_domain, &err);
     if (rc == 0)
         rc = check_ttl(req->ttl, &err);
@@ -276,7 +258,7 @@ static void h_mint_x509_svid(sg_rpc_call *call, const ProtobufCMessage *reqm, vo
     if (rc == 0 && (root_bins = calloc(nroots ? nroots : 1, sizeof *root_bins)) == NULL)
         rc = sg_err_set(&err, SG_ENOMEM, "out of memory");
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         goto out;
     }
     for (size_t i = 0; i < chain.n; i++) {
@@ -292,7 +274,7 @@ static void h_mint_x509_svid(sg_rpc_call *call, const ProtobufCMessage *reqm, vo
     resp.expires_at = chain.not_after;
     resp.root_cas = root_bins;
     resp.n_root_cas = nroots;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 out:
     free(root_bins);
     for (size_t i = 0; i < nroots; i++)
@@ -354,10 +336,7 @@ void sg_admin_jwt_keys_cleanup(sg_admin_jwt_keys *k)
 
 /* ------------------------------------------------------------ registration */
 
-static const struct {
-    const char *method;
-    sg_rpc_handler handler;
-} methods[] = {
+static const sg_admin_pb_method methods[] = {
     {"GetJWTAuthorities", h_get_jwt_authorities},
     {"PrepareJWTAuthority", h_prepare_jwt_authority},
     {"ActivateJWTAuthority", h_activate_jwt_authority},
@@ -369,12 +348,5 @@ static const struct {
 
 int sg_admin_jwt_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
 {
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        int rc =
-            sg_rpc_server_add_method(srv, &sigil__admin__v1__admin__descriptor, methods[i].method,
-                                     SG_RPC_UNARY, methods[i].handler, s, err);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
+    return sg_admin_pb_register(srv, s, methods, sizeof methods / sizeof methods[0], err);
 }

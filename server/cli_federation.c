@@ -12,6 +12,7 @@
 #include "common/fsutil.h"
 #include "common/rpc.h"
 #include "common/spiffeid.h"
+#include "server/admin_pb.h"
 #include "server/cli.h"
 #include "sigil/admin/v1/admin.pb-c.h"
 
@@ -287,89 +288,20 @@ static int bundle_from_text(const char *td, const char *text, size_t len, const 
     return sg_err_set(err, SG_EINVAL, "invalid format \"%.32s\": use pem or spiffe", format);
 }
 
-/* A protobuf view of b (borrowed data). */
-typedef struct pbb {
-    Sigil__Admin__V1__Bundle msg;
-    ProtobufCBinaryData *x509;
-    Sigil__Admin__V1__JWTKey *keys;
-    Sigil__Admin__V1__JWTKey **keyp;
-} pbb;
-
-static int pbb_init(pbb *p, const sg_bundle *b, char *td_id)
-{
-    memset(p, 0, sizeof *p);
-    sigil__admin__v1__bundle__init(&p->msg);
-    p->x509 = calloc(b->nx509 ? b->nx509 : 1, sizeof *p->x509);
-    p->keys = calloc(b->njwt ? b->njwt : 1, sizeof *p->keys);
-    p->keyp = calloc(b->njwt ? b->njwt : 1, sizeof *p->keyp);
-    if (p->x509 == NULL || p->keys == NULL || p->keyp == NULL) {
-        free(p->x509);
-        free(p->keys);
-        free(p->keyp);
-        return SG_ENOMEM;
-    }
-    for (size_t i = 0; i < b->nx509; i++) {
-        p->x509[i].data = b->x509[i].data;
-        p->x509[i].len = b->x509[i].len;
-    }
-    for (size_t i = 0; i < b->njwt; i++) {
-        sigil__admin__v1__jwtkey__init(&p->keys[i]);
-        p->keys[i].kid = b->jwt[i].kid;
-        p->keys[i].public_key.data = b->jwt[i].spki.data;
-        p->keys[i].public_key.len = b->jwt[i].spki.len;
-        p->keyp[i] = &p->keys[i];
-    }
-    p->msg.trust_domain = td_id;
-    p->msg.n_x509_authorities = b->nx509;
-    p->msg.x509_authorities = p->x509;
-    p->msg.n_jwt_authorities = b->njwt;
-    p->msg.jwt_authorities = p->keyp;
-    p->msg.sequence = b->sequence;
-    p->msg.refresh_hint = b->refresh_hint;
-    return 0;
-}
-
-static void pbb_cleanup(pbb *p)
-{
-    free(p->x509);
-    free(p->keys);
-    free(p->keyp);
-}
-
 /* An sg_bundle from a received protobuf bundle (copies); td without spiffe://. */
 static int bundle_from_msg(const Sigil__Admin__V1__Bundle *m, sg_bundle *out, sg_err *err)
 {
     const char *td = m->trust_domain ? m->trust_domain : "";
     sg_bundle b;
+    int rc;
 
     if (strncmp(td, "spiffe://", 9) == 0)
         td += 9;
-    memset(&b, 0, sizeof b);
-    b.trust_domain = (char *)(uintptr_t)td;
-    b.x509 = calloc(m->n_x509_authorities ? m->n_x509_authorities : 1, sizeof *b.x509);
-    b.jwt = calloc(m->n_jwt_authorities ? m->n_jwt_authorities : 1, sizeof *b.jwt);
-    if (b.x509 == NULL || b.jwt == NULL) {
-        free(b.x509);
-        free(b.jwt);
-        return sg_err_set(err, SG_ENOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < m->n_x509_authorities; i++) {
-        b.x509[i].data = m->x509_authorities[i].data;
-        b.x509[i].len = m->x509_authorities[i].len;
-    }
-    for (size_t i = 0; i < m->n_jwt_authorities; i++) {
-        b.jwt[i].kid = m->jwt_authorities[i]->kid;
-        b.jwt[i].spki.data = m->jwt_authorities[i]->public_key.data;
-        b.jwt[i].spki.len = m->jwt_authorities[i]->public_key.len;
-        b.jwt[i].expires_at = m->jwt_authorities[i]->expires_at;
-    }
-    b.nx509 = m->n_x509_authorities;
-    b.njwt = m->n_jwt_authorities;
-    b.sequence = m->sequence;
-    b.refresh_hint = m->refresh_hint;
-    int rc = sg_bundle_copy(out, &b, err);
-    free(b.x509);
-    free(b.jwt);
+    rc = sg_admin_pb_bundle_view(m, td, &b, err);
+    if (rc < 0)
+        return rc;
+    rc = sg_bundle_copy(out, &b, err);
+    sg_admin_pb_bundle_view_cleanup(&b);
     return rc;
 }
 
@@ -430,7 +362,7 @@ static int cmd_bundle_set(fctx *c)
     char *text = NULL;
     size_t len = 0;
     sg_bundle b;
-    pbb p;
+    sg_admin_pb_bundle p;
     sg_err err;
     int rc;
 
@@ -444,14 +376,14 @@ static int cmd_bundle_set(fctx *c)
     if (rc < 0)
         return fail_err(&err);
     b.sequence = 0; /* the server assigns the next one */
-    if (pbb_init(&p, &b, id) < 0) {
+    if (sg_admin_pb_bundle_init(&p, &b) < 0) {
         sg_bundle_cleanup(&b);
         return failf("%s", "out of memory");
     }
     req.bundle = &p.msg;
     rc = call(c, "SetFederatedBundle", &req.base, &sigil__admin__v1__bundle__descriptor, &resp,
               &err);
-    pbb_cleanup(&p);
+    sg_admin_pb_bundle_cleanup(&p);
     sg_bundle_cleanup(&b);
     if (rc < 0)
         return fail_err(&err);
@@ -704,7 +636,7 @@ static int rel_write_cmd(fctx *c, bool update)
     char id[SG_TRUST_DOMAIN_MAX + 16];
     const char *profile = fval(c, FF_PROFILE);
     sg_bundle b;
-    pbb p;
+    sg_admin_pb_bundle p;
     bool have_bundle = false;
     sg_err err;
     int rc;
@@ -747,7 +679,7 @@ static int rel_write_cmd(fctx *c, bool update)
         if (rc < 0)
             return fail_err(&err);
         b.sequence = 0;
-        if (pbb_init(&p, &b, id) < 0) {
+        if (sg_admin_pb_bundle_init(&p, &b) < 0) {
             sg_bundle_cleanup(&b);
             return failf("%s", "out of memory");
         }
@@ -756,7 +688,7 @@ static int rel_write_cmd(fctx *c, bool update)
     }
     rc = rel_write(c, update, &m);
     if (have_bundle) {
-        pbb_cleanup(&p);
+        sg_admin_pb_bundle_cleanup(&p);
         sg_bundle_cleanup(&b);
     }
     return rc;
