@@ -11,6 +11,7 @@
 #include "server/admin_federation.h"
 
 #include "server/admin_jwt.h"
+#include "server/admin_pb.h"
 
 #include "common/selector.h"
 #include "common/spiffeid.h"
@@ -300,23 +301,6 @@ static void pb_entry_cleanup(pb_entry *p)
     free(p->selp);
 }
 
-/* Sends msg and finishes the call OK. */
-static void reply(sg_rpc_call *call, const ProtobufCMessage *msg)
-{
-    if (sg_rpc_call_send(call, msg) < 0) {
-        sg_rpc_call_finish(call, GRPC_STATUS_CANCELLED, "call is over");
-        return;
-    }
-    sg_rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-}
-
-static void fail(sg_rpc_call *call, sg_err *err, int rc)
-{
-    if (err->code == 0)
-        sg_err_set(err, rc, "%s", sg_strerror(rc));
-    sg_rpc_call_finish_err(call, err);
-}
-
 static void reply_entry(sg_rpc_call *call, const sg_entry *e)
 {
     pb_entry p;
@@ -327,7 +311,7 @@ static void reply_entry(sg_rpc_call *call, const sg_entry *e)
         sg_rpc_call_finish_err(call, &err);
         return;
     }
-    reply(call, &p.msg.base);
+    sg_admin_pb_reply(call, &p.msg.base);
     pb_entry_cleanup(&p);
 }
 
@@ -358,7 +342,7 @@ static void write_entry(sg_rpc_call *call, sg_server *s, const Sigil__Admin__V1_
     sg_err_clear(&err);
     rc = entry_from_pb(pb, sg_server_config_get(s)->trust_domain, update, &e, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     if (update)
@@ -366,7 +350,7 @@ static void write_entry(sg_rpc_call *call, sg_server *s, const Sigil__Admin__V1_
     else
         rc = sg_ds_entry_create(sg_server_datastore(s), &e, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         sg_entry_cleanup(&e);
         return;
     }
@@ -404,11 +388,11 @@ static void h_delete_entry(sg_rpc_call *call, const ProtobufCMessage *req, void 
         rc = sg_ds_entry_delete(sg_server_datastore(s), r->id, &err);
     }
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     sg_server_entries_changed(s);
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 static void h_list_entries(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
@@ -473,12 +457,12 @@ static void h_list_entries(sg_rpc_call *call, const ProtobufCMessage *req, void 
     }
     resp.n_entries = n;
     resp.entries = ptrs;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
     for (size_t i = 0; i < n; i++)
         pb_entry_cleanup(&views[i]);
     goto out;
 fail:
-    fail(call, &err, rc);
+    sg_admin_pb_fail(call, &err, rc);
 out:
     free(views);
     free(ptrs);
@@ -574,12 +558,12 @@ static void h_generate_token(sg_rpc_call *call, const ProtobufCMessage *req, voi
         sg_server_entries_changed(s);
     resp.value = token;
     resp.expires_at = expires_at;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
     sg_entry_cleanup(&e);
     return;
 fail:
     sg_entry_cleanup(&e);
-    fail(call, &err, rc);
+    sg_admin_pb_fail(call, &err, rc);
 }
 
 /* ------------------------------------------------------------ agents */
@@ -601,7 +585,7 @@ static void h_list_agents(sg_rpc_call *call, const ProtobufCMessage *req, void *
     sg_err_clear(&err);
     rc = sg_ds_agent_list(sg_server_datastore(s), &list, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     for (size_t i = 0; i < n; i++)
@@ -637,7 +621,7 @@ static void h_list_agents(sg_rpc_call *call, const ProtobufCMessage *req, void *
     }
     resp.n_agents = n;
     resp.agents = aptr;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 out:
     free(agents);
     free(aptr);
@@ -670,11 +654,11 @@ static void agent_action(sg_rpc_call *call, const ProtobufCMessage *req, sg_serv
             rc = sg_ds_agent_delete(sg_server_datastore(s), r->spiffe_id, &err);
     }
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     sg_server_agents_changed(s, r->spiffe_id);
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 static void h_evict_agent(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
@@ -693,7 +677,7 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
 {
     Sigil__Admin__V1__Bundle resp = SIGIL__ADMIN__V1__BUNDLE__INIT;
     sg_server *s = user;
-    sg_ca *ca = sg_server_ca(s);
+    sg_ca *ca = sg_admin_pb_ready_ca(call, s);
     sg_der *certs = NULL;
     ProtobufCBinaryData *bins = NULL;
     sg_admin_jwt_keys jk = {0};
@@ -702,16 +686,13 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     int rc;
 
     (void)req;
-    sg_err_clear(&err);
-    if (ca == NULL) {
-        sg_err_set(&err, SG_EUNAVAIL, "the CA is not ready");
-        sg_rpc_call_finish_err(call, &err);
+    if (ca == NULL)
         return;
-    }
+    sg_err_clear(&err);
     resp.sequence = sg_server_bundle_sequence(s);
     rc = sg_ca_bundle_der(ca, &certs, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     bins = calloc(n ? n : 1, sizeof *bins);
@@ -730,9 +711,9 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     resp.refresh_hint = BUNDLE_REFRESH_S;
     rc = sg_admin_jwt_bundle_keys(s, &resp, &jk, &err);
     if (rc < 0)
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
     else
-        reply(call, &resp.base);
+        sg_admin_pb_reply(call, &resp.base);
 out:
     sg_admin_jwt_keys_cleanup(&jk);
     free(bins);
@@ -753,7 +734,7 @@ static void h_health(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
     resp.ready =
         sg_server_ca(s) != NULL && sg_ds_entry_revision(sg_server_datastore(s), &rev, &err) == 0;
     resp.trust_domain = (char *)(uintptr_t)sg_server_config_get(s)->trust_domain;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 /* ------------------------------------------------------------ local authority */
@@ -770,24 +751,12 @@ static void pb_authority(Sigil__Admin__V1__X509Authority *p, const sg_ca_authori
     p->upstream_authority_subject_key_id = (char *)(uintptr_t)a->upstream_id;
 }
 
-static sg_ca *ready_ca(sg_rpc_call *call, sg_server *s)
-{
-    sg_ca *ca = sg_server_ca(s);
-    sg_err err;
-
-    if (ca == NULL) {
-        sg_err_set(&err, SG_EUNAVAIL, "the CA is not ready");
-        sg_rpc_call_finish_err(call, &err);
-    }
-    return ca;
-}
-
 static void h_get_x509_authorities(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
 {
     Sigil__Admin__V1__X509Authorities resp = SIGIL__ADMIN__V1__X509_AUTHORITIES__INIT;
     Sigil__Admin__V1__X509Authority *items = NULL, **ptrs = NULL;
     sg_ca_authority *v = NULL;
-    sg_ca *ca = ready_ca(call, user);
+    sg_ca *ca = sg_admin_pb_ready_ca(call, user);
     size_t n = 0;
     sg_err err;
     int rc;
@@ -798,7 +767,7 @@ static void h_get_x509_authorities(sg_rpc_call *call, const ProtobufCMessage *re
     sg_err_clear(&err);
     rc = sg_ca_authorities(ca, &v, &n, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     items = calloc(n ? n : 1, sizeof *items);
@@ -813,7 +782,7 @@ static void h_get_x509_authorities(sg_rpc_call *call, const ProtobufCMessage *re
         }
         resp.n_authorities = n;
         resp.authorities = ptrs;
-        reply(call, &resp.base);
+        sg_admin_pb_reply(call, &resp.base);
     }
     free(items);
     free(ptrs);
@@ -834,7 +803,7 @@ static void authority_action(sg_rpc_call *call, const char *id, void *user, auth
     Sigil__Admin__V1__X509AuthorityResponse resp = SIGIL__ADMIN__V1__X509_AUTHORITY_RESPONSE__INIT;
     Sigil__Admin__V1__X509Authority pa;
     sg_ca_authority a;
-    sg_ca *ca = ready_ca(call, user);
+    sg_ca *ca = sg_admin_pb_ready_ca(call, user);
     sg_err err;
     int rc;
 
@@ -843,12 +812,12 @@ static void authority_action(sg_rpc_call *call, const char *id, void *user, auth
     sg_err_clear(&err);
     rc = op(ca, id, (int64_t)time(NULL), &a, &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     pb_authority(&pa, &a);
     resp.authority = &pa;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 static void h_prepare_x509_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
@@ -888,7 +857,7 @@ static void upstream_action(sg_rpc_call *call, const ProtobufCMessage *req, void
         (const Sigil__Admin__V1__UpstreamAuthorityRequest *)req;
     Sigil__Admin__V1__UpstreamAuthorityResponse resp =
         SIGIL__ADMIN__V1__UPSTREAM_AUTHORITY_RESPONSE__INIT;
-    sg_ca *ca = ready_ca(call, user);
+    sg_ca *ca = sg_admin_pb_ready_ca(call, user);
     sg_err err;
     int rc;
 
@@ -897,11 +866,11 @@ static void upstream_action(sg_rpc_call *call, const ProtobufCMessage *req, void
     sg_err_clear(&err);
     rc = op(ca, r->subject_key_id, (int64_t)time(NULL), &err);
     if (rc < 0) {
-        fail(call, &err, rc);
+        sg_admin_pb_fail(call, &err, rc);
         return;
     }
     resp.subject_key_id = r->subject_key_id;
-    reply(call, &resp.base);
+    sg_admin_pb_reply(call, &resp.base);
 }
 
 static void h_taint_upstream_authority(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
@@ -916,10 +885,7 @@ static void h_revoke_upstream_authority(sg_rpc_call *call, const ProtobufCMessag
 
 /* ------------------------------------------------------------ registration */
 
-static const struct {
-    const char *method;
-    sg_rpc_handler handler;
-} methods[] = {
+static const sg_admin_pb_method methods[] = {
     {"CreateEntry", h_create_entry},
     {"UpdateEntry", h_update_entry},
     {"DeleteEntry", h_delete_entry},
@@ -941,16 +907,11 @@ static const struct {
 
 int sg_admin_api_register(sg_rpc_server *srv, sg_server *s, sg_err *err)
 {
-    int jrc = sg_admin_jwt_register(srv, s, err);
+    int rc = sg_admin_jwt_register(srv, s, err);
 
-    if (jrc < 0)
-        return jrc;
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        int rc =
-            sg_rpc_server_add_method(srv, &sigil__admin__v1__admin__descriptor, methods[i].method,
-                                     SG_RPC_UNARY, methods[i].handler, s, err);
-        if (rc < 0)
-            return rc;
-    }
-    return sg_admin_federation_register(srv, s, err);
+    if (rc == 0)
+        rc = sg_admin_pb_register(srv, s, methods, sizeof methods / sizeof methods[0], err);
+    if (rc == 0)
+        rc = sg_admin_federation_register(srv, s, err);
+    return rc;
 }
