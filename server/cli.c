@@ -10,6 +10,7 @@
  */
 #include "server/cli.h"
 
+#include "server/admin_pb.h"
 #include "server/cli_federation.h"
 
 #include "common/bundle.h"
@@ -1468,35 +1469,12 @@ static int cmd_agent_ban(cli_ctx *c)
 static int bundle_jwks(const Sigil__Admin__V1__Bundle *b, char **json, sg_err *err)
 {
     sg_bundle sb;
-    int rc;
+    int rc = sg_admin_pb_bundle_view(b, b->trust_domain, &sb, err);
 
-    /* Every member is borrowed from the reply: never sg_bundle_cleanup'd. */
-    memset(&sb, 0, sizeof sb);
-    sb.trust_domain = b->trust_domain;
-    sb.x509 = calloc(b->n_x509_authorities ? b->n_x509_authorities : 1, sizeof *sb.x509);
-    sb.jwt = calloc(b->n_jwt_authorities ? b->n_jwt_authorities : 1, sizeof *sb.jwt);
-    if (sb.x509 == NULL || sb.jwt == NULL) {
-        free(sb.x509);
-        free(sb.jwt);
-        return sg_err_set(err, SG_ENOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < b->n_x509_authorities; i++) {
-        sb.x509[i].data = b->x509_authorities[i].data;
-        sb.x509[i].len = b->x509_authorities[i].len;
-    }
-    sb.nx509 = b->n_x509_authorities;
-    for (size_t i = 0; i < b->n_jwt_authorities; i++) {
-        sb.jwt[i].kid = b->jwt_authorities[i]->kid;
-        sb.jwt[i].spki.data = b->jwt_authorities[i]->public_key.data;
-        sb.jwt[i].spki.len = b->jwt_authorities[i]->public_key.len;
-        sb.jwt[i].expires_at = b->jwt_authorities[i]->expires_at;
-    }
-    sb.njwt = b->n_jwt_authorities;
-    sb.sequence = b->sequence;
-    sb.refresh_hint = b->refresh_hint;
+    if (rc < 0)
+        return rc;
     rc = sg_bundle_to_jwks(&sb, json, err);
-    free(sb.x509);
-    free(sb.jwt);
+    sg_admin_pb_bundle_view_cleanup(&sb);
     return rc;
 }
 
