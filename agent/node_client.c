@@ -1103,6 +1103,50 @@ fail:
 }
 
 /* Whether the agent SVID's issuer (its AKID, in hex) is one of ids. */
+/* Turns item i of a Sync response's list into the element at out. */
+typedef int (*sync_item_fn)(const Sigil__Node__V1__SyncResponse *resp, size_t i, void *out,
+                            sg_err *err);
+
+static int sync_entry_at(const Sigil__Node__V1__SyncResponse *resp, size_t i, void *out,
+                         sg_err *err)
+{
+    return convert_entry(resp->entries[i], out, err);
+}
+
+static int sync_federated_at(const Sigil__Node__V1__SyncResponse *resp, size_t i, void *out,
+                             sg_err *err)
+{
+    return federated_from_pb(resp->federated_bundles[i], out, err);
+}
+
+/*
+ * Converts n items of resp with conv into a new array of elem-sized
+ * elements at *out (*nout of them, freed by the caller also on failure).
+ * A malformed item is skipped with a warning naming what, so that it cannot
+ * cost the agent every other one; only running out of memory fails.
+ */
+static int convert_items(const Sigil__Node__V1__SyncResponse *resp, size_t n, size_t elem,
+                         sync_item_fn conv, const char *what, void **out, size_t *nout, sg_err *err)
+{
+    char *a = calloc(n + 1, elem);
+    if (a == NULL)
+        return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+    *out = a;
+    *nout = 0;
+    for (size_t i = 0; i < n; i++) {
+        sg_err e;
+        sg_err_clear(&e);
+        int rc = conv(resp, i, a + *nout * elem, &e);
+        if (rc == SG_ENOMEM)
+            return sg_err_set(err, rc, "%s", e.msg);
+        if (rc < 0)
+            sg_log_warn("skipping %s from Sync: %s", what, e.msg);
+        else
+            (*nout)++;
+    }
+    return 0;
+}
+
 static bool svid_signed_by_any(sg_node_client *c, char *const *ids, size_t n)
 {
     X509 *leaf = NULL;
@@ -1207,41 +1251,18 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
         return 0;
     }
     const Sigil__Node__V1__SyncResponse *resp = (const Sigil__Node__V1__SyncResponse *)msg;
-    r.entries = calloc(resp->n_entries + 1, sizeof(*r.entries));
-    if (r.entries == NULL) {
-        rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+    void *items = NULL;
+    rc = convert_items(resp, resp->n_entries, sizeof(*r.entries), sync_entry_at, "an entry", &items,
+                       &r.nentries, err);
+    r.entries = items;
+    if (rc < 0)
         goto done;
-    }
-    for (size_t i = 0; i < resp->n_entries; i++) {
-        sg_err e;
-        sg_err_clear(&e);
-        int erc = convert_entry(resp->entries[i], &r.entries[r.nentries], &e);
-        if (erc == SG_ENOMEM) {
-            rc = sg_err_set(err, erc, "%s", e.msg);
-            goto done;
-        }
-        /* One malformed entry must not keep the agent from every other one. */
-        if (erc < 0) {
-            sg_log_warn("skipping an entry from Sync: %s", e.msg);
-            continue;
-        }
-        r.nentries++;
-    }
     r.revision = resp->revision;
     if (resp->n_tainted_authority_ids > 0) {
-        r.tainted_ids = calloc(resp->n_tainted_authority_ids, sizeof(*r.tainted_ids));
-        if (r.tainted_ids == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+        rc = strings_from_pb(resp->tainted_authority_ids, resp->n_tainted_authority_ids, SIZE_MAX,
+                             &r.tainted_ids, &r.ntainted, err);
+        if (rc < 0)
             goto done;
-        }
-        for (size_t i = 0; i < resp->n_tainted_authority_ids; i++) {
-            r.tainted_ids[i] = strdup(resp->tainted_authority_ids[i]);
-            if (r.tainted_ids[i] == NULL) {
-                rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
-                goto done;
-            }
-            r.ntainted++;
-        }
         if (svid_signed_by_any(c, r.tainted_ids, r.ntainted)) {
             sg_log_warn("the authority that signed the agent SVID was tainted; renewing it now");
             c->renew_now = true;
@@ -1282,26 +1303,11 @@ int sg_node_client_sync(sg_node_client *c, int64_t wait_ms, sg_sync_result *out,
         goto done;
     }
     if (resp->n_federated_bundles > 0) {
-        r.federated = calloc(resp->n_federated_bundles, sizeof(*r.federated));
-        if (r.federated == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+        rc = convert_items(resp, resp->n_federated_bundles, sizeof(*r.federated), sync_federated_at,
+                           "a federated bundle", &items, &r.nfederated, err);
+        r.federated = items;
+        if (rc < 0)
             goto done;
-        }
-    }
-    for (size_t i = 0; i < resp->n_federated_bundles; i++) {
-        sg_err e;
-        sg_err_clear(&e);
-        int frc = federated_from_pb(resp->federated_bundles[i], &r.federated[r.nfederated], &e);
-        if (frc == SG_ENOMEM) {
-            rc = sg_err_set(err, frc, "%s", e.msg);
-            goto done;
-        }
-        /* A malformed foreign bundle must not cost the agent its own state. */
-        if (frc < 0) {
-            sg_log_warn("skipping a federated bundle from Sync: %s", e.msg);
-            continue;
-        }
-        r.nfederated++;
     }
     rc = strings_from_pb(resp->tainted_jwt_key_ids, resp->n_tainted_jwt_key_ids, 4096,
                          &r.tainted_jwt_kids, &r.ntainted_jwt, err);
