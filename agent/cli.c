@@ -282,6 +282,34 @@ static int resolve_socket(const cli_opts *o, char *target, size_t len, sg_err *e
     return 0;
 }
 
+/* -timeout (default 5 s). */
+static int parse_timeout(const cli_opts *o, int64_t *ms)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    *ms = CLI_DEFAULT_TIMEOUT;
+    if (o->timeout == NULL)
+        return 0;
+    if (sg_parse_duration_ms(o->timeout, ms, &err) < 0 || *ms <= 0) {
+        fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
+                err.msg[0] ? err.msg : "must be positive");
+        return -1;
+    }
+    return 0;
+}
+
+/* resolve_socket for an api command: the error printed as it is. */
+static int api_target(const cli_opts *o, char *target, size_t len)
+{
+    sg_err err;
+    sg_err_clear(&err);
+    if (resolve_socket(o, target, len, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* Go's time.Time default format: "2006-01-02 15:04:05 +0000 UTC". */
 static void format_time(const ASN1_TIME *t, char *out, size_t len)
 {
@@ -697,21 +725,11 @@ static int cmd_fetch_x509(const cli_opts *o)
     sg_err err;
     sg_err_clear(&err);
     char target[256];
-    int64_t timeout_ms = CLI_DEFAULT_TIMEOUT;
+    int64_t timeout_ms;
     bool json;
-    if (parse_output(o, &json) < 0)
+    if (parse_output(o, &json) < 0 || parse_timeout(o, &timeout_ms) < 0 ||
+        api_target(o, target, sizeof(target)) < 0)
         return 1;
-    if (o->timeout != NULL) {
-        if (sg_parse_duration_ms(o->timeout, &timeout_ms, &err) < 0 || timeout_ms <= 0) {
-            fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
-                    err.msg[0] ? err.msg : "must be positive");
-            return 1;
-        }
-    }
-    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return 1;
-    }
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -794,12 +812,8 @@ static int cmd_watch(const cli_opts *o)
     sg_err_clear(&err);
     char target[256];
     bool json;
-    if (parse_output(o, &json) < 0)
+    if (parse_output(o, &json) < 0 || api_target(o, target, sizeof(target)) < 0)
         return 1;
-    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        return 1;
-    }
     int64_t backoff_ms = CLI_WATCH_BACKOFF_MS;
     for (;;) {
         grpc_channel *ch = NULL;
@@ -832,27 +846,17 @@ static int cmd_watch(const cli_opts *o)
 
 static const sg_rpc_md workload_md[] = {{"workload.spiffe.io", "true"}};
 
-/* -timeout (default 5 s). */
-static int parse_timeout(const cli_opts *o, int64_t *ms)
+/* A channel to the agent's Workload API socket, or NULL after printing why. */
+static grpc_channel *api_channel(const cli_opts *o)
 {
-    sg_err err;
-    sg_err_clear(&err);
-    *ms = CLI_DEFAULT_TIMEOUT;
-    if (o->timeout == NULL)
-        return 0;
-    if (sg_parse_duration_ms(o->timeout, ms, &err) < 0 || *ms <= 0) {
-        fprintf(stderr, "invalid value \"%s\" for -timeout: %s\n", o->timeout,
-                err.msg[0] ? err.msg : "must be positive");
-        return -1;
-    }
-    return 0;
-}
-
-static grpc_channel *workload_channel(const char *target)
-{
+    char target[256];
+    if (api_target(o, target, sizeof(target)) < 0)
+        return NULL;
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     grpc_channel *ch = grpc_channel_create(target, creds, NULL);
     grpc_channel_credentials_release(creds);
+    if (ch == NULL)
+        fprintf(stderr, "cannot create a channel to %s\n", target);
     return ch;
 }
 
@@ -933,7 +937,6 @@ static int cmd_fetch_jwt(const cli_opts *o)
 {
     sg_err err;
     sg_err_clear(&err);
-    char target[256];
     int64_t timeout_ms;
     bool json;
     if (parse_output(o, &json) < 0 || parse_timeout(o, &timeout_ms) < 0)
@@ -942,15 +945,9 @@ static int cmd_fetch_jwt(const cli_opts *o)
         fprintf(stderr, "audience must be specified (-audience)\n");
         return 1;
     }
-    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
+    grpc_channel *ch = api_channel(o);
+    if (ch == NULL)
         return 1;
-    }
-    grpc_channel *ch = workload_channel(target);
-    if (ch == NULL) {
-        fprintf(stderr, "cannot create a channel to %s\n", target);
-        return 1;
-    }
     JWTSVIDRequest req = JWTSVIDREQUEST__INIT;
     req.n_audience = o->naud;
     req.audience = (char **)o->aud;
@@ -1040,7 +1037,6 @@ static int cmd_validate_jwt(const cli_opts *o)
 {
     sg_err err;
     sg_err_clear(&err);
-    char target[256];
     int64_t timeout_ms;
     bool json;
     if (parse_output(o, &json) < 0 || parse_timeout(o, &timeout_ms) < 0)
@@ -1054,15 +1050,9 @@ static int cmd_validate_jwt(const cli_opts *o)
         fprintf(stderr, "svid must be specified (-svid)\n");
         return 1;
     }
-    if (resolve_socket(o, target, sizeof(target), &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
+    grpc_channel *ch = api_channel(o);
+    if (ch == NULL)
         return 1;
-    }
-    grpc_channel *ch = workload_channel(target);
-    if (ch == NULL) {
-        fprintf(stderr, "cannot create a channel to %s\n", target);
-        return 1;
-    }
     ValidateJWTSVIDRequest req = VALIDATE_JWTSVIDREQUEST__INIT;
     req.audience = (char *)o->aud[0];
     req.svid = (char *)o->svid;
