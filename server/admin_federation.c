@@ -29,6 +29,13 @@ static void push_all(sg_server *s)
         sg_sync_hub_changed(hub, NULL, false);
 }
 
+/* v ("td" or "spiffe://td") as a trust domain other than the server's own, into td. */
+static int foreign_td(sg_server *s, const char *v, char td[SG_TRUST_DOMAIN_MAX + 1], sg_err *err)
+{
+    return sg_federation_foreign_td("trust domain", v, sg_server_config_get(s)->trust_domain, td,
+                                    err);
+}
+
 /* ------------------------------------------------------------ bundle <-> protobuf */
 
 static void reply_bundle(sg_rpc_call *call, const sg_bundle *b)
@@ -118,8 +125,7 @@ static void h_set_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     if (r->bundle == NULL) {
         rc = sg_err_set(&err, SG_EINVAL, "bundle is required");
     } else {
-        rc = sg_federation_foreign_td("trust domain", r->bundle->trust_domain,
-                                      sg_server_config_get(s)->trust_domain, td, &err);
+        rc = foreign_td(s, r->bundle->trust_domain, td, &err);
         if (rc == 0)
             rc = bundle_from_pb(r->bundle, td, &b, &err);
         if (rc == 0)
@@ -207,8 +213,7 @@ static void h_delete_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void
     int rc;
 
     sg_err_clear(&err);
-    rc = sg_federation_foreign_td("trust domain", r->trust_domain,
-                                  sg_server_config_get(s)->trust_domain, td, &err);
+    rc = foreign_td(s, r->trust_domain, td, &err);
     if (rc == 0) {
         if (m[0] == '\0' || strcmp(m, "restrict") == 0)
             mode = SG_FED_DELETE_RESTRICT;
@@ -241,8 +246,7 @@ static void h_delete_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void
 static int rel_from_pb(sg_server *s, const Sigil__Admin__V1__FederationRelationship *pb, char *td,
                        sg_fed_rel *r, sg_err *err)
 {
-    int rc = sg_federation_foreign_td("trust domain", pb->trust_domain,
-                                      sg_server_config_get(s)->trust_domain, td, err);
+    int rc = foreign_td(s, pb->trust_domain, td, err);
 
     if (rc < 0)
         return rc;
@@ -355,8 +359,7 @@ static void h_get_rel(sg_rpc_call *call, const ProtobufCMessage *req, void *user
     int rc;
 
     sg_err_clear(&err);
-    rc = sg_federation_foreign_td("trust domain", r->trust_domain,
-                                  sg_server_config_get(s)->trust_domain, td, &err);
+    rc = foreign_td(s, r->trust_domain, td, &err);
     if (rc < 0)
         sg_admin_pb_fail(call, &err, rc);
     else
@@ -414,8 +417,7 @@ static void h_delete_rel(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     int rc;
 
     sg_err_clear(&err);
-    rc = sg_federation_foreign_td("trust domain", r->trust_domain,
-                                  sg_server_config_get(s)->trust_domain, td, &err);
+    rc = foreign_td(s, r->trust_domain, td, &err);
     if (rc == 0)
         rc = sg_ds_fed_rel_delete(sg_server_datastore(s), td, &err);
     if (rc < 0) {
@@ -439,8 +441,7 @@ static void h_refresh(sg_rpc_call *call, const ProtobufCMessage *req, void *user
 
     sg_err_clear(&err);
     memset(&b, 0, sizeof b);
-    rc = sg_federation_foreign_td("trust domain", r->trust_domain,
-                                  sg_server_config_get(s)->trust_domain, td, &err);
+    rc = foreign_td(s, r->trust_domain, td, &err);
     if (rc == 0)
         rc = sg_federation_refresh(sg_server_federation(s), td, &b, &err);
     if (rc < 0) {
