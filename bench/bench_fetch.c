@@ -1,17 +1,31 @@
 /*
  * Workload API load generator written against gRPC core: C concurrent
- * clients (one channel = one Unix-socket connection each) call
- * FetchX509SVID, time the first message, cancel, and call again, for a fixed
- * duration. Prints first-message latency percentiles, fetches/s and the
- * load generator's own CPU time per fetch (user + system, all threads).
+ * clients (one channel = one Unix-socket connection each) call one method
+ * again and again for a fixed duration, and the run prints latency
+ * percentiles, calls/s, failures and the load generator's own CPU time per
+ * call (user + system, all threads).
  *
- *   bench_fetch SOCKET CLIENTS SECONDS
+ *   bench_fetch SOCKET CLIENTS SECONDS [METHOD]
+ *
+ * METHOD:
+ *   x509      FetchX509SVID: time the first message, cancel, call again
+ *             (the default)
+ *   jwt-warm  FetchJWTSVID with the same audience every call (the agent
+ *             answers from its JWT-SVID cache after the first)
+ *   jwt-cold  FetchJWTSVID with a new audience every call, so every call
+ *             is a cache miss and a MintJWTSVID round trip to the server
+ *   validate  ValidateJWTSVID of one token fetched before the run
+ *
+ * Unary calls count when the status is OK and the response arrived; the
+ * latency is until both did. Output lines are `name value`; the figures
+ * keep the fetch_ prefix for every method.
  */
 #include "common/rpc.h"
 
 #include "spiffe/workload.pb-c.h"
 
 #include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
@@ -20,8 +34,25 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
+
+#define WARM_AUDIENCE     "bench-warm"
+#define VALIDATE_AUDIENCE "bench-validate"
+
+typedef enum bench_method { BM_X509, BM_JWT_WARM, BM_JWT_COLD, BM_VALIDATE } bench_method;
+
+typedef struct bench {
+    bench_method method;
+    const char *path;  /* gRPC method path */
+    grpc_slice req;    /* the request of every call (not jwt-cold) */
+    unsigned long seq; /* jwt-cold: audiences used so far */
+    int pid;           /* jwt-cold: keeps audiences of separate runs apart */
+    int checked;       /* the first response was decoded and looked right */
+    char spiffe_id[256];
+} bench;
 
 typedef struct client {
+    bench *b;
     grpc_channel *ch;
     grpc_call *call;
     grpc_metadata_array md_in, trailing;
@@ -30,7 +61,7 @@ typedef struct client {
     grpc_slice details;
     int pending; /* ops outstanding on this call */
     int got_message;
-    double start;
+    double start, got_at;
     int id;
 } client;
 
@@ -61,14 +92,59 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static grpc_slice request_slice;
+static grpc_slice pack_slice(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    return s;
+}
+
+/* Flattens a received message into a malloc'd buffer (NULL on failure). */
+static uint8_t *flatten(grpc_byte_buffer *bb, size_t *len)
+{
+    grpc_byte_buffer_reader r;
+    grpc_slice s;
+    uint8_t *out;
+
+    if (bb == NULL || !grpc_byte_buffer_reader_init(&r, bb))
+        return NULL;
+    s = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    *len = GRPC_SLICE_LENGTH(s);
+    out = malloc(*len + 1);
+    if (out != NULL)
+        memcpy(out, GRPC_SLICE_START_PTR(s), *len);
+    grpc_slice_unref(s);
+    return out;
+}
+
+/* The request of the next call: shared, or a fresh audience for jwt-cold. */
+static grpc_byte_buffer *next_request(bench *b)
+{
+    grpc_byte_buffer *bb;
+
+    if (b->method == BM_JWT_COLD) {
+        JWTSVIDRequest r = JWTSVIDREQUEST__INIT;
+        char aud[64], *auds[1] = {aud};
+        grpc_slice s;
+        snprintf(aud, sizeof aud, "bench-cold-%d-%lu", b->pid, b->seq++);
+        r.n_audience = 1;
+        r.audience = auds;
+        s = pack_slice(&r.base);
+        bb = grpc_raw_byte_buffer_create(&s, 1);
+        grpc_slice_unref(s);
+        return bb;
+    }
+    return grpc_raw_byte_buffer_create(&b->req, 1);
+}
 
 static void start_call(client *c, grpc_completion_queue *cq, tag *tags)
 {
     grpc_metadata md;
     grpc_op ops[6];
     grpc_byte_buffer *req;
-    grpc_slice path = grpc_slice_from_static_string("/SpiffeWorkloadAPI/FetchX509SVID");
+    grpc_slice path = grpc_slice_from_static_string(c->b->path);
 
     memset(ops, 0, sizeof ops);
     c->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, path, NULL,
@@ -79,7 +155,7 @@ static void start_call(client *c, grpc_completion_queue *cq, tag *tags)
     c->got_message = 0;
     md.key = grpc_slice_from_static_string("workload.spiffe.io");
     md.value = grpc_slice_from_static_string("true");
-    req = grpc_raw_byte_buffer_create(&request_slice, 1);
+    req = next_request(c->b);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[0].data.send_initial_metadata.count = 1;
     ops[0].data.send_initial_metadata.metadata = &md;
@@ -115,40 +191,212 @@ static void end_call(client *c)
     c->call = NULL;
 }
 
+/*
+ * Decodes a response of the method: the SPIFFE ID it names into
+ * b->spiffe_id, and for FetchJWTSVID the first token into *token when
+ * token is not NULL. 0 when the response looks right.
+ */
+static int check_response(bench *b, grpc_byte_buffer *bb, char **token)
+{
+    size_t len = 0;
+    uint8_t *raw = flatten(bb, &len);
+    const char *id = NULL;
+    int rc = -1;
+
+    if (raw == NULL)
+        return -1;
+    if (b->method == BM_X509) {
+        X509SVIDResponse *r = x509_svidresponse__unpack(NULL, len, raw);
+        if (r != NULL && r->n_svids > 0 && r->svids[0]->spiffe_id != NULL) {
+            id = r->svids[0]->spiffe_id;
+            snprintf(b->spiffe_id, sizeof b->spiffe_id, "%s", id);
+            rc = 0;
+        }
+        x509_svidresponse__free_unpacked(r, NULL);
+    } else if (b->method == BM_VALIDATE) {
+        ValidateJWTSVIDResponse *r = validate_jwtsvidresponse__unpack(NULL, len, raw);
+        if (r != NULL && r->spiffe_id != NULL && r->spiffe_id[0] != '\0') {
+            snprintf(b->spiffe_id, sizeof b->spiffe_id, "%s", r->spiffe_id);
+            rc = 0;
+        }
+        validate_jwtsvidresponse__free_unpacked(r, NULL);
+    } else {
+        JWTSVIDResponse *r = jwtsvidresponse__unpack(NULL, len, raw);
+        if (r != NULL && r->n_svids > 0 && r->svids[0]->svid != NULL &&
+            r->svids[0]->svid[0] != '\0') {
+            snprintf(b->spiffe_id, sizeof b->spiffe_id, "%s", r->svids[0]->spiffe_id);
+            rc = 0;
+            if (token != NULL && (*token = strdup(r->svids[0]->svid)) == NULL)
+                rc = -1;
+        }
+        jwtsvidresponse__free_unpacked(r, NULL);
+    }
+    free(raw);
+    return rc;
+}
+
+/*
+ * ValidateJWTSVID needs a token: one FetchJWTSVID for VALIDATE_AUDIENCE on
+ * ch, then the request every call sends. 0 on success.
+ */
+static int prepare_validate(bench *b, grpc_channel *ch)
+{
+    JWTSVIDRequest fr = JWTSVIDREQUEST__INIT;
+    ValidateJWTSVIDRequest vr = VALIDATE_JWTSVIDREQUEST__INIT;
+    char *auds[1] = {(char *)(uintptr_t)VALIDATE_AUDIENCE}, *token = NULL;
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_metadata md;
+    grpc_metadata_array md_in, trailing;
+    grpc_byte_buffer *req, *resp = NULL;
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice(), s;
+    grpc_op ops[6];
+    grpc_call *call;
+    grpc_event ev;
+    int rc = -1, tagv = 0;
+
+    fr.n_audience = 1;
+    fr.audience = auds;
+    s = pack_slice(&fr.base);
+    req = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    grpc_metadata_array_init(&md_in);
+    grpc_metadata_array_init(&trailing);
+    md.key = grpc_slice_from_static_string("workload.spiffe.io");
+    md.value = grpc_slice_from_static_string("true");
+    call =
+        grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+                                 grpc_slice_from_static_string("/SpiffeWorkloadAPI/FetchJWTSVID"),
+                                 NULL, gpr_time_from_seconds(30, GPR_TIMESPAN), NULL);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = 1;
+    ops[0].data.send_initial_metadata.metadata = &md;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &resp;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &trailing;
+    ops[5].data.recv_status_on_client.status = &status;
+    ops[5].data.recv_status_on_client.status_details = &details;
+    if (call != NULL && grpc_call_start_batch(call, ops, 6, &tagv, NULL) == GRPC_CALL_OK) {
+        ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_OP_COMPLETE && status == GRPC_STATUS_OK) {
+            bench_method m = b->method;
+            b->method = BM_JWT_WARM; /* decode as a FetchJWTSVID response */
+            rc = check_response(b, resp, &token);
+            b->method = m;
+        } else {
+            char *d = grpc_slice_to_c_string(details);
+            fprintf(stderr,
+                    "bench_fetch: FetchJWTSVID for the token to validate failed: status %d %s\n",
+                    status, d);
+            gpr_free(d);
+        }
+    }
+    if (rc == 0) {
+        vr.audience = (char *)(uintptr_t)VALIDATE_AUDIENCE;
+        vr.svid = token;
+        b->req = pack_slice(&vr.base);
+    }
+    free(token);
+    if (resp != NULL)
+        grpc_byte_buffer_destroy(resp);
+    grpc_byte_buffer_destroy(req);
+    grpc_metadata_array_destroy(&md_in);
+    grpc_metadata_array_destroy(&trailing);
+    grpc_slice_unref(details);
+    if (call != NULL)
+        grpc_call_unref(call);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    return rc;
+}
+
+static int parse_method(const char *s, bench *b)
+{
+    static const struct {
+        const char *name, *path;
+        bench_method m;
+    } methods[] = {
+        {"x509", "/SpiffeWorkloadAPI/FetchX509SVID", BM_X509},
+        {"jwt-warm", "/SpiffeWorkloadAPI/FetchJWTSVID", BM_JWT_WARM},
+        {"jwt-cold", "/SpiffeWorkloadAPI/FetchJWTSVID", BM_JWT_COLD},
+        {"validate", "/SpiffeWorkloadAPI/ValidateJWTSVID", BM_VALIDATE},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (strcmp(s, methods[i].name) == 0) {
+            b->method = methods[i].m;
+            b->path = methods[i].path;
+            return 0;
+        }
+    }
+    fprintf(stderr, "bench_fetch: unknown method \"%.40s\" (x509, jwt-warm, jwt-cold, validate)\n",
+            s);
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
-    X509SVIDRequest req = X509_SVIDREQUEST__INIT;
+    bench b = {0};
     struct rlimit rl;
     size_t cap = 1 << 20, nlat = 0, failures = 0;
     double *lat, t_end, t0, cpu0;
-    int nclients, seconds;
+    int nclients, seconds, unary;
     char target[600];
     client *clients;
     tag *tags;
     grpc_completion_queue *cq;
-    uint8_t buf[16];
     int active;
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: bench_fetch SOCKET CLIENTS SECONDS\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr,
+                "usage: bench_fetch SOCKET CLIENTS SECONDS [x509|jwt-warm|jwt-cold|validate]\n");
         return 2;
     }
     nclients = (int)strtol(argv[2], NULL, 10);
     seconds = (int)strtol(argv[3], NULL, 10);
-    if (nclients <= 0 || seconds <= 0)
+    if (nclients <= 0 || seconds <= 0) {
+        fprintf(stderr, "bench_fetch: CLIENTS and SECONDS must be positive numbers\n");
         return 2;
+    }
+    if (parse_method(argc == 5 ? argv[4] : "x509", &b) != 0)
+        return 2;
+    unary = b.method != BM_X509;
+    b.pid = (int)getpid();
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     grpc_init();
-    request_slice =
-        grpc_slice_from_copied_buffer((const char *)buf, x509_svidrequest__pack(&req, buf));
+    if (b.method == BM_X509) {
+        X509SVIDRequest r = X509_SVIDREQUEST__INIT;
+        b.req = pack_slice(&r.base);
+    } else if (b.method == BM_JWT_WARM) {
+        JWTSVIDRequest r = JWTSVIDREQUEST__INIT;
+        char *auds[1] = {(char *)(uintptr_t)WARM_AUDIENCE};
+        r.n_audience = 1;
+        r.audience = auds;
+        b.req = pack_slice(&r.base);
+    } else {
+        b.req = grpc_empty_slice();
+    }
     snprintf(target, sizeof target, "unix:%s", argv[1]);
     cq = grpc_completion_queue_create_for_next(NULL);
     clients = calloc((size_t)nclients, sizeof *clients);
     tags = calloc((size_t)nclients * 2, sizeof *tags);
     lat = malloc(cap * sizeof *lat);
+    if (clients == NULL || tags == NULL || lat == NULL) {
+        fprintf(stderr, "bench_fetch: out of memory\n");
+        return 1;
+    }
     for (int i = 0; i < nclients; i++) {
         grpc_channel_credentials *creds = grpc_insecure_credentials_create();
         grpc_arg arg = {.type = GRPC_ARG_INTEGER,
@@ -157,9 +405,14 @@ int main(int argc, char **argv)
         grpc_channel_args args = {.num_args = 1, .args = &arg};
         clients[i].ch = grpc_channel_create(target, creds, &args);
         grpc_channel_credentials_release(creds);
+        clients[i].b = &b;
         clients[i].id = i;
         tags[2 * i] = (tag){&clients[i], 0};
         tags[2 * i + 1] = (tag){&clients[i], 1};
+    }
+    if (b.method == BM_VALIDATE && prepare_validate(&b, clients[0].ch) != 0) {
+        printf("fetch_method validate\nfetch_clients %d\nfetch_failures 1\n", nclients);
+        return 1;
     }
     t0 = now_s();
     cpu0 = cpu_s();
@@ -177,21 +430,34 @@ int main(int argc, char **argv)
         c = t->c;
         if (t->kind == 0) {
             if (ev.success && c->resp != NULL) {
-                double l = now_s() - c->start;
-                if (nlat < cap)
-                    lat[nlat++] = l;
+                c->got_at = now_s();
                 c->got_message = 1;
+                if (!unary && nlat < cap)
+                    lat[nlat++] = c->got_at - c->start;
             }
-            grpc_call_cancel(c->call, NULL);
-        } else if (!c->got_message && c->status != GRPC_STATUS_CANCELLED) {
+            if (!unary)
+                grpc_call_cancel(c->call, NULL);
+        } else if (unary ? c->status != GRPC_STATUS_OK || !c->got_message
+                         : !c->got_message && c->status != GRPC_STATUS_CANCELLED) {
             failures++;
             if (failures == 1) {
                 char *d = grpc_slice_to_c_string(c->details);
                 fprintf(stderr, "bench_fetch: call failed: status %d %s\n", c->status, d);
                 gpr_free(d);
             }
+        } else if (unary && nlat < cap) {
+            double done = now_s();
+            lat[nlat++] = (done > c->got_at ? done : c->got_at) - c->start;
         }
         if (--c->pending == 0) {
+            if (c->got_message && !b.checked) {
+                if (check_response(&b, c->resp, NULL) != 0) {
+                    fprintf(stderr, "bench_fetch: the first response does not decode as %s's\n",
+                            b.path);
+                    return 1;
+                }
+                b.checked = 1;
+            }
             end_call(c);
             if (now_s() < t_end && failures < 1000)
                 start_call(c, cq, tags);
@@ -203,6 +469,7 @@ int main(int argc, char **argv)
         double elapsed = now_s() - t0;
         double cpu = cpu_s() - cpu0;
         qsort(lat, nlat, sizeof *lat, cmp_double);
+        printf("fetch_method %s\n", argc == 5 ? argv[4] : "x509");
         if (nlat == 0) {
             printf("fetch_clients %d\nfetch_failures %zu\n", nclients, failures);
             return 1;
@@ -215,6 +482,9 @@ int main(int argc, char **argv)
         printf("fetch_p99_us %.0f\n", lat[(size_t)((double)nlat * 0.99)] * 1e6);
         printf("fetch_seconds %.3f\n", elapsed);
         printf("fetch_client_cpu_us %.1f\n", cpu * 1e6 / (double)nlat);
+        if (b.method == BM_JWT_COLD)
+            printf("fetch_audiences %lu\n", b.seq);
+        printf("fetch_spiffe_id %s\n", b.spiffe_id[0] != '\0' ? b.spiffe_id : "-");
     }
     for (int i = 0; i < nclients; i++)
         grpc_channel_destroy(clients[i].ch);
@@ -223,7 +493,7 @@ int main(int argc, char **argv)
            GRPC_QUEUE_SHUTDOWN)
         ;
     grpc_completion_queue_destroy(cq);
-    grpc_slice_unref(request_slice);
+    grpc_slice_unref(b.req);
     free(clients);
     free(tags);
     free(lat);

@@ -2,12 +2,17 @@
  * Signing micro-benchmarks: the cost of a raw ECDSA P-256 signature and of
  * building and signing a complete leaf certificate three ways (the obvious
  * X509 API path through an EVP_PKEY, the X509 API with a raw
- * SubjectPublicKeyInfo, and sg_ca_sign_svid's direct DER path). Each loop
- * runs single-threaded for about two seconds, then sg_ca_sign_svid runs on
- * two threads. Prints one `name value unit` line per measurement.
+ * SubjectPublicKeyInfo, and sg_ca_sign_svid's direct DER path), and the
+ * JWT-SVID path: an ES256 token signed with sg_jwt_sign and validated with
+ * sg_jwt_validate against a one-key bundle, next to the raw ECDSA P-256
+ * signature and verification of a 32-byte digest they wrap. Each loop runs
+ * single-threaded for about two seconds, then sg_ca_sign_svid runs on two
+ * threads. Prints one `name value unit` line per measurement.
  *
  * Usage: bench_sign [seconds-per-loop]
  */
+#include "common/bundle.h"
+#include "common/jwt.h"
 #include "common/key.h"
 #include "common/x509.h"
 #include "server/ca.h"
@@ -36,6 +41,13 @@ typedef struct bench_env {
     uint8_t *spki; /* a workload key's SubjectPublicKeyInfo */
     size_t spki_len;
     double seconds;
+    /* JWT loops */
+    EVP_PKEY_CTX *verify_ctx; /* reused by the bare-verification loop */
+    uint8_t verify_sig[128];  /* a signature of the 32-byte digest below */
+    size_t verify_siglen;
+    char jwt_kid[33];
+    char *jwt_token;      /* signed once, validated by the validate loop */
+    sg_bundle jwt_bundle; /* example.org with the CA key as its one JWT key */
 } bench_env;
 
 static double now_s(void)
@@ -99,6 +111,84 @@ static int op_ecdsa_pkey_sign(bench_env *env)
     }
     memset(md, 0x11, sizeof md);
     return EVP_PKEY_sign(c, sig, &siglen, md, sizeof md) == 1 ? 0 : -1;
+}
+
+/* The bare verification on a reused EVP_PKEY_CTX: the floor for validating a token. */
+static int op_ecdsa_pkey_verify(bench_env *env)
+{
+    EVP_PKEY_CTX *c = env->verify_ctx;
+    uint8_t md[32];
+
+    if (c == NULL) {
+        EVP_PKEY_CTX *s = EVP_PKEY_CTX_new_from_pkey(NULL, env->ca_key, NULL);
+        int ok;
+        memset(md, 0x22, sizeof md);
+        env->verify_siglen = sizeof env->verify_sig;
+        ok = s != NULL && EVP_PKEY_sign_init(s) == 1 &&
+             EVP_PKEY_CTX_set_signature_md(s, EVP_sha256()) == 1 &&
+             EVP_PKEY_sign(s, env->verify_sig, &env->verify_siglen, md, sizeof md) == 1;
+        EVP_PKEY_CTX_free(s);
+        c = env->verify_ctx = EVP_PKEY_CTX_new_from_pkey(NULL, env->ca_key, NULL);
+        if (!ok || c == NULL || EVP_PKEY_verify_init(c) != 1 ||
+            EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) != 1)
+            return -1;
+    }
+    memset(md, 0x22, sizeof md);
+    return EVP_PKEY_verify(c, env->verify_sig, env->verify_siglen, md, sizeof md) == 1 ? 0 : -1;
+}
+
+static const char *const JWT_AUD[] = {"bench-audience"};
+
+static int op_jwt_sign(bench_env *env)
+{
+    int64_t now = (int64_t)time(NULL);
+    sg_jwt_claims c = {SPIFFE_ID, JWT_AUD, 1, now, now + 300, NULL};
+    char *token = NULL;
+    int rc = sg_jwt_sign(env->ca_key, SG_JWT_ES256, env->jwt_kid, &c, &token, NULL);
+
+    free(token);
+    return rc;
+}
+
+static const sg_bundle *jwt_lookup(void *ctx, const char *trust_domain)
+{
+    bench_env *env = ctx;
+    return strcmp(trust_domain, env->jwt_bundle.trust_domain) == 0 ? &env->jwt_bundle : NULL;
+}
+
+static int op_jwt_validate(bench_env *env)
+{
+    sg_jwt_validated v;
+    int rc =
+        sg_jwt_validate(env->jwt_token, JWT_AUD[0], (int64_t)time(NULL), jwt_lookup, env, &v, NULL);
+
+    sg_jwt_validated_cleanup(&v);
+    return rc;
+}
+
+/* Signs the token the validate loop checks, and the one-key bundle it checks against. */
+static void jwt_setup(bench_env *env)
+{
+    int64_t now = (int64_t)time(NULL);
+    sg_jwt_claims c = {SPIFFE_ID, JWT_AUD, 1, now, now + 3600, NULL};
+    sg_jwt_validated v;
+    sg_err err;
+
+    env->jwt_bundle.trust_domain = strdup("example.org");
+    env->jwt_bundle.jwt = calloc(1, sizeof *env->jwt_bundle.jwt);
+    if (env->jwt_bundle.trust_domain == NULL || env->jwt_bundle.jwt == NULL)
+        die("allocation");
+    env->jwt_bundle.njwt = 1;
+    if (sg_jwt_kid(env->ca_key, env->jwt_kid, &err) != 0 ||
+        (env->jwt_bundle.jwt[0].kid = strdup(env->jwt_kid)) == NULL ||
+        sg_key_to_spki_der(env->ca_key, &env->jwt_bundle.jwt[0].spki.data,
+                           &env->jwt_bundle.jwt[0].spki.len, &err) != 0 ||
+        sg_jwt_sign(env->ca_key, SG_JWT_ES256, env->jwt_kid, &c, &env->jwt_token, &err) != 0 ||
+        sg_jwt_validate(env->jwt_token, JWT_AUD[0], now, jwt_lookup, env, &v, &err) != 0) {
+        fprintf(stderr, "bench_sign: JWT setup: %s\n", err.msg);
+        exit(1);
+    }
+    sg_jwt_validated_cleanup(&v);
 }
 
 static int add_conf_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *v)
@@ -299,7 +389,7 @@ int main(int argc, char **argv)
     EVP_PKEY *wk = NULL;
     pthread_t th[2];
     thread_arg ta[2];
-    double r_raw, r_ca;
+    double r_raw, r_ca, r_psign, r_pverify, r_jsign, r_jval;
     sg_err err;
 
     env.seconds = argc > 1 ? strtod(argv[1], NULL) : 2.0;
@@ -322,9 +412,20 @@ int main(int argc, char **argv)
         return 1;
     }
     check_leaf_verifies(&env);
+    jwt_setup(&env);
 
     printf("ecdsa_p256_sign %.0f ops/s\n", run_loop(&env, op_ecdsa_sign));
-    printf("ecdsa_p256_pkey_sign %.0f ops/s\n", run_loop(&env, op_ecdsa_pkey_sign));
+    r_psign = run_loop(&env, op_ecdsa_pkey_sign);
+    printf("ecdsa_p256_pkey_sign %.0f ops/s\n", r_psign);
+    r_pverify = run_loop(&env, op_ecdsa_pkey_verify);
+    printf("ecdsa_p256_pkey_verify %.0f ops/s\n", r_pverify);
+    r_jsign = run_loop(&env, op_jwt_sign);
+    printf("sg_jwt_sign_es256 %.0f ops/s\n", r_jsign);
+    printf("sg_jwt_sign_es256_vs_pkey_sign %.2f ratio\n", r_jsign / r_psign);
+    r_jval = run_loop(&env, op_jwt_validate);
+    printf("sg_jwt_validate_es256 %.0f ops/s\n", r_jval);
+    printf("sg_jwt_validate_us %.1f us/op\n", 1e6 / r_jval);
+    printf("sg_jwt_validate_vs_pkey_verify %.2f ratio\n", r_jval / r_pverify);
     printf("leaf_naive_x509_set_pubkey %.0f ops/s\n", run_loop(&env, op_leaf_naive));
     r_raw = run_loop(&env, op_leaf_raw_spki);
     printf("leaf_raw_spki_x509 %.0f ops/s\n", r_raw);
@@ -345,6 +446,9 @@ int main(int argc, char **argv)
     free(bundle);
     OPENSSL_free(env.spki);
     EVP_PKEY_CTX_free(env.sign_ctx);
+    EVP_PKEY_CTX_free(env.verify_ctx);
+    free(env.jwt_token);
+    sg_bundle_cleanup(&env.jwt_bundle);
     X509_EXTENSION_free(env.consts.ku);
     X509_EXTENSION_free(env.consts.eku);
     X509_EXTENSION_free(env.consts.bc);
