@@ -91,7 +91,7 @@ void sg_entry_cleanup(sg_entry *e)
     memset(e, 0, sizeof *e);
 }
 
-static char *dup_or_null(const char *s, int *rc)
+char *sg__ds_strdup_opt(const char *s, int *rc)
 {
     char *d;
 
@@ -117,9 +117,9 @@ int sg_entry_copy(sg_entry *dst, const sg_entry *src)
     t.admin = src->admin;
     t.revision = src->revision;
     t.created_at = src->created_at;
-    t.spiffe_id = dup_or_null(src->spiffe_id, &rc);
-    t.parent_id = dup_or_null(src->parent_id, &rc);
-    t.hint = dup_or_null(src->hint, &rc);
+    t.spiffe_id = sg__ds_strdup_opt(src->spiffe_id, &rc);
+    t.parent_id = sg__ds_strdup_opt(src->parent_id, &rc);
+    t.hint = sg__ds_strdup_opt(src->hint, &rc);
     if (rc == 0 && src->nselectors > 0) {
         rc = sg__ds_selectors_dup(src->selectors, src->nselectors, &t.selectors);
         if (rc == 0)
@@ -132,7 +132,7 @@ int sg_entry_copy(sg_entry *dst, const sg_entry *src)
         } else {
             t.ndns = src->ndns;
             for (size_t i = 0; i < src->ndns && rc == 0; i++)
-                t.dns_names[i] = dup_or_null(src->dns_names[i] ? src->dns_names[i] : "", &rc);
+                t.dns_names[i] = sg__ds_strdup_opt(src->dns_names[i] ? src->dns_names[i] : "", &rc);
         }
     }
     if (rc == 0 && src->nfederates_with > 0) {
@@ -143,7 +143,7 @@ int sg_entry_copy(sg_entry *dst, const sg_entry *src)
             t.nfederates_with = src->nfederates_with;
             for (size_t i = 0; i < src->nfederates_with && rc == 0; i++)
                 t.federates_with[i] =
-                    dup_or_null(src->federates_with[i] ? src->federates_with[i] : "", &rc);
+                    sg__ds_strdup_opt(src->federates_with[i] ? src->federates_with[i] : "", &rc);
         }
     }
     if (rc != 0) {
@@ -654,10 +654,10 @@ int sg_fed_rel_copy(sg_fed_rel *dst, const sg_fed_rel *src)
     int rc = 0;
 
     memset(&t, 0, sizeof t);
-    t.trust_domain = dup_or_null(src->trust_domain, &rc);
-    t.url = dup_or_null(src->url, &rc);
-    t.profile = dup_or_null(src->profile, &rc);
-    t.endpoint_spiffe_id = dup_or_null(src->endpoint_spiffe_id, &rc);
+    t.trust_domain = sg__ds_strdup_opt(src->trust_domain, &rc);
+    t.url = sg__ds_strdup_opt(src->url, &rc);
+    t.profile = sg__ds_strdup_opt(src->profile, &rc);
+    t.endpoint_spiffe_id = sg__ds_strdup_opt(src->endpoint_spiffe_id, &rc);
     if (rc < 0) {
         sg_fed_rel_cleanup(&t);
         return rc;

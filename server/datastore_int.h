@@ -59,5 +59,7 @@ extern const sg__ds_backend sg__ds_sqlite;
 int sg__ds_selectors_dup(const sg_selector *src, size_t n, sg_selector **out);
 /* Frees n selectors and the array. */
 void sg__ds_selectors_free(sg_selector *s, size_t n);
+/* A copy of s (NULL for NULL); sets *rc to SG_ENOMEM when the copy fails. */
+char *sg__ds_strdup_opt(const char *s, int *rc);
 
 #endif

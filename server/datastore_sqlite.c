@@ -180,15 +180,7 @@ static void rollback(sqlite_ds *s)
 
 static char *col_strdup(sqlite3_stmt *st, int i, int *rc)
 {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    char *d;
-
-    if (t == NULL)
-        return NULL;
-    d = strdup((const char *)t);
-    if (d == NULL)
-        *rc = SG_ENOMEM;
-    return d;
+    return sg__ds_strdup_opt((const char *)sqlite3_column_text(st, i), rc);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *v)
