@@ -169,28 +169,6 @@ void sg_node_jwt_svid_cleanup(sg_node_jwt_svid *s)
 
 /* ------------------------------------------------------------ helpers */
 
-static int der_array_from_pb(const ProtobufCBinaryData *src, size_t n, sg_der **out, sg_err *err)
-{
-    sg_der *a = calloc(n ? n : 1, sizeof(*a));
-    if (a == NULL)
-        return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
-    for (size_t i = 0; i < n; i++) {
-        if (src[i].len == 0 || src[i].len > SG_X509_MAX_DER) {
-            der_array_free(a, i);
-            return sg_err_set(err, SG_EPROTO, "server sent a certificate of %zu bytes", src[i].len);
-        }
-        a[i].data = malloc(src[i].len);
-        if (a[i].data == NULL) {
-            der_array_free(a, i);
-            return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
-        }
-        memcpy(a[i].data, src[i].data, src[i].len);
-        a[i].len = src[i].len;
-    }
-    *out = a;
-    return 0;
-}
-
 static int der_array_copy(const sg_der *src, size_t n, sg_der **out, sg_err *err)
 {
     sg_der *a = calloc(n ? n : 1, sizeof(*a));
@@ -207,6 +185,25 @@ static int der_array_copy(const sg_der *src, size_t n, sg_der **out, sg_err *err
     }
     *out = a;
     return 0;
+}
+
+/* Copies the certificates of a message, each between 1 byte and SG_X509_MAX_DER. */
+static int der_array_from_pb(const ProtobufCBinaryData *src, size_t n, sg_der **out, sg_err *err)
+{
+    sg_der *view = calloc(n ? n : 1, sizeof(*view));
+    int rc = 0;
+    if (view == NULL)
+        return sg_err_set(err, SG_ENOMEM, "node client: out of memory");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (src[i].len == 0 || src[i].len > SG_X509_MAX_DER)
+            rc = sg_err_set(err, SG_EPROTO, "server sent a certificate of %zu bytes", src[i].len);
+        view[i].data = src[i].data; /* borrowed for der_array_copy */
+        view[i].len = src[i].len;
+    }
+    if (rc == 0)
+        rc = der_array_copy(view, n, out, err);
+    free(view);
+    return rc;
 }
 
 static STACK_OF(X509) * der_array_to_stack(const sg_der *a, size_t n, sg_err *err)
