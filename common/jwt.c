@@ -541,6 +541,70 @@ static int check_audience(json_t *pl, const char *audience, sg_err *err)
                       quote(audience, 64, q, sizeof q));
 }
 
+/*
+ * DER SubjectPublicKeyInfo of an uncompressed point on each curve JWT-SVIDs
+ * use (RFC 5480: id-ecPublicKey, the named curve, a BIT STRING with no
+ * unused bits), up to the point itself.
+ */
+static const struct ec_spki {
+    const char *group;
+    uint8_t prefix[26];
+    size_t prefix_len, point_len;
+} EC_SPKI[] = {
+    {"P-256",
+     {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+      0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00},
+     26,
+     65},
+    {"P-384",
+     {0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+      0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00},
+     23,
+     97},
+    {"P-521",
+     {0x30, 0x81, 0x9b, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+      0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23, 0x03, 0x81, 0x86, 0x00},
+     25,
+     133},
+};
+
+/*
+ * The public key of a bundle's SubjectPublicKeyInfo, NULL when it does not
+ * parse. d2i_PUBKEY goes through OpenSSL 3's generic decoder chain, which
+ * costs more than the signature check it precedes; an uncompressed EC point
+ * on a known curve (every key a sigil server makes for ES256/384/512) is
+ * imported from its bytes directly, which checks it lies on the curve just
+ * the same. Anything else takes the generic path.
+ */
+static EVP_PKEY *spki_decode(const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der;
+    EVP_PKEY *pk = NULL;
+
+    for (size_t i = 0; i < sizeof EC_SPKI / sizeof EC_SPKI[0]; i++) {
+        const struct ec_spki *e = &EC_SPKI[i];
+        if (len != e->prefix_len + e->point_len || memcmp(der, e->prefix, e->prefix_len) != 0 ||
+            der[e->prefix_len] != 0x04)
+            continue;
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+        OSSL_PARAM params[3];
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
+                                                     (char *)(uintptr_t)e->group, 0);
+        params[1] = OSSL_PARAM_construct_octet_string(
+            OSSL_PKEY_PARAM_PUB_KEY, (void *)(uintptr_t)(der + e->prefix_len), e->point_len);
+        params[2] = OSSL_PARAM_construct_end();
+        if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+            EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params) != 1) {
+            EVP_PKEY_free(pk);
+            pk = NULL;
+        }
+        EVP_PKEY_CTX_free(ctx);
+        ERR_clear_error();
+        return pk;
+    }
+    return d2i_PUBKEY(NULL, &p, (long)len);
+}
+
 int sg_jwt_validate(const char *token, const char *audience, int64_t now,
                     sg_jwt_bundle_lookup lookup, void *ctx, sg_jwt_validated *out, sg_err *err)
 {
@@ -622,9 +686,8 @@ int sg_jwt_validate(const char *token, const char *audience, int64_t now,
                         quote(kid, 64, qk, sizeof qk), quote(id.td, 64, q, sizeof q));
         goto done;
     }
-    const unsigned char *p = key->spki.data;
     if (key->spki.data != NULL && key->spki.len > 0 && key->spki.len < 65536)
-        pk = d2i_PUBKEY(NULL, &p, (long)key->spki.len);
+        pk = spki_decode(key->spki.data, key->spki.len);
     if (pk == NULL) {
         ERR_clear_error();
         rc = sg_err_set(err, SG_EINVAL, "JWT kid \"%s\": the bundle's key does not parse",

@@ -602,3 +602,72 @@ TEST(jwt_validate_unusable_bundle_key)
     free(tok);
     fixture_cleanup(&f);
 }
+
+/* Replaces the bundle key's SPKI with der[0..len). */
+static void set_spki(fixture *f, const uint8_t *der, size_t len)
+{
+    free(f->bundle.jwt[0].spki.data);
+    f->bundle.jwt[0].spki.data = malloc(len);
+    memcpy(f->bundle.jwt[0].spki.data, der, len);
+    f->bundle.jwt[0].spki.len = len;
+}
+
+TEST(jwt_validate_bundle_key_encodings)
+{
+    static const char *const curves[] = {"P-256", "P-384", "P-521"};
+    const sg_jwt_alg algs[] = {SG_JWT_ES256, SG_JWT_ES384, SG_JWT_ES512};
+    const size_t point_len[] = {65, 97, 133}; /* uncompressed, with the 0x04 byte */
+    const size_t header_len[] = {26, 23, 25}; /* the SPKI's DER before the point */
+    sg_err err;
+
+    for (size_t i = 0; i < 3; i++) {
+        fixture f;
+        uint8_t *der = NULL, *bad;
+        size_t len;
+        int n;
+
+        fixture_init(&f, algs[i]);
+        char *tok = sign_default(&f, "spiffe://example.org/web");
+        ASSERT_OK(validate(&f, tok, "reports", NOW, &err));
+        ASSERT_EQ(f.bundle.jwt[0].spki.len, header_len[i] + point_len[i]);
+
+        /* A point off the curve in an otherwise well-formed SPKI. */
+        len = f.bundle.jwt[0].spki.len;
+        bad = malloc(len);
+        memcpy(bad, f.bundle.jwt[0].spki.data, len);
+        bad[len - 1] ^= 0x01;
+        set_spki(&f, bad, len);
+        expect_invalid(&f, tok, "reports", NOW, "does not parse");
+        /* The wrong point format byte for an uncompressed point's length. */
+        bad[len - 1] ^= 0x01;
+        bad[len - point_len[i]] = 0x05;
+        set_spki(&f, bad, len);
+        expect_invalid(&f, tok, "reports", NOW, "does not parse");
+        free(bad);
+
+        /* The same key with its point compressed still validates. */
+        ASSERT(EVP_PKEY_set_utf8_string_param(f.key, "point-format", "compressed") == 1);
+        n = i2d_PUBKEY(f.key, &der);
+        ASSERT(n > 0 && (size_t)n < len);
+        set_spki(&f, der, (size_t)n);
+        OPENSSL_free(der);
+        if (validate(&f, tok, "reports", NOW, &err) != 0)
+            SG__FAIL("%s compressed: %s", curves[i], err.msg);
+        free(tok);
+        fixture_cleanup(&f);
+    }
+}
+
+TEST(jwt_validate_bundle_key_of_another_curve)
+{
+    fixture f, g;
+
+    fixture_init(&f, SG_JWT_ES256);
+    fixture_init(&g, SG_JWT_ES384);
+    char *tok = sign_default(&f, "spiffe://example.org/web");
+    set_spki(&f, g.bundle.jwt[0].spki.data, g.bundle.jwt[0].spki.len);
+    expect_invalid(&f, tok, "reports", NOW, "needs an EC prime256v1 key");
+    free(tok);
+    fixture_cleanup(&f);
+    fixture_cleanup(&g);
+}
