@@ -78,10 +78,14 @@ done
 sleep 1
 AGENT_RSS_IDLE=$(rss_kib $AGENT)
 AGENT_RSS_PEAK=$AGENT_RSS_IDLE
-for n in 1 100 1000; do
-    echo "bench: Workload API FetchX509SVID, $n concurrent clients, ${SECS}s"
+# One Workload API load run: wl_run OUT METHOD CLIENTS. Samples the agent's
+# peak RSS, and appends the agent's and the server's CPU time per call over
+# the same run (clock ticks, so coarse).
+wl_run() {
+    local out=$1 method=$2 n=$3 a0 a1 s0 s1 bp r
     a0=$(cpu_ticks $AGENT)
-    "$BIN/bench_fetch" "$WL" "$n" "$SECS" >"$WORK/fetch_$n.txt" &
+    s0=$(cpu_ticks $SERVER)
+    "$BIN/bench_fetch" "$WL" "$n" "$SECS" "$method" >"$out" &
     bp=$!
     while kill -0 $bp 2>/dev/null; do
         r=$(rss_kib $AGENT)
@@ -90,10 +94,31 @@ for n in 1 100 1000; do
     done
     wait $bp || true
     a1=$(cpu_ticks $AGENT)
-    # The agent's CPU time per fetch over the same run (clock ticks, so coarse).
-    awk -v t=$((a1 - a0)) -v hz="$(getconf CLK_TCK)" '$1 == "fetch_total" && $2 > 0 {
-        printf "fetch_agent_cpu_us %.1f\n", t / hz * 1e6 / $2 }' "$WORK/fetch_$n.txt" >>"$WORK/fetch_$n.txt"
-    cat "$WORK/fetch_$n.txt"
+    s1=$(cpu_ticks $SERVER)
+    awk -v a=$((a1 - a0)) -v s=$((s1 - s0)) -v hz="$HZ" '$1 == "fetch_total" && $2 > 0 {
+        printf "fetch_agent_cpu_us %.1f\nfetch_server_cpu_us %.1f\n", a / hz * 1e6 / $2, s / hz * 1e6 / $2 }' \
+        "$out" >>"$out"
+    cat "$out"
+}
+for n in 1 100 1000; do
+    echo "bench: Workload API FetchX509SVID, $n concurrent clients, ${SECS}s"
+    wl_run "$WORK/fetch_$n.txt" x509 "$n"
+done
+# JWT-SVIDs for the same workload identity: warm = one audience, answered
+# from the agent's cache; cold = a new audience per call, so each one is a
+# MintJWTSVID round trip to the server; validate = one token checked again
+# and again.
+for n in 1 100; do
+    echo "bench: Workload API FetchJWTSVID, warm cache, $n concurrent clients, ${SECS}s"
+    wl_run "$WORK/jwt_warm_$n.txt" jwt-warm "$n"
+done
+for n in 1 10; do
+    echo "bench: Workload API FetchJWTSVID, cold cache (server round trip), $n concurrent clients, ${SECS}s"
+    wl_run "$WORK/jwt_cold_$n.txt" jwt-cold "$n"
+done
+for n in 1 100; do
+    echo "bench: Workload API ValidateJWTSVID, $n concurrent clients, ${SECS}s"
+    wl_run "$WORK/jwt_validate_$n.txt" validate "$n"
 done
 echo "bench: entry create -> SVID on an open stream, 100 entries"
 /usr/bin/python3 bench/propagation.py "$BUILD" "$ADMIN" "$WL" spiffe://example.org/bench-agent 100 | tee "$WORK/prop.txt"
@@ -120,6 +145,10 @@ SIGN=$WORK/sign.txt
 FAST1=$(val sg_ca_sign_svid "$SIGN")
 FAST2=$(val sg_ca_sign_svid_2threads "$SIGN")
 MINT_RATE=$(val mint_svids_per_s "$WORK/mint.txt")
+JWT_VAL=$(val sg_jwt_validate_es256 "$SIGN")
+JWT_SIGN=$(val sg_jwt_sign_es256 "$SIGN")
+PKEY_VERIFY=$(val ecdsa_p256_pkey_verify "$SIGN")
+JWT_SIGN_US=$(awk -v r="$JWT_SIGN" 'BEGIN { if (r > 0) printf "%.1f", 1e6 / r; else print 0 }')
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
     echo "# Benchmark results"
@@ -158,6 +187,39 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "arrived, so at C clients the mean latency is about C / (fetches/s), and the fetch rate is"
     echo "bounded by the CPU the agent and the load generator spend per fetch together (the two"
     echo "columns on the right) on the shared cores."
+    echo
+    echo "## Workload API JWT-SVIDs (unary calls, new call each time)"
+    echo
+    echo "| call | concurrent clients | calls/s | p50 | p99 | failures | agent CPU per call | server CPU per call | load generator CPU per call |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for run in "FetchJWTSVID, warm cache:jwt_warm:1 100" "FetchJWTSVID, cold cache (server mint):jwt_cold:1 10" \
+        "ValidateJWTSVID:jwt_validate:1 100"; do
+        label=${run%%:*}
+        rest=${run#*:}
+        for n in ${rest#*:}; do
+            f=$WORK/${rest%%:*}_$n.txt
+            echo "| $label | $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") | $(val fetch_agent_cpu_us "$f") µs | $(val fetch_server_cpu_us "$f") µs | $(val fetch_client_cpu_us "$f") µs |"
+        done
+    done
+    echo
+    echo "Warm: the same audience every call, so after the first the agent answers from its"
+    echo "JWT-SVID cache. Cold: a new audience every call, so every call misses the cache and the"
+    echo "agent mints the token through the server's node API (MintJWTSVID over mTLS) before it"
+    echo "answers. ValidateJWTSVID: one ES256 token, fetched before the run, validated by the agent"
+    echo "against its own bundle on every call. Server CPU per call covers the whole server process"
+    echo "(near zero unless the call reaches it)."
+    echo
+    echo "| ratio (same run) | value |"
+    echo "|---|---|"
+    echo "| ValidateJWTSVID/s through the Workload API, 1 client ÷ sg_jwt_validate in process, one core ($JWT_VAL/s) | $(ratio "$(val fetch_per_s "$WORK/jwt_validate_1.txt")" "$JWT_VAL") |"
+    echo "| ValidateJWTSVID/s through the Workload API, 100 clients ÷ sg_jwt_validate in process | $(ratio "$(val fetch_per_s "$WORK/jwt_validate_100.txt")" "$JWT_VAL") |"
+    echo "| sg_jwt_validate in process ÷ bare ECDSA P-256 verification of a 32-byte digest ($PKEY_VERIFY/s) | $(ratio "$JWT_VAL" "$PKEY_VERIFY") |"
+    echo "| FetchJWTSVID p50, cold ÷ warm, 1 client | $(ratio "$(val fetch_p50_us "$WORK/jwt_cold_1.txt")" "$(val fetch_p50_us "$WORK/jwt_warm_1.txt")") |"
+    echo "| FetchJWTSVID p99, cold ÷ warm, 1 client | $(ratio "$(val fetch_p99_us "$WORK/jwt_cold_1.txt")" "$(val fetch_p99_us "$WORK/jwt_warm_1.txt")") |"
+    echo "| FetchJWTSVID calls/s, cold ÷ warm, 1 client | $(ratio "$(val fetch_per_s "$WORK/jwt_cold_1.txt")" "$(val fetch_per_s "$WORK/jwt_warm_1.txt")") |"
+    echo "| FetchJWTSVID calls/s, cold with 10 clients ÷ warm with 100 | $(ratio "$(val fetch_per_s "$WORK/jwt_cold_10.txt")" "$(val fetch_per_s "$WORK/jwt_warm_100.txt")") |"
+    echo "| FetchJWTSVID warm calls/s ÷ FetchX509SVID fetches/s, 100 clients | $(ratio "$(val fetch_per_s "$WORK/jwt_warm_100.txt")" "$(val fetch_per_s "$WORK/fetch_100.txt")") |"
+    echo "| server CPU per cold FetchJWTSVID, 10 clients ÷ one sg_jwt_sign ES256 in process ($JWT_SIGN_US µs) | $(ratio "$(val fetch_server_cpu_us "$WORK/jwt_cold_10.txt")" "$JWT_SIGN_US") |"
     echo
     echo "## Propagation and rotation"
     echo
