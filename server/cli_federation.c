@@ -14,16 +14,15 @@
 #include "common/spiffeid.h"
 #include "server/admin_pb.h"
 #include "server/cli.h"
+#include "server/cli_admin.h"
 #include "sigil/admin/v1/admin.pb-c.h"
 
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define CALL_TIMEOUT_MS 30000
 #define BUNDLE_FILE_MAX (1024 * 1024)
@@ -183,33 +182,8 @@ static int parse(fctx *c, const fcmd *cmd, int argc, char **argv)
 static int call(fctx *c, const char *method, const ProtobufCMessage *req,
                 const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, sg_err *err)
 {
-    char path[160], target[4200];
-    const char *sock = fval(c, FF_SOCKET);
-    struct stat sb;
-    int rc;
-
-    if (c->ch == NULL) {
-        grpc_channel_credentials *creds;
-        if (sock == NULL || sock[0] == '\0')
-            return sg_err_set(err, SG_EINVAL, "-socketPath is empty");
-        if (strlen(sock) > 4096)
-            return sg_err_set(err, SG_EINVAL, "-socketPath is too long");
-        if (stat(sock, &sb) != 0)
-            return sg_err_sys(err, "connection error: cannot reach the server at \"%s\"", sock);
-        if (!S_ISSOCK(sb.st_mode))
-            return sg_err_set(err, SG_EINVAL, "connection error: \"%s\" is not a socket", sock);
-        snprintf(target, sizeof target, "unix:%s", sock);
-        creds = grpc_insecure_credentials_create();
-        c->ch = grpc_channel_create(target, creds, NULL);
-        grpc_channel_credentials_release(creds);
-        if (c->ch == NULL)
-            return sg_err_set(err, SG_EUNAVAIL, "connection error: cannot reach \"%s\"", sock);
-    }
-    snprintf(path, sizeof path, "/%s/%s", sigil__admin__v1__admin__descriptor.name, method);
-    rc = sg_rpc_unary(c->ch, path, req, desc, NULL, 0, CALL_TIMEOUT_MS, resp, NULL, err);
-    if (rc < 0 && err->msg[0] == '\0')
-        sg_err_set(err, rc, "%s failed: %s", method, sg_strerror(rc));
-    return rc;
+    return sg_cli_admin_call(&c->ch, fval(c, FF_SOCKET), method, req, desc, CALL_TIMEOUT_MS, resp,
+                             err);
 }
 
 static int print_json(json_t *root)
@@ -248,33 +222,10 @@ static int read_input(const char *path, size_t max, char **out, size_t *len, sg_
         *out = t;
         return 0;
     }
-    size_t cap = 0, n = 0;
-    char *buf = NULL;
-    for (;;) {
-        if (n + 4097 > cap) {
-            if (cap > max)
-                break;
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (nb == NULL) {
-                free(buf);
-                return sg_err_set(err, SG_ENOMEM, "out of memory");
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, stdin);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    if (n > max) {
-        free(buf);
-        return sg_err_set(err, SG_ETOOBIG, "input is larger than %zu bytes", max);
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return 0;
+    rc = sg_cli_admin_read_stdin(max, out, len, err);
+    if (rc == SG_ETOOBIG)
+        sg_err_set(err, SG_ETOOBIG, "input is larger than %zu bytes", max);
+    return rc;
 }
 
 /* Loads a bundle for td from text in format "pem" or "spiffe". */
