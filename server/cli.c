@@ -11,6 +11,7 @@
 #include "server/cli.h"
 
 #include "server/admin_pb.h"
+#include "server/cli_admin.h"
 #include "server/cli_federation.h"
 
 #include "common/bundle.h"
@@ -25,7 +26,6 @@
 
 #include <errno.h>
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
 #include <jansson.h>
 #include <openssl/bn.h>
 #include <openssl/evp.h>
@@ -41,7 +41,6 @@
 
 #define CALL_TIMEOUT_MS   30000
 #define HEALTH_TIMEOUT_MS 10000
-#define MAX_RECV_BYTES    (64 * 1024 * 1024)
 
 /* ------------------------------------------------------------ flags */
 
@@ -472,56 +471,13 @@ static void print_agent(const Sigil__Admin__V1__Agent *a)
 
 /* ------------------------------------------------------------ transport */
 
-static int cli_connect(cli_ctx *c, sg_err *err)
-{
-    const char *path = flag_str(c, FL_SOCKET);
-    struct stat sb;
-    grpc_channel_credentials *creds;
-    grpc_arg arg;
-    grpc_channel_args args;
-    char target[4200];
-
-    if (path == NULL || path[0] == '\0')
-        return sg_err_set(err, SG_EINVAL, "-socketPath is empty");
-    if (strlen(path) > 4096)
-        return sg_err_set(err, SG_EINVAL, "-socketPath is too long");
-    if (stat(path, &sb) != 0)
-        return sg_err_sys(err, "connection error: cannot reach the server at \"%s\"", path);
-    if (!S_ISSOCK(sb.st_mode))
-        return sg_err_set(err, SG_EINVAL, "connection error: \"%s\" is not a socket", path);
-    snprintf(target, sizeof target, "unix:%s", path);
-    arg.type = GRPC_ARG_INTEGER;
-    arg.key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    arg.value.integer = MAX_RECV_BYTES;
-    args.num_args = 1;
-    args.args = &arg;
-    creds = grpc_insecure_credentials_create();
-    c->ch = grpc_channel_create(target, creds, &args);
-    grpc_channel_credentials_release(creds);
-    if (c->ch == NULL)
-        return sg_err_set(err, SG_EUNAVAIL, "connection error: cannot create a channel to \"%s\"",
-                          path);
-    return 0;
-}
-
 /* One unary admin call; *resp freed by the caller with protobuf_c_message_free_unpacked. */
 static int admin_call(cli_ctx *c, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
                       ProtobufCMessage **resp, sg_err *err)
 {
-    char path[128];
-    int rc;
-
-    if (c->ch == NULL) {
-        rc = cli_connect(c, err);
-        if (rc < 0)
-            return rc;
-    }
-    snprintf(path, sizeof path, "/%s/%s", sigil__admin__v1__admin__descriptor.name, method);
-    rc = sg_rpc_unary(c->ch, path, req, desc, NULL, 0, timeout_ms, resp, NULL, err);
-    if (rc < 0 && err != NULL && err->msg[0] == '\0')
-        sg_err_set(err, rc, "%s failed: %s", method, sg_strerror(rc));
-    return rc;
+    return sg_cli_admin_call(&c->ch, flag_str(c, FL_SOCKET), method, req, desc, timeout_ms, resp,
+                             err);
 }
 
 /* ------------------------------------------------------------ entry */
@@ -713,53 +669,6 @@ static void data_entry_release(data_entry *d)
 static const flag_id data_exclusive[] = {FL_SPIFFE, FL_PARENT,     FL_SELECTOR, FL_X509TTL,
                                          FL_JWTTTL, FL_DNS,        FL_ENTRYID,  FL_NODE,
                                          FL_HINT,   FL_DOWNSTREAM, FL_ADMIN};
-
-/* Reads all of stdin, refusing more than max bytes; malloc'd, NUL-terminated. */
-static int read_stdin(size_t max, char **out, size_t *len, sg_err *err)
-{
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap + 1);
-
-    if (buf == NULL)
-        return sg_err_set(err, SG_ENOMEM, "out of memory reading stdin");
-    for (;;) {
-        size_t r;
-
-        if (n == cap) {
-            size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
-            char *nb;
-
-            if (ncap <= cap) {
-                free(buf);
-                return sg_err_set(err, SG_ETOOBIG, "stdin holds more than %zu bytes", max);
-            }
-            nb = realloc(buf, ncap + 1);
-            if (nb == NULL) {
-                free(buf);
-                return sg_err_set(err, SG_ENOMEM, "out of memory reading stdin");
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        r = fread(buf + n, 1, cap - n, stdin);
-        n += r;
-        if (r == 0) {
-            if (ferror(stdin)) {
-                free(buf);
-                return sg_err_sys(err, "cannot read stdin");
-            }
-            break;
-        }
-    }
-    if (n > max) {
-        free(buf);
-        return sg_err_set(err, SG_ETOOBIG, "stdin holds more than %zu bytes", max);
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return 0;
-}
 
 /* A SPIFFE ID given as a string or as {"trust_domain": ..., "path": ...}. */
 static int data_id(json_t *v, const char *field, char **out, char **own, char *why, size_t wl)
@@ -1035,7 +944,7 @@ static int data_load(const char *src, json_t **root, data_entry **out, size_t *c
     if (src[0] == '\0')
         return fail_msg("-data is empty: give a file path or - for stdin");
     if (strcmp(src, "-") == 0) {
-        rc = read_stdin(DATA_MAX_BYTES, &buf, &len, &err);
+        rc = sg_cli_admin_read_stdin(DATA_MAX_BYTES, &buf, &len, &err);
     } else {
         rc = sg_fs_read_file(src, DATA_MAX_BYTES, &fbuf, &len, &err);
         buf = (char *)fbuf;
@@ -1119,7 +1028,7 @@ static int entry_create_data(cli_ctx *c)
     if (rc != 0)
         return rc;
     sg_err_clear(&err);
-    if (cli_connect(c, &err) < 0) {
+    if (sg_cli_admin_connect(flag_str(c, FL_SOCKET), &c->ch, &err) < 0) {
         rc = fail_err(&err);
         goto out;
     }
