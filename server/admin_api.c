@@ -12,6 +12,7 @@
 
 #include "server/admin_jwt.h"
 #include "server/admin_pb.h"
+#include "server/jwt_authority.h"
 
 #include "common/selector.h"
 #include "common/spiffeid.h"
@@ -675,13 +676,11 @@ static void h_ban_agent(sg_rpc_call *call, const ProtobufCMessage *req, void *us
 
 static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *user)
 {
-    Sigil__Admin__V1__Bundle resp = SIGIL__ADMIN__V1__BUNDLE__INIT;
     sg_server *s = user;
     sg_ca *ca = sg_admin_pb_ready_ca(call, s);
-    sg_der *certs = NULL;
-    ProtobufCBinaryData *bins = NULL;
-    sg_admin_jwt_keys jk = {0};
-    size_t n = 0;
+    sg_jwt_authority *ja = sg_server_jwt(s);
+    sg_admin_pb_bundle p;
+    sg_bundle b;
     sg_err err;
     int rc;
 
@@ -689,37 +688,26 @@ static void h_get_bundle(sg_rpc_call *call, const ProtobufCMessage *req, void *u
     if (ca == NULL)
         return;
     sg_err_clear(&err);
-    resp.sequence = sg_server_bundle_sequence(s);
-    rc = sg_ca_bundle_der(ca, &certs, &n, &err);
+    memset(&b, 0, sizeof b);
+    b.sequence = sg_server_bundle_sequence(s);
+    b.refresh_hint = BUNDLE_REFRESH_S;
+    rc = sg_ca_bundle_der(ca, &b.x509, &b.nx509, &err);
+    if (rc == 0 && ja != NULL)
+        rc = sg_jwt_authority_keys(ja, &b.jwt, &b.njwt, &err);
+    if (rc == 0 && sg_admin_pb_bundle_init(&p, &b) < 0)
+        rc = sg_err_set(&err, SG_ENOMEM, "out of memory");
     if (rc < 0) {
         sg_admin_pb_fail(call, &err, rc);
-        return;
+    } else {
+        /* GetBundle names its own trust domain bare, not as "spiffe://td". */
+        p.msg.trust_domain = (char *)(uintptr_t)sg_server_config_get(s)->trust_domain;
+        sg_admin_pb_reply(call, &p.msg.base);
+        sg_admin_pb_bundle_cleanup(&p);
     }
-    bins = calloc(n ? n : 1, sizeof *bins);
-    if (bins == NULL) {
-        sg_err_set(&err, SG_ENOMEM, "out of memory");
-        sg_rpc_call_finish_err(call, &err);
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        bins[i].data = certs[i].data;
-        bins[i].len = certs[i].len;
-    }
-    resp.trust_domain = (char *)(uintptr_t)sg_server_config_get(s)->trust_domain;
-    resp.n_x509_authorities = n;
-    resp.x509_authorities = bins;
-    resp.refresh_hint = BUNDLE_REFRESH_S;
-    rc = sg_admin_jwt_bundle_keys(s, &resp, &jk, &err);
-    if (rc < 0)
-        sg_admin_pb_fail(call, &err, rc);
-    else
-        sg_admin_pb_reply(call, &resp.base);
-out:
-    sg_admin_jwt_keys_cleanup(&jk);
-    free(bins);
-    for (size_t i = 0; i < n; i++)
-        sg_der_cleanup(&certs[i]);
-    free(certs);
+    sg_jwt_authority_keys_free(b.jwt, b.njwt);
+    for (size_t i = 0; i < b.nx509; i++)
+        sg_der_cleanup(&b.x509[i]);
+    free(b.x509);
 }
 
 static void h_health(sg_rpc_call *call, const ProtobufCMessage *req, void *user)

@@ -284,56 +284,6 @@ out:
     sg_ca_chain_cleanup(&chain);
 }
 
-/* ------------------------------------------------------------ bundle */
-
-int sg_admin_jwt_bundle_keys(sg_server *s, Sigil__Admin__V1__Bundle *b, sg_admin_jwt_keys *k,
-                             sg_err *err)
-{
-    sg_jwt_authority *a = sg_server_jwt(s);
-    sg_jwt_key *keys = NULL;
-    size_t n = 0;
-    int rc;
-
-    memset(k, 0, sizeof *k);
-    if (a == NULL)
-        return 0;
-    rc = sg_jwt_authority_keys(a, &keys, &n, err);
-    if (rc < 0)
-        return rc;
-    k->items = calloc(n ? n : 1, sizeof *k->items);
-    k->ptrs = calloc(n ? n : 1, sizeof *k->ptrs);
-    if (k->items == NULL || k->ptrs == NULL) {
-        free(k->items);
-        free(k->ptrs);
-        memset(k, 0, sizeof *k);
-        sg_jwt_authority_keys_free(keys, n);
-        return sg_err_set(err, SG_ENOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < n; i++) {
-        sigil__admin__v1__jwtkey__init(&k->items[i]);
-        k->items[i].kid = keys[i].kid;
-        k->items[i].public_key.data = keys[i].spki.data;
-        k->items[i].public_key.len = keys[i].spki.len;
-        k->items[i].expires_at = keys[i].expires_at;
-        k->ptrs[i] = &k->items[i];
-    }
-    k->keys = keys;
-    k->n = n;
-    b->jwt_authorities = k->ptrs;
-    b->n_jwt_authorities = n;
-    return 0;
-}
-
-void sg_admin_jwt_keys_cleanup(sg_admin_jwt_keys *k)
-{
-    if (k == NULL)
-        return;
-    sg_jwt_authority_keys_free(k->keys, k->n);
-    free(k->items);
-    free(k->ptrs);
-    memset(k, 0, sizeof *k);
-}
-
 /* ------------------------------------------------------------ registration */
 
 static const sg_admin_pb_method methods[] = {
