@@ -10,7 +10,6 @@
 #include "common/bundle.h"
 #include "common/err.h"
 #include "common/fsutil.h"
-#include "common/rpc.h"
 #include "common/spiffeid.h"
 #include "server/admin_pb.h"
 #include "server/cli.h"
