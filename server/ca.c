@@ -12,6 +12,7 @@
  * (bench/bench_sign.c measures this against the X509 API paths).
  */
 #include "server/ca.h"
+#include "server/slots.h"
 
 #include "common/fsutil.h"
 #include "common/log.h"
@@ -76,16 +77,14 @@ static const uint8_t OID_RSA_ENC[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 
 
 typedef struct ca_snapshot {
     atomic_int refs;
-    /* Latest notAfter of any SVID this authority signed since start, so
-     * revoke waits for long per-entry TTLs too (0: none signed). */
-    _Atomic int64_t signed_until;
-    /* The persisted high-water mark (KeyManager "disk"): no SVID it signed, in
-     * this run or an earlier one, outlives it. Raised, and written to the
-     * state file, before an SVID that would exceed it is handed out. */
-    _Atomic int64_t reserved_until;
-    /* The mark read from the state file: bounds what it signed before this
-     * process started (-1: unknown, a state file without the mark). */
-    int64_t prior_until;
+    /* The latest notAfter of what it signed: revoke waits for long per-entry
+     * TTLs too, across restarts with KeyManager "disk" (prior -1: a state
+     * file without the mark). */
+    sg_slot_mark mark;
+    /* Its slot's details; root_id changes only under rot_mu. */
+    char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* AKID of an intermediate; "" for a root */
+    char root_id[SG_CA_AUTHORITY_ID_MAX + 1];     /* upstream root it chains to; "" unknown/none */
+    int64_t not_before;
     X509 *cert;
     EVP_PKEY *key;
     int64_t not_after;
@@ -111,20 +110,9 @@ typedef struct upstream {
     STACK_OF(X509) * bundle; /* roots to publish */
 } upstream;
 
-#define SLOTS_MAX 16
-
-/* One authority: its snapshot owns the certificate and key. */
-typedef struct slot {
-    char id[SG_CA_AUTHORITY_ID_MAX + 1];
-    char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1];
-    char root_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* upstream root it chains to; "" unknown/none */
-    sg_ca_state state;
-    int64_t not_before;
-    bool tainted;
-    int64_t tainted_at;
-    bool on_disk; /* key and certificate files written */
-    ca_snapshot *snap;
-} slot;
+/* One authority is a slot whose object is its snapshot (certificate and key). */
+typedef sg_slot slot;
+#define SNAP(sl) ((ca_snapshot *)(sl)->obj)
 
 /* An upstream root the operator tainted or revoked. */
 typedef struct uproot {
@@ -144,8 +132,7 @@ struct sg_ca {
     sg_der *bundle; /* trust bundle roots */
     size_t nbundle;
     uint64_t bundle_seq;
-    slot slots[SLOTS_MAX]; /* oldest first */
-    size_t nslots;
+    sg_slots slots; /* oldest first; obj: ca_snapshot */
     /* Configuration (strings owned) and upstream material. */
     sg_ca_options o;
     bool have_upstream;
@@ -185,8 +172,10 @@ static ca_snapshot *snap_acquire(sg_ca *ca)
     return s;
 }
 
-static void snap_release(ca_snapshot *s)
+static void snap_release(void *obj)
 {
+    ca_snapshot *s = obj;
+
     if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1)
         snap_free(s);
 }
@@ -603,35 +592,6 @@ void sg_ca_chain_cleanup(sg_ca_chain *c)
     c->n = 0;
 }
 
-static int write_state_file(sg_ca *ca, sg_err *err);
-
-/*
- * Raises the persisted high-water mark of s to cover not_after before the
- * SVID is handed out: to now + 2 x ttl (capped by the CA's notAfter), so a
- * steady stream of signatures writes the state file about once per TTL.
- */
-static int reserve(sg_ca *ca, ca_snapshot *s, int64_t ttl, int64_t not_after, sg_err *err)
-{
-    int64_t prev, want, now = (int64_t)time(NULL);
-    int rc = 0;
-
-    pthread_mutex_lock(&ca->state_mu);
-    prev = atomic_load(&s->reserved_until);
-    if (not_after > prev) {
-        want = now + 2 * (ttl > 0 ? ttl : 0);
-        if (want < not_after)
-            want = not_after;
-        if (want > s->not_after)
-            want = s->not_after;
-        atomic_store(&s->reserved_until, want);
-        rc = write_state_file(ca, err);
-        if (rc < 0)
-            atomic_store(&s->reserved_until, prev);
-    }
-    pthread_mutex_unlock(&ca->state_mu);
-    return rc;
-}
-
 int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, size_t spki_len,
                     sg_ca_chain *out, sg_err *err)
 {
@@ -640,15 +600,12 @@ int sg_ca_sign_svid(sg_ca *ca, const sg_ca_svid_params *p, const uint8_t *spki, 
 
     if (rc == 0) {
         snprintf(out->authority_id, sizeof out->authority_id, "%s", s->authority_id);
-        int64_t seen = atomic_load(&s->signed_until);
-        while (out->not_after > seen &&
-               !atomic_compare_exchange_weak(&s->signed_until, &seen, out->not_after))
-            ;
-        if (ca->o.keys_dir != NULL && out->not_after > atomic_load(&s->reserved_until)) {
-            rc = reserve(ca, s, p->ttl_s, out->not_after, err);
-            if (rc < 0)
-                sg_ca_chain_cleanup(out);
-        }
+        sg_slot_mark_signed(&s->mark, out->not_after);
+        /* The state file promises the mark before the SVID is handed out. */
+        rc = sg_slots_reserve(&ca->slots, &s->mark, (int64_t)time(NULL), p->ttl_s, out->not_after,
+                              s->not_after, err);
+        if (rc < 0)
+            sg_ca_chain_cleanup(out);
     }
     snap_release(s);
     return rc;
@@ -705,21 +662,6 @@ static const EVP_MD *md_for_signer(EVP_PKEY *key)
             return EVP_sha384();
     }
     return EVP_sha256();
-}
-
-static bool key_is_type(EVP_PKEY *k, sg_key_type t)
-{
-    switch (t) {
-    case SG_KEY_EC_P256:
-        return EVP_PKEY_is_a(k, "EC") && EVP_PKEY_get_bits(k) == 256;
-    case SG_KEY_EC_P384:
-        return EVP_PKEY_is_a(k, "EC") && EVP_PKEY_get_bits(k) == 384;
-    case SG_KEY_RSA_2048:
-        return EVP_PKEY_is_a(k, "RSA") && EVP_PKEY_get_bits(k) == 2048;
-    case SG_KEY_RSA_4096:
-        return EVP_PKEY_is_a(k, "RSA") && EVP_PKEY_get_bits(k) == 4096;
-    }
-    return false;
 }
 
 static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value, sg_err *err)
@@ -907,23 +849,15 @@ fail:
 
 /* ---- authorities ---- */
 
-#define STATE_FILE     "ca-slots.json"
-#define STATE_FILE_MAX (256 * 1024)
-#define PREPARE_MAX_S  (30 * 86400)
-#define ACTIVATE_MAX_S (7 * 86400)
-#define WARN_EVERY_S   3600
+#define WARN_EVERY_S 3600
+
+_Static_assert(SG_CA_PREPARED == (int)SG_SLOT_PREPARED && SG_CA_ACTIVE == (int)SG_SLOT_ACTIVE &&
+                   SG_CA_OLD == (int)SG_SLOT_OLD,
+               "sg_ca_state mirrors sg_slot_state");
 
 const char *sg_ca_state_name(sg_ca_state st)
 {
-    switch (st) {
-    case SG_CA_PREPARED:
-        return "prepared";
-    case SG_CA_ACTIVE:
-        return "active";
-    case SG_CA_OLD:
-        return "old";
-    }
-    return "unknown";
+    return sg_slot_state_name((sg_slot_state)st);
 }
 
 static void hex_of(const ASN1_OCTET_STRING *o, char *out, size_t len)
@@ -998,84 +932,70 @@ static void root_of(STACK_OF(X509) * roots, X509 *c, char *out, size_t len)
 /* The upstream root sl chains to: the top of its chain (the CA, then upstream intermediates). */
 static void slot_root(const sg_ca *ca, slot *sl)
 {
-    const ca_snapshot *s = sl->snap;
+    ca_snapshot *s = SNAP(sl);
     X509 *top = NULL;
     sg_err e;
 
-    sl->root_id[0] = '\0';
+    s->root_id[0] = '\0';
     if (!ca->have_upstream)
         return;
     if (s->ntail > 1 &&
         sg_x509_from_der(s->tail[s->ntail - 1].data, s->tail[s->ntail - 1].len, &top, &e) < 0)
         return;
-    root_of(ca->u.bundle, top != NULL ? top : s->cert, sl->root_id, sizeof sl->root_id);
+    root_of(ca->u.bundle, top != NULL ? top : s->cert, s->root_id, sizeof s->root_id);
     X509_free(top);
 }
 
 /* Fills sl around cert+key (both taken); extra: the upstream certificates above it. */
-static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_ca_state st,
+static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_slot_state st,
                      STACK_OF(X509) * extra, sg_err *err)
 {
+    const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(cert);
+    int64_t not_before = asn1_time_s(X509_get0_notBefore(cert));
+    ca_snapshot *s = NULL;
     int rc;
-
-    const ASN1_OCTET_STRING *akid;
 
     memset(sl, 0, sizeof *sl);
     sl->state = st;
     authority_id(cert, sl->id, sizeof sl->id);
-    akid = X509_get0_authority_key_id(cert);
-    if (ca->have_upstream && akid != NULL)
-        hex_of(akid, sl->upstream_id, sizeof sl->upstream_id);
-    sl->not_before = asn1_time_s(X509_get0_notBefore(cert));
     if (!id_ok(sl->id)) {
         X509_free(cert);
         EVP_PKEY_free(key);
         return sg_err_set(err, SG_ECRYPTO, "cannot derive an authority ID for a CA certificate");
     }
-    rc = snap_new(cert, key, ca->have_upstream, extra, &sl->snap, err);
-    if (rc == 0)
-        slot_root(ca, sl);
-    return rc;
+    rc = snap_new(cert, key, ca->have_upstream, extra, &s, err);
+    if (rc < 0)
+        return rc;
+    if (ca->have_upstream && akid != NULL)
+        hex_of(akid, s->upstream_id, sizeof s->upstream_id);
+    s->not_before = not_before;
+    sl->obj = s;
+    sl->mark = &s->mark;
+    sl->not_after = s->not_after;
+    slot_root(ca, sl);
+    return 0;
 }
 
-static void slot_clear(slot *sl)
+static int slot_info(const slot *sl, void *out, sg_err *err)
 {
-    snap_release(sl->snap);
-    memset(sl, 0, sizeof *sl);
-}
+    sg_ca_authority *a = out;
 
-static void slot_info(const slot *sl, sg_ca_authority *a)
-{
+    (void)err;
     memset(a, 0, sizeof *a);
     memcpy(a->id, sl->id, sizeof a->id);
-    memcpy(a->upstream_id, sl->upstream_id, sizeof a->upstream_id);
-    a->state = sl->state;
-    a->not_before = sl->not_before;
-    a->not_after = sl->snap->not_after;
+    memcpy(a->upstream_id, SNAP(sl)->upstream_id, sizeof a->upstream_id);
+    a->state = (sg_ca_state)sl->state;
+    a->not_before = SNAP(sl)->not_before;
+    a->not_after = sl->not_after;
     a->tainted = sl->tainted;
     a->tainted_at = sl->tainted_at;
-}
-
-static slot *find_state(sg_ca *ca, sg_ca_state st)
-{
-    for (size_t i = 0; i < ca->nslots; i++)
-        if (ca->slots[i].state == st)
-            return &ca->slots[i];
-    return NULL;
-}
-
-static slot *find_id(sg_ca *ca, const char *id)
-{
-    for (size_t i = 0; i < ca->nslots; i++)
-        if (strcmp(ca->slots[i].id, id) == 0)
-            return &ca->slots[i];
-    return NULL;
+    return 0;
 }
 
 /* Creates a new authority valid from now (a root, or an intermediate under the upstream key). */
 static int upstream_usable(sg_ca *ca, const upstream *u, sg_err *err);
 
-static int new_authority(sg_ca *ca, int64_t now, sg_ca_state st, slot *out, sg_err *err)
+static int new_authority(sg_ca *ca, int64_t now, sg_slot_state st, slot *out, sg_err *err)
 {
     EVP_PKEY *key = NULL;
     X509 *cert = NULL;
@@ -1096,7 +1016,7 @@ static int new_authority(sg_ca *ca, int64_t now, sg_ca_state st, slot *out, sg_e
     if (rc == 0)
         sg_log_info("created %s CA authority %s for %s (%s key, expires %lld)",
                     ca->have_upstream ? "intermediate" : "root", out->id, ca->td,
-                    sg_key_type_name(ca->o.key_type), (long long)out->snap->not_after);
+                    sg_key_type_name(ca->o.key_type), (long long)out->not_after);
     return rc;
 }
 
@@ -1134,15 +1054,16 @@ static int persist_pair(const sg_ca *ca, const char *kname, const char *cname, c
                         bool chain, sg_err *err)
 {
     char *kp = sg_fs_join(ca->o.keys_dir, kname), *cp = sg_fs_join(ca->o.keys_dir, cname);
-    int rc = kp && cp ? persist(kp, cp, sl->snap, chain, err)
+    int rc = kp && cp ? persist(kp, cp, SNAP(sl), chain, err)
                       : sg_err_set(err, SG_ENOMEM, "out of memory");
     free(kp);
     free(cp);
     return rc;
 }
 
-static void remove_slot_files(const sg_ca *ca, const char *id)
+static void remove_slot_files(void *owner, const char *id)
 {
+    const sg_ca *ca = owner;
     char *kp, *cp;
 
     if (ca->o.keys_dir == NULL)
@@ -1157,79 +1078,42 @@ static void remove_slot_files(const sg_ca *ca, const char *id)
     free(cp);
 }
 
-/*
- * Writes ca-slots.json: the authorities whose files are written, each with
- * its high-water mark, and the tainted or revoked upstream roots. state_mu
- * held; takes mu to read the slots.
- */
-static int write_state_file(sg_ca *ca, sg_err *err)
-{
-    json_t *root, *arr, *ups;
-    char *text = NULL, *path = NULL;
-    int rc;
+/* How the CA's authorities are named and kept: at the end of this file, after its hooks. */
+static const sg_slots_kind CA_SLOTS;
 
-    if (ca->o.keys_dir == NULL)
-        return 0;
-    arr = json_array();
-    ups = json_array();
-    pthread_mutex_lock(&ca->mu);
-    root = json_pack("{s:i,s:I,s:o,s:o}", "version", 1, "bundle_sequence",
-                     (json_int_t)ca->bundle_seq, "authorities", arr, "upstream_authorities", ups);
-    for (size_t i = 0; root != NULL && i < ca->nslots; i++) {
-        const slot *sl = &ca->slots[i];
-        int64_t mark = atomic_load(&sl->snap->reserved_until);
-        if (!sl->on_disk)
-            continue;
-        if (sl->snap->prior_until > mark)
-            mark = sl->snap->prior_until;
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I}", "id", sl->id, "state",
-                                             sg_ca_state_name(sl->state), "tainted", sl->tainted,
-                                             "tainted_at", (json_int_t)sl->tainted_at,
-                                             "signed_until", (json_int_t)mark));
-    }
-    for (size_t i = 0; root != NULL && i < ca->nups; i++)
+/* ca-slots.json also lists the tainted or revoked upstream roots. mu held. */
+static void decorate(void *owner, const sg_slot *sl, json_t *o)
+{
+    const sg_ca *ca = owner;
+    json_t *ups = sl == NULL ? json_array() : NULL;
+
+    for (size_t i = 0; ups != NULL && i < ca->nups; i++)
         json_array_append_new(ups, json_pack("{s:s,s:I,s:b}", "id", ca->ups[i].id, "tainted_at",
                                              (json_int_t)ca->ups[i].tainted_at, "revoked",
                                              ca->ups[i].revoked));
-    pthread_mutex_unlock(&ca->mu);
-    text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
-    json_decref(root);
-    path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
-    if (text == NULL || path == NULL)
-        rc = sg_err_set(err, SG_ENOMEM, "out of memory saving the CA state");
-    else
-        rc = sg_fs_write_atomic(path, text, strlen(text), 0600, err);
-    free(text);
-    free(path);
-    return rc;
+    if (ups != NULL)
+        json_object_set_new(o, "upstream_authorities", ups);
+}
+
+static int write_files(void *owner, const sg_slot *sl, sg_err *err)
+{
+    char kn[SG_CA_AUTHORITY_ID_MAX + 16], cn[SG_CA_AUTHORITY_ID_MAX + 16];
+
+    snprintf(kn, sizeof kn, "ca-%s.key", sl->id);
+    snprintf(cn, sizeof cn, "ca-%s.crt", sl->id);
+    return persist_pair(owner, kn, cn, sl, true, err);
 }
 
 /* Writes new slot files, the state file and the legacy copy of the active authority. */
 static int save_state(sg_ca *ca, sg_err *err)
 {
     slot *act;
-    int rc = 0;
+    int rc;
 
     if (ca->o.keys_dir == NULL)
         return 0;
-    for (size_t i = 0; i < ca->nslots; i++) {
-        slot *sl = &ca->slots[i];
-        char kn[SG_CA_AUTHORITY_ID_MAX + 16], cn[SG_CA_AUTHORITY_ID_MAX + 16];
-        if (sl->on_disk)
-            continue;
-        snprintf(kn, sizeof kn, "ca-%s.key", sl->id);
-        snprintf(cn, sizeof cn, "ca-%s.crt", sl->id);
-        rc = persist_pair(ca, kn, cn, sl, true, err);
-        if (rc < 0)
-            return rc;
-        pthread_mutex_lock(&ca->mu);
-        sl->on_disk = true;
-        pthread_mutex_unlock(&ca->mu);
-    }
-    pthread_mutex_lock(&ca->state_mu);
-    rc = write_state_file(ca, err);
-    pthread_mutex_unlock(&ca->state_mu);
-    act = find_state(ca, SG_CA_ACTIVE);
+    rc = sg_slots_save(&ca->slots, err);
+    act = sg_slots_find_state(&ca->slots, SG_SLOT_ACTIVE);
     if (rc == 0 && act != NULL && strcmp(ca->legacy_id, act->id) != 0) {
         rc = persist_pair(ca, "ca.key", "ca.crt", act, false, err);
         if (rc == 0)
@@ -1266,7 +1150,7 @@ static const char *why_unusable(const sg_ca *ca, X509 *c, EVP_PKEY *k, bool chec
 
     if (X509_check_private_key(c, k) != 1)
         why = "the key does not match the certificate";
-    else if (check_type && !key_is_type(k, ca->o.key_type))
+    else if (check_type && !sg_slot_key_is_type(k, ca->o.key_type))
         why = "its key type differs from ca_key_type";
     else if (sg_x509_not_after(c) <= now + margin)
         why = "it has expired";
@@ -1328,7 +1212,7 @@ static int load_pair(const sg_ca *ca, const char *key_path, const char *cert_pat
  * key becomes old: the operator replaced the upstream files.
  */
 static int slot_load(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, STACK_OF(X509) * chain,
-                     sg_ca_state state, sg_err *err)
+                     sg_slot_state state, sg_err *err)
 {
     bool current = ca->have_upstream && X509_verify(cert, ca->u.key) == 1;
     STACK_OF(X509) *extra = sk_X509_num(chain) > 0 ? chain : current ? ca->extra : NULL;
@@ -1338,29 +1222,22 @@ static int slot_load(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, STACK_OF(X5
     rc = slot_init(ca, sl, cert, key, state, extra, err);
     sk_X509_pop_free(chain, X509_free);
     if (rc == 0) {
-        sl->snap->prior_until = -1;
-        if (ca->have_upstream && !current && state != SG_CA_OLD) {
+        sg_slot_mark_init(sl->mark, -1);
+        if (ca->have_upstream && !current && state != SG_SLOT_OLD) {
             sg_log_info("CA authority %s was signed by an earlier upstream key: it is now old",
                         sl->id);
-            sl->state = SG_CA_OLD;
+            sl->state = SG_SLOT_OLD;
         }
     }
     return rc;
 }
 
-static int state_from_name(const char *s, sg_ca_state *out)
-{
-    for (int i = SG_CA_PREPARED; i <= SG_CA_OLD; i++)
-        if (strcmp(s, sg_ca_state_name((sg_ca_state)i)) == 0) {
-            *out = (sg_ca_state)i;
-            return 0;
-        }
-    return -1;
-}
-
 /* Reads the tainted and revoked upstream roots of the state file (absent: none). */
-static int load_uproots(sg_ca *ca, const char *path, json_t *arr, sg_err *err)
+static int load_uproots(void *owner, const char *path, json_t *root, sg_err *err)
 {
+    sg_ca *ca = owner;
+    json_t *arr = json_object_get(root, "upstream_authorities");
+
     if (arr == NULL)
         return 0;
     if (!json_is_array(arr))
@@ -1390,100 +1267,43 @@ static int load_uproots(sg_ca *ca, const char *path, json_t *arr, sg_err *err)
     return 0;
 }
 
-/* Loads the slots listed in the state file; unusable ones are dropped with a warning. */
-static int load_state(sg_ca *ca, const char *path, sg_err *err)
+/* Loads one authority of the state file into sl; unusable ones are dropped with a warning. */
+static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int64_t mark,
+                      int64_t now, sg_err *err)
 {
-    uint8_t *data = NULL;
-    size_t len = 0, n;
-    json_t *root, *arr, *seq;
-    json_error_t je;
-    int rc = sg_fs_read_file(path, STATE_FILE_MAX, &data, &len, err);
+    sg_ca *ca = owner;
+    slot want = *sl;
+    char *kp = slot_path(ca, want.id, "key"), *cp = slot_path(ca, want.id, "crt");
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    STACK_OF(X509) *chain = NULL;
+    int rc = 0;
 
-    if (rc < 0)
-        return rc;
-    root = json_loadb((const char *)data, len, 0, &je);
-    free(data);
-    if (root == NULL)
-        return sg_err_set(err, SG_ECONFIG,
-                          "CA state file %.150s is not valid JSON (line %d: %.60s); fix it or "
-                          "remove it to fall back to ca.key/ca.crt",
-                          path, je.line, je.text);
-    arr = json_object_get(root, "authorities");
-    seq = json_object_get(root, "bundle_sequence");
-    if (!json_is_array(arr) || (seq != NULL && !json_is_integer(seq))) {
-        json_decref(root);
-        return sg_err_set(err, SG_ECONFIG,
-                          "CA state file %.150s lacks an \"authorities\" array or has a "
-                          "non-integer \"bundle_sequence\"",
-                          path);
+    (void)path;
+    (void)o;
+    (void)now;
+    if (kp == NULL || cp == NULL) {
+        rc = sg_err_set(err, SG_ENOMEM, "out of memory");
+    } else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0) {
+        sg_log_warn("CA authority %s: %s or its certificate is missing; dropping it", want.id, kp);
+    } else {
+        rc = load_pair(ca, kp, cp, want.state != SG_SLOT_OLD, &cert, &key, &chain, err);
+        if (rc == 1 && (rc = slot_load(ca, sl, cert, key, chain, want.state, err)) == 0)
+            rc = 1;
+        if (rc == 1 && strcmp(sl->id, want.id) != 0) {
+            sg_log_warn("CA authority %s: its certificate has ID %s; dropping it", want.id, sl->id);
+            sg_slot_clear(&ca->slots, sl);
+            rc = 0;
+        } else if (rc == 1) {
+            sl->tainted = want.tainted;
+            sl->tainted_at = want.tainted_at;
+            if (mark != -1)
+                sg_slot_mark_init(sl->mark, mark);
+        }
     }
-    if (seq != NULL && json_integer_value(seq) > 0)
-        ca->bundle_seq = (uint64_t)json_integer_value(seq);
-    n = json_array_size(arr);
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        json_t *a = json_array_get(arr, i);
-        const char *id = json_string_value(json_object_get(a, "id"));
-        const char *st = json_string_value(json_object_get(a, "state"));
-        json_t *ta = json_object_get(a, "tainted_at");
-        json_t *su = json_object_get(a, "signed_until");
-        sg_ca_state state;
-        char *kp, *cp;
-        X509 *cert = NULL;
-        EVP_PKEY *key = NULL;
-        STACK_OF(X509) *chain = NULL;
-        slot *sl;
-
-        if (!id_ok(id) || st == NULL || state_from_name(st, &state) < 0 ||
-            (ta != NULL && !json_is_integer(ta)) || (su != NULL && !json_is_integer(su))) {
-            rc = sg_err_set(err, SG_ECONFIG,
-                            "CA state file %.150s: authority %zu has a bad id \"%.90s\", state "
-                            "\"%.20s\", tainted_at or signed_until",
-                            path, i, id ? id : "(none)", st ? st : "(none)");
-            break;
-        }
-        if (ca->nslots >= SLOTS_MAX || find_id(ca, id) != NULL) {
-            sg_log_warn("CA state file %s: ignoring extra or repeated authority %s", path, id);
-            continue;
-        }
-        kp = slot_path(ca, id, "key");
-        cp = slot_path(ca, id, "crt");
-        if (kp == NULL || cp == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
-        } else if (access(kp, F_OK) != 0 || access(cp, F_OK) != 0) {
-            sg_log_warn("CA authority %s: %s or its certificate is missing; dropping it", id, kp);
-        } else {
-            rc = load_pair(ca, kp, cp, state != SG_CA_OLD, &cert, &key, &chain, err);
-            if (rc == 1) {
-                sl = &ca->slots[ca->nslots];
-                rc = slot_load(ca, sl, cert, key, chain, state, err);
-                if (rc == 0 && strcmp(sl->id, id) != 0) {
-                    sg_log_warn("CA authority %s: its certificate has ID %s; dropping it", id,
-                                sl->id);
-                    slot_clear(sl);
-                } else if (rc == 0) {
-                    sl->tainted = json_is_true(json_object_get(a, "tainted"));
-                    sl->tainted_at = ta ? (int64_t)json_integer_value(ta) : 0;
-                    if (su != NULL) {
-                        sl->snap->prior_until = (int64_t)json_integer_value(su);
-                        atomic_store(&sl->snap->reserved_until, sl->snap->prior_until);
-                    }
-                    sl->on_disk = true;
-                    ca->nslots++;
-                }
-            }
-        }
-        free(kp);
-        free(cp);
-    }
-    if (rc == 0)
-        rc = load_uproots(ca, path, json_object_get(root, "upstream_authorities"), err);
-    json_decref(root);
-    /* At most one active and one prepared: keep the newest, demote the others. */
-    for (size_t i = 0; rc == 0 && i < ca->nslots; i++)
-        for (size_t j = i + 1; j < ca->nslots; j++)
-            if (ca->slots[i].state != SG_CA_OLD && ca->slots[i].state == ca->slots[j].state)
-                ca->slots[i].state = SG_CA_OLD;
-    return rc < 0 ? rc : 0;
+    free(kp);
+    free(cp);
+    return rc;
 }
 
 static uproot *find_uproot(sg_ca *ca, const char *id)
@@ -1501,7 +1321,7 @@ static uproot *find_uproot(sg_ca *ca, const char *id)
 static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
 {
     sg_der *v;
-    size_t n = 0, max = ca->have_upstream ? (size_t)sk_X509_num(ca->u.bundle) : ca->nslots;
+    size_t n = 0, max = ca->have_upstream ? (size_t)sk_X509_num(ca->u.bundle) : ca->slots.n;
     bool same;
     int rc;
 
@@ -1510,7 +1330,8 @@ static int rebuild_bundle(sg_ca *ca, bool *changed, sg_err *err)
     if (v == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory building the bundle");
     for (size_t i = 0; i < max; i++) {
-        X509 *c = ca->have_upstream ? sk_X509_value(ca->u.bundle, (int)i) : ca->slots[i].snap->cert;
+        X509 *c =
+            ca->have_upstream ? sk_X509_value(ca->u.bundle, (int)i) : SNAP(&ca->slots.v[i])->cert;
         if (ca->have_upstream) {
             char id[SG_CA_AUTHORITY_ID_MAX + 1];
             const uproot *u;
@@ -1641,9 +1462,9 @@ static int upstream_refresh(sg_ca *ca, bool *changed, sg_err *err)
     upstream_cleanup(&ca->u);
     ca->u = nu;
     ca->extra = extra;
-    for (size_t i = 0; i < ca->nslots; i++)
-        if (ca->slots[i].root_id[0] == '\0')
-            slot_root(ca, &ca->slots[i]);
+    for (size_t i = 0; i < ca->slots.n; i++)
+        if (SNAP(&ca->slots.v[i])->root_id[0] == '\0')
+            slot_root(ca, &ca->slots.v[i]);
     rc = rebuild_bundle(ca, &ch, err);
     if (ch) {
         sg_log_info("upstream bundle changed: %d root(s) in %s", sk_X509_num(nu.bundle),
@@ -1655,15 +1476,16 @@ static int upstream_refresh(sg_ca *ca, bool *changed, sg_err *err)
 }
 
 /* Points ca->active at the active slot's snapshot. */
-static void install_active(sg_ca *ca)
+static void install_active(void *owner)
 {
-    slot *act = find_state(ca, SG_CA_ACTIVE);
+    sg_ca *ca = owner;
+    slot *act = sg_slots_find_state(&ca->slots, SG_SLOT_ACTIVE);
     ca_snapshot *old;
 
-    atomic_fetch_add(&act->snap->refs, 1);
+    atomic_fetch_add(&SNAP(act)->refs, 1);
     pthread_mutex_lock(&ca->mu);
     old = ca->active;
-    ca->active = act->snap;
+    ca->active = SNAP(act);
     pthread_mutex_unlock(&ca->mu);
     snap_release(old);
 }
@@ -1680,13 +1502,10 @@ static char *dup_opt(const char *s, bool *oom)
     return d;
 }
 
-static void drop_slot(sg_ca *ca, size_t i);
-
 int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
 {
     sg_ca *ca = NULL;
-    char *state_path = NULL;
-    bool oom = false, changed;
+    bool oom = false, changed, found = false;
     int rc;
 
     if (opts == NULL || opts->trust_domain == NULL)
@@ -1712,6 +1531,14 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
     ca->o.upstream_bundle_file = NULL;
     if (ca->o.ca_ttl_s <= 0)
         ca->o.ca_ttl_s = CA_DEFAULT_TTL_S;
+    ca->slots = (sg_slots){.kind = &CA_SLOTS,
+                           .owner = ca,
+                           .mu = &ca->mu,
+                           .rot_mu = &ca->rot_mu,
+                           .state_mu = &ca->state_mu,
+                           .gen = &ca->bundle_seq,
+                           .max_ttl = opts->max_svid_ttl_s,
+                           .dir = ca->o.keys_dir};
     if (oom) {
         rc = sg_err_set(err, SG_ENOMEM, "out of memory creating CA");
         goto fail;
@@ -1739,17 +1566,8 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
         }
     }
     if (ca->o.keys_dir != NULL) {
-        rc = sg_fs_mkdir_p(ca->o.keys_dir, 0700, err);
-        if (rc < 0)
-            goto fail;
-        state_path = sg_fs_join(ca->o.keys_dir, STATE_FILE);
-        if (state_path == NULL) {
-            rc = sg_err_set(err, SG_ENOMEM, "out of memory");
-            goto fail;
-        }
-        if (access(state_path, F_OK) == 0) {
-            rc = load_state(ca, state_path, err);
-        } else {
+        rc = sg_slots_open(&ca->slots, (int64_t)time(NULL), &found, err);
+        if (rc == 0 && !found) {
             /* The single-CA layout: ca.key + ca.crt become the active authority. */
             char *kp = sg_fs_join(ca->o.keys_dir, "ca.key");
             char *cp = sg_fs_join(ca->o.keys_dir, "ca.crt");
@@ -1763,9 +1581,9 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
             else
                 rc = load_pair(ca, kp, cp, true, &cert, &key, &chain, err);
             if (rc == 1) {
-                rc = slot_load(ca, &ca->slots[0], cert, key, chain, SG_CA_ACTIVE, err);
+                rc = slot_load(ca, &ca->slots.v[0], cert, key, chain, SG_SLOT_ACTIVE, err);
                 if (rc == 0)
-                    ca->nslots = 1;
+                    ca->slots.n = 1;
             }
             free(kp);
             free(cp);
@@ -1777,43 +1595,28 @@ int sg_ca_new(sg_ca **out, const sg_ca_options *opts, sg_err *err)
         rc = upstream_usable(ca, &ca->u, err);
         if (rc < 0)
             goto fail;
-        for (size_t i = 0; i < ca->nslots;) {
-            const uproot *u = find_uproot(ca, ca->slots[i].root_id);
+        for (size_t i = 0; i < ca->slots.n;) {
+            const uproot *u = find_uproot(ca, SNAP(&ca->slots.v[i])->root_id);
             if (u != NULL && u->revoked) {
                 sg_log_warn("CA authority %s chains to revoked upstream authority %s: dropping it",
-                            ca->slots[i].id, u->id);
-                drop_slot(ca, i);
+                            ca->slots.v[i].id, u->id);
+                sg_slots_drop(&ca->slots, i);
             } else {
                 i++;
             }
         }
     }
-    if (find_state(ca, SG_CA_ACTIVE) == NULL) {
-        slot *prep = find_state(ca, SG_CA_PREPARED);
-        if (prep != NULL) {
-            prep->state = SG_CA_ACTIVE;
-            sg_log_info("activating prepared CA authority %s", prep->id);
-        } else if (ca->nslots >= SLOTS_MAX) {
-            rc = sg_err_set(err, SG_ETOOBIG, "no room for a new CA authority");
-            goto fail;
-        } else {
-            rc = new_authority(ca, (int64_t)time(NULL), SG_CA_ACTIVE, &ca->slots[ca->nslots], err);
-            if (rc < 0)
-                goto fail;
-            ca->nslots++;
-        }
-    }
-    rc = rebuild_bundle(ca, &changed, err);
+    rc = sg_slots_ensure_active(&ca->slots, (int64_t)time(NULL), &found, err);
+    if (rc == 0)
+        rc = rebuild_bundle(ca, &changed, err);
     if (rc == 0)
         rc = save_state(ca, err);
     if (rc < 0)
         goto fail;
     install_active(ca);
-    free(state_path);
     *out = ca;
     return 0;
 fail:
-    free(state_path);
     sg_ca_free(ca);
     return rc;
 }
@@ -1823,8 +1626,7 @@ void sg_ca_free(sg_ca *ca)
     if (ca == NULL)
         return;
     snap_release(ca->active);
-    for (size_t i = 0; i < ca->nslots; i++)
-        slot_clear(&ca->slots[i]);
+    sg_slots_cleanup(&ca->slots);
     for (size_t i = 0; i < ca->nbundle; i++)
         sg_der_cleanup(&ca->bundle[i]);
     free(ca->bundle);
@@ -1903,72 +1705,11 @@ int64_t sg_ca_not_after(sg_ca *ca)
 
 int sg_ca_authorities(sg_ca *ca, sg_ca_authority **out, size_t *n, sg_err *err)
 {
-    sg_ca_authority *v;
+    void *v = NULL;
+    int rc = sg_slots_list(&ca->slots, sizeof **out, &v, n, err);
 
-    pthread_mutex_lock(&ca->mu);
-    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
-    if (v == NULL) {
-        pthread_mutex_unlock(&ca->mu);
-        return sg_err_set(err, SG_ENOMEM, "out of memory listing CA authorities");
-    }
-    for (size_t i = 0; i < ca->nslots; i++)
-        slot_info(&ca->slots[i], &v[i]);
-    *n = ca->nslots;
-    pthread_mutex_unlock(&ca->mu);
     *out = v;
-    return 0;
-}
-
-/* Removes slot i (files too); mu is taken for the array change. */
-static void drop_slot(sg_ca *ca, size_t i)
-{
-    slot gone;
-
-    pthread_mutex_lock(&ca->mu);
-    gone = ca->slots[i];
-    memmove(&ca->slots[i], &ca->slots[i + 1], (ca->nslots - i - 1) * sizeof ca->slots[0]);
-    ca->nslots--;
-    memset(&ca->slots[ca->nslots], 0, sizeof ca->slots[0]);
-    pthread_mutex_unlock(&ca->mu);
-    remove_slot_files(ca, gone.id);
-    slot_clear(&gone);
-}
-
-/* Adds sl as the prepared authority, replacing one that exists. rot_mu held. */
-static int add_prepared(sg_ca *ca, slot *sl, sg_err *err)
-{
-    slot *prev = find_state(ca, SG_CA_PREPARED);
-
-    if (prev != NULL) {
-        sg_log_info("replacing prepared CA authority %s", prev->id);
-        drop_slot(ca, (size_t)(prev - ca->slots));
-    }
-    if (ca->nslots >= SLOTS_MAX) {
-        slot_clear(sl);
-        return sg_err_set(err, SG_ETOOBIG,
-                          "%d CA authorities are kept already; revoke or wait for old ones to "
-                          "expire",
-                          SLOTS_MAX);
-    }
-    pthread_mutex_lock(&ca->mu);
-    ca->slots[ca->nslots++] = *sl;
-    pthread_mutex_unlock(&ca->mu);
-    sg_log_info("prepared CA authority %s", sl->id);
-    return 0;
-}
-
-/* Makes prep active and the current active old. rot_mu held. */
-static void activate(sg_ca *ca, slot *prep)
-{
-    slot *act = find_state(ca, SG_CA_ACTIVE);
-
-    pthread_mutex_lock(&ca->mu);
-    if (act != NULL)
-        act->state = SG_CA_OLD;
-    prep->state = SG_CA_ACTIVE;
-    pthread_mutex_unlock(&ca->mu);
-    install_active(ca);
-    sg_log_info("activated CA authority %s (previous: %s)", prep->id, act ? act->id : "none");
+    return rc;
 }
 
 /* Rebuilds the bundle and saves the state after a slot change. rot_mu held. */
@@ -1984,85 +1725,51 @@ static int commit(sg_ca *ca, bool *changed, sg_err *err)
     return rc;
 }
 
-static int rotate_locked(sg_ca *ca, int64_t now, bool *changed, sg_err *err)
+static int commit_state(void *owner, sg_err *err)
 {
-    int64_t ttl = ca->o.ca_ttl_s, prep_at, act_at, remaining;
-    bool dirty = false;
-    slot *act, *prep;
+    return commit(owner, NULL, err);
+}
+
+/* The next authority, signed with the upstream files as they are now. rot_mu held. */
+static int make_next(void *owner, int64_t now, int64_t must_outlive, sg_slot *out, bool *changed,
+                     sg_err *err)
+{
+    sg_ca *ca = owner;
+    sg_err e2;
     int rc;
 
-    prep_at = ttl / 2 < PREPARE_MAX_S ? ttl / 2 : PREPARE_MAX_S;
-    act_at = ttl / 6 < ACTIVATE_MAX_S ? ttl / 6 : ACTIVATE_MAX_S;
-    for (size_t i = 0; i < ca->nslots;) {
-        slot *sl = &ca->slots[i];
-        if (sl->state != SG_CA_ACTIVE && sl->snap->not_after <= now) {
-            sg_log_info("CA authority %s (%s) expired: removing it", sl->id,
-                        sg_ca_state_name(sl->state));
-            drop_slot(ca, i);
-            dirty = true;
-        } else {
-            i++;
-        }
+    sg_err_clear(&e2);
+    if (ca->have_upstream && upstream_stamp(ca) != ca->up_stamp &&
+        upstream_refresh(ca, changed, &e2) < 0 && now - ca->warned_at >= WARN_EVERY_S) {
+        sg_log_warn("cannot read the upstream authority files again (%s): the next CA "
+                    "authority is signed with the ones loaded before",
+                    e2.msg);
+        ca->warned_at = now;
     }
-    act = find_state(ca, SG_CA_ACTIVE);
-    remaining = act ? act->snap->not_after - now : 0;
-    prep = find_state(ca, SG_CA_PREPARED);
-    if (prep == NULL && remaining < prep_at) {
-        slot sl;
-        if (ca->have_upstream && upstream_stamp(ca) != ca->up_stamp) {
-            /* Sign the next authority with the upstream files as they are now. */
-            bool uch = false;
-            sg_err e2;
-            sg_err_clear(&e2);
-            if (upstream_refresh(ca, &uch, &e2) < 0) {
-                if (now - ca->warned_at >= WARN_EVERY_S) {
-                    sg_log_warn("cannot read the upstream authority files again (%s): the next "
-                                "CA authority is signed with the ones loaded before",
-                                e2.msg);
-                    ca->warned_at = now;
-                }
-            } else if (uch) {
-                dirty = true;
-                if (changed != NULL)
-                    *changed = true;
-            }
-        }
-        rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
-        if (rc < 0)
-            return rc;
-        if (act != NULL && sl.snap->not_after <= act->snap->not_after + act_at) {
-            /* Capped by the upstream certificate: the next CA would not outlive this one. */
-            if (now - ca->warned_at >= WARN_EVERY_S) {
-                sg_log_warn("cannot rotate the CA: a new authority would expire at %lld, no "
-                            "later than the active one (the upstream certificate expires "
-                            "first); renew the upstream certificate",
-                            (long long)sl.snap->not_after);
-                ca->warned_at = now;
-            }
-            slot_clear(&sl);
-        } else {
-            rc = add_prepared(ca, &sl, err);
-            if (rc < 0)
-                return rc;
-            dirty = true;
-        }
-        act = find_state(ca, SG_CA_ACTIVE);
-        prep = find_state(ca, SG_CA_PREPARED);
+    rc = new_authority(ca, now, SG_SLOT_PREPARED, out, err);
+    if (rc < 0 || out->not_after > must_outlive)
+        return rc < 0 ? rc : 1;
+    /* Capped by the upstream certificate: the next CA would not outlive this one. */
+    if (now - ca->warned_at >= WARN_EVERY_S) {
+        sg_log_warn("cannot rotate the CA: a new authority would expire at %lld, no later than "
+                    "the active one (the upstream certificate expires first); renew the "
+                    "upstream certificate",
+                    (long long)out->not_after);
+        ca->warned_at = now;
     }
-    if (prep != NULL && (act == NULL || remaining < act_at)) {
-        activate(ca, prep);
-        dirty = true;
-    }
-    return dirty ? commit(ca, changed, err) : 0;
+    sg_slot_clear(&ca->slots, out);
+    return 0;
 }
 
 int sg_ca_rotate(sg_ca *ca, int64_t now, bool *bundle_changed, sg_err *err)
 {
-    bool ch = false;
+    bool ch = false, dirty = false;
     int rc;
 
     pthread_mutex_lock(&ca->rot_mu);
-    rc = rotate_locked(ca, now, &ch, err);
+    rc = sg_slots_rotate(&ca->slots, ca->o.ca_ttl_s, now, &dirty, &ch, err);
+    if (rc == 0 && dirty)
+        rc = commit(ca, &ch, err);
     pthread_mutex_unlock(&ca->rot_mu);
     if (bundle_changed != NULL)
         *bundle_changed = ch;
@@ -2077,181 +1784,36 @@ int sg_ca_prepare(sg_ca *ca, int64_t now, sg_ca_authority *out, sg_err *err)
     pthread_mutex_lock(&ca->rot_mu);
     rc = ca->have_upstream ? upstream_refresh(ca, NULL, err) : 0;
     if (rc == 0)
-        rc = new_authority(ca, now, SG_CA_PREPARED, &sl, err);
-    if (rc == 0) {
-        char id[SG_CA_AUTHORITY_ID_MAX + 1];
-        memcpy(id, sl.id, sizeof id);
-        rc = add_prepared(ca, &sl, err);
-        if (rc == 0)
-            rc = commit(ca, NULL, err);
-        if (rc == 0 && out != NULL)
-            slot_info(find_id(ca, id), out);
-    }
+        rc = new_authority(ca, now, SG_SLOT_PREPARED, &sl, err);
+    if (rc == 0)
+        rc = sg_slots_prepare(&ca->slots, &sl, out, err);
     pthread_mutex_unlock(&ca->rot_mu);
     return rc;
-}
-
-/* Finds id for an operator action; checks its syntax first. rot_mu held. */
-static int lookup(sg_ca *ca, const char *id, slot **out, sg_err *err)
-{
-    if (id == NULL || id[0] == '\0')
-        return sg_err_set(err, SG_EINVAL, "an authority ID is required (-authorityID)");
-    if (!id_ok(id))
-        return sg_err_set(err, SG_EINVAL,
-                          "authority ID \"%.90s\" is not valid: it is the lower-case hex Subject "
-                          "Key ID of the CA certificate",
-                          id);
-    *out = find_id(ca, id);
-    if (*out == NULL)
-        return sg_err_set(err, SG_ENOENT, "no CA authority with ID %s", id);
-    return 0;
 }
 
 int sg_ca_activate(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
 {
-    slot *sl = NULL;
-    int rc;
-
-    (void)now;
-    pthread_mutex_lock(&ca->rot_mu);
-    rc = lookup(ca, id, &sl, err);
-    if (rc == 0 && sl->state != SG_CA_PREPARED)
-        rc = sg_err_set(err, SG_EINVAL,
-                        "authority %s is the %s authority: only the prepared authority can be "
-                        "activated",
-                        id, sg_ca_state_name(sl->state));
-    if (rc == 0) {
-        activate(ca, sl);
-        rc = commit(ca, NULL, err);
-        if (out != NULL)
-            slot_info(sl, out);
-    }
-    pthread_mutex_unlock(&ca->rot_mu);
-    return rc;
+    return sg_slots_act(&ca->slots, SG_SLOTS_ACTIVATE, id, now, out, err);
 }
 
 int sg_ca_taint(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
 {
-    slot *sl = NULL;
-    int rc;
-
-    pthread_mutex_lock(&ca->rot_mu);
-    rc = lookup(ca, id, &sl, err);
-    if (rc == 0 && sl->state != SG_CA_OLD)
-        rc = sg_err_set(err, SG_EINVAL,
-                        "authority %s is the %s authority: only an old authority can be "
-                        "tainted; prepare and activate a new one first",
-                        id, sg_ca_state_name(sl->state));
-    else if (rc == 0 && sl->tainted)
-        rc = sg_err_set(err, SG_EEXIST, "authority %s is already tainted", id);
-    if (rc == 0) {
-        pthread_mutex_lock(&ca->mu);
-        sl->tainted = true;
-        sl->tainted_at = now;
-        ca->bundle_seq++; /* agents learn of the taint with the next bundle */
-        pthread_mutex_unlock(&ca->mu);
-        sg_log_warn("CA authority %s tainted: agents re-mint every SVID it signed", id);
-        rc = save_state(ca, err);
-        if (out != NULL)
-            slot_info(sl, out);
-    }
-    pthread_mutex_unlock(&ca->rot_mu);
-    return rc;
-}
-
-static void fmt_utc(int64_t t, char *out, size_t len)
-{
-    time_t tt = (time_t)t;
-    struct tm tm;
-
-    if (gmtime_r(&tt, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(out, len, "%lld", (long long)t);
-}
-
-/*
- * Until when SVIDs signed by sl may be live: what it signed in this run is
- * known exactly, what it signed before a restart is bounded by the persisted
- * high-water mark (or, for a state file without one, by the configured TTLs
- * past the taint); never past its notAfter. Without max_svid_ttl_s: its notAfter.
- */
-static int64_t live_until(const sg_ca *ca, const slot *sl)
-{
-    int64_t until = sl->snap->not_after, live, signed_until, prior = sl->snap->prior_until;
-
-    if (ca->o.max_svid_ttl_s <= 0)
-        return until;
-    live = sl->tainted_at + ca->o.max_svid_ttl_s;
-    signed_until = atomic_load(&sl->snap->signed_until);
-    if (signed_until > live)
-        live = signed_until;
-    if (prior > live)
-        live = prior;
-    return live < until ? live : until;
+    return sg_slots_act(&ca->slots, SG_SLOTS_TAINT, id, now, out, err);
 }
 
 int sg_ca_revoke(sg_ca *ca, const char *id, int64_t now, sg_ca_authority *out, sg_err *err)
 {
-    slot *sl = NULL;
-    int64_t until;
-    int rc;
-
-    pthread_mutex_lock(&ca->rot_mu);
-    rc = lookup(ca, id, &sl, err);
-    if (rc == 0 && !sl->tainted) {
-        rc = sg_err_set(err, SG_EINVAL,
-                        "authority %s is not tainted: only a tainted authority can be revoked", id);
-    } else if (rc == 0) {
-        until = live_until(ca, sl);
-        if (now < until) {
-            char when[32];
-            fmt_utc(until, when, sizeof when);
-            rc = sg_err_set(err, SG_EINVAL,
-                            "authority %s may still have live SVIDs until %s; revoke after that",
-                            id, when);
-        }
-    }
-    if (rc == 0) {
-        if (out != NULL)
-            slot_info(sl, out);
-        drop_slot(ca, (size_t)(sl - ca->slots));
-        sg_log_warn("CA authority %s revoked: removed from the bundle", id);
-        rc = commit(ca, NULL, err);
-    }
-    pthread_mutex_unlock(&ca->rot_mu);
-    return rc;
+    return sg_slots_act(&ca->slots, SG_SLOTS_REVOKE, id, now, out, err);
 }
 
 void sg_ca_ids_free(char **ids, size_t n)
 {
-    for (size_t i = 0; ids != NULL && i < n; i++)
-        free(ids[i]);
-    free(ids);
+    sg_slots_ids_free(ids, n);
 }
 
 int sg_ca_tainted_ids(sg_ca *ca, char ***ids, size_t *n, sg_err *err)
 {
-    char **v;
-    size_t k = 0;
-
-    pthread_mutex_lock(&ca->mu);
-    v = calloc(ca->nslots ? ca->nslots : 1, sizeof *v);
-    for (size_t i = 0; v != NULL && i < ca->nslots; i++) {
-        if (!ca->slots[i].tainted)
-            continue;
-        v[k] = strdup(ca->slots[i].id);
-        if (v[k] == NULL) {
-            sg_ca_ids_free(v, k);
-            v = NULL;
-            break;
-        }
-        k++;
-    }
-    pthread_mutex_unlock(&ca->mu);
-    if (v == NULL)
-        return sg_err_set(err, SG_ENOMEM, "out of memory listing tainted authorities");
-    *ids = v;
-    *n = k;
-    return 0;
+    return sg_slots_tainted_ids(&ca->slots, ids, n, err);
 }
 
 /* ---- upstream authority: taint and revoke ---- */
@@ -2324,14 +1886,14 @@ int sg_ca_upstream_taint(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
                         id, have[0] ? have : "none");
         goto done;
     }
-    for (size_t i = 0; i < ca->nslots; i++) {
-        const slot *sl = &ca->slots[i];
-        if (sl->state != SG_CA_OLD && strcmp(sl->root_id, id) == 0) {
+    for (size_t i = 0; i < ca->slots.n; i++) {
+        const slot *sl = &ca->slots.v[i];
+        if (sl->state != SG_SLOT_OLD && strcmp(SNAP(sl)->root_id, id) == 0) {
             rc = sg_err_set(err, SG_EINVAL,
                             "the %s local authority %s chains to upstream authority %s: install "
                             "the new upstream key and certificate, then localauthority x509 "
                             "prepare and activate, before tainting it",
-                            sg_ca_state_name(sl->state), sl->id, id);
+                            sg_slot_state_name(sl->state), sl->id, id);
             goto done;
         }
     }
@@ -2345,9 +1907,9 @@ int sg_ca_upstream_taint(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
     memset(u, 0, sizeof *u);
     snprintf(u->id, sizeof u->id, "%s", id);
     u->tainted_at = now;
-    for (size_t i = 0; i < ca->nslots; i++) {
-        slot *sl = &ca->slots[i];
-        if (strcmp(sl->root_id, id) != 0)
+    for (size_t i = 0; i < ca->slots.n; i++) {
+        slot *sl = &ca->slots.v[i];
+        if (strcmp(SNAP(sl)->root_id, id) != 0)
             continue;
         ntainted++;
         if (!sl->tainted) {
@@ -2395,15 +1957,15 @@ int sg_ca_upstream_revoke(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
                             id, have[0] ? have : "none");
         goto done;
     }
-    for (size_t i = 0; i < ca->nslots; i++) {
-        const slot *sl = &ca->slots[i];
+    for (size_t i = 0; i < ca->slots.n; i++) {
+        const slot *sl = &ca->slots.v[i];
         int64_t until;
-        if (strcmp(sl->root_id, id) != 0)
+        if (strcmp(SNAP(sl)->root_id, id) != 0)
             continue;
-        until = live_until(ca, sl);
+        until = sg_slot_live_until(sl, ca->o.max_svid_ttl_s);
         if (now < until) {
             char when[32];
-            fmt_utc(until, when, sizeof when);
+            sg_slots_fmt_utc(until, when, sizeof when);
             rc = sg_err_set(err, SG_EINVAL,
                             "upstream authority %s may still have live SVIDs (signed by local "
                             "authority %s) until %s; revoke after that",
@@ -2414,11 +1976,11 @@ int sg_ca_upstream_revoke(sg_ca *ca, const char *skid, int64_t now, sg_err *err)
     pthread_mutex_lock(&ca->mu);
     u->revoked = true;
     pthread_mutex_unlock(&ca->mu);
-    for (size_t i = 0; i < ca->nslots;) {
-        if (strcmp(ca->slots[i].root_id, id) == 0) {
+    for (size_t i = 0; i < ca->slots.n;) {
+        if (strcmp(SNAP(&ca->slots.v[i])->root_id, id) == 0) {
             sg_log_info("dropping CA authority %s: its upstream authority was revoked",
-                        ca->slots[i].id);
-            drop_slot(ca, i);
+                        ca->slots.v[i].id);
+            sg_slots_drop(&ca->slots, i);
         } else {
             i++;
         }
@@ -2429,3 +1991,35 @@ done:
     pthread_mutex_unlock(&ca->rot_mu);
     return rc;
 }
+
+static const sg_slots_kind CA_SLOTS = {
+    .noun = "authority",
+    .name = "CA authority",
+    .log_noun = "CA authority ",
+    .plural = "CA authorities",
+    .svids = "SVIDs",
+    .on_taint = "agents re-mint every SVID it signed",
+    .id_hint = "the lower-case hex Subject Key ID of the CA certificate",
+    .id_quote = 90,
+    .id_ok = id_ok,
+    .release = snap_release,
+    .remove_files = remove_slot_files,
+    .activated = install_active,
+    .commit = commit_state,
+    .report = slot_info,
+    .make = make_next,
+    .write_files = write_files,
+    .decorate = decorate,
+    .load = load_entry,
+    .load_doc = load_uproots,
+    .file = "ca-slots.json",
+    .file_noun = "CA state file",
+    .file_remedy = "fix it or remove it to fall back to ca.key/ca.crt",
+    .array_key = "authorities",
+    .array_desc = "an \"authorities\" array",
+    .gen_key = "bundle_sequence",
+    .item = "authority",
+    .id_key = "id",
+    .id_quote_file = 90,
+    .bad_tail = ", tainted_at or signed_until",
+};

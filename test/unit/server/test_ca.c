@@ -1659,3 +1659,55 @@ TEST(ca_upstream_schedule_uses_replaced_files)
     ASSERT_STREQ(id_in(ca, SG_CA_ACTIVE), v[1].id);
     sg_ca_free(ca);
 }
+
+/*
+ * ca-slots.json as written before the slot machine moved to server/slots.c
+ * (same keys, same order): a server on such a data_dir keeps its
+ * authorities, their taint, the bundle sequence and each high-water mark.
+ * The entry repeated at the end is skipped.
+ */
+TEST(ca_reads_state_file_of_earlier_versions)
+{
+    char dir[300], path[500], text[2048], a[SG_CA_AUTHORITY_ID_MAX + 1];
+    char b[SG_CA_AUTHORITY_ID_MAX + 1];
+    int64_t t0 = (int64_t)time(NULL);
+    sg_ca_authority v[16], info;
+    sg_ca *ca;
+    sg_err err;
+
+    snprintf(dir, sizeof dir, "%s/keys", sg_test_tmpdir());
+    ca = new_ca_opts(3600, 60, dir, false);
+    snprintf(a, sizeof a, "%s", id_in(ca, SG_CA_ACTIVE));
+    ASSERT_OK(sg_ca_prepare(ca, t0, &info, &err));
+    snprintf(b, sizeof b, "%s", info.id);
+    sg_ca_free(ca);
+    snprintf(text, sizeof text,
+             "{\n  \"version\": 1,\n  \"bundle_sequence\": 41,\n  \"authorities\": [\n"
+             "    {\n      \"id\": \"%s\",\n      \"state\": \"old\",\n      \"tainted\": true,\n"
+             "      \"tainted_at\": %lld,\n      \"signed_until\": %lld\n    },\n"
+             "    {\n      \"id\": \"%s\",\n      \"state\": \"active\",\n"
+             "      \"tainted\": false,\n      \"tainted_at\": 0,\n      \"signed_until\": 0\n"
+             "    },\n"
+             "    {\n      \"id\": \"%s\",\n      \"state\": \"prepared\",\n"
+             "      \"tainted\": false,\n      \"tainted_at\": 0,\n      \"signed_until\": 0\n"
+             "    }\n  ],\n  \"upstream_authorities\": []\n}",
+             a, (long long)t0, (long long)(t0 + 1000), b, a);
+    snprintf(path, sizeof path, "%s/ca-slots.json", dir);
+    write_file(path, text);
+
+    ca = new_ca_opts(3600, 60, dir, false);
+    ASSERT_EQ(auths(ca, v, 16), 2);
+    ASSERT_STREQ(v[0].id, a);
+    ASSERT_EQ(v[0].state, SG_CA_OLD);
+    ASSERT(v[0].tainted);
+    ASSERT_EQ(v[0].tainted_at, t0);
+    ASSERT_STREQ(v[1].id, b);
+    ASSERT_EQ(v[1].state, SG_CA_ACTIVE);
+    ASSERT_EQ(sg_ca_bundle_sequence(ca), 41);
+    ASSERT(bundle_has(ca, a) && bundle_has(ca, b));
+    /* The mark read from the file holds revoke back past tainted_at + max TTL. */
+    ASSERT_EQ(sg_ca_revoke(ca, a, t0 + 61, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live SVIDs") != NULL);
+    ASSERT_OK(sg_ca_revoke(ca, a, t0 + 1000, NULL, &err));
+    sg_ca_free(ca);
+}

@@ -674,3 +674,60 @@ TEST(jwt_authority_revoke_after_restart_waits_for_long_tokens)
     ASSERT_OK(sg_jwt_authority_revoke(a, first.kid, NOW + 2000, NULL, &err));
     sg_jwt_authority_free(a);
 }
+
+/*
+ * jwt-slots.json as written before the slot machine moved to
+ * server/slots.c (same keys, same order): the keys, their taint, the
+ * generation and what each signed survive; a repeated entry is skipped.
+ */
+TEST(jwt_authority_reads_state_file_of_earlier_versions)
+{
+    const char *dir = sg_test_tmpdir();
+    char path[600], text[2048], a[SG_JWT_KID_MAX + 1], b[SG_JWT_KID_MAX + 1];
+    sg_jwt_authority *au = new_default(3600, dir);
+    sg_jwt_authority_info info, *v = NULL;
+    size_t n = 0;
+    FILE *f;
+    sg_err err;
+
+    snprintf(a, sizeof a, "%s", key_in(au, SG_JWT_KEY_ACTIVE).kid);
+    ASSERT_OK(sg_jwt_authority_prepare(au, NOW, &info, &err));
+    snprintf(b, sizeof b, "%s", info.kid);
+    sg_jwt_authority_info_cleanup(&info);
+    sg_jwt_authority_free(au);
+    snprintf(text, sizeof text,
+             "{\n  \"version\": 1,\n  \"generation\": 12,\n  \"keys\": [\n"
+             "    {\n      \"kid\": \"%s\",\n      \"state\": \"old\",\n"
+             "      \"issued_at\": %lld,\n      \"expires_at\": %lld,\n      \"tainted\": true,\n"
+             "      \"tainted_at\": %lld,\n      \"signed_until\": %lld\n    },\n"
+             "    {\n      \"kid\": \"%s\",\n      \"state\": \"active\",\n"
+             "      \"issued_at\": %lld,\n      \"expires_at\": %lld,\n      \"tainted\": false,\n"
+             "      \"tainted_at\": 0,\n      \"signed_until\": 0\n    },\n"
+             "    {\n      \"kid\": \"%s\",\n      \"state\": \"active\",\n"
+             "      \"issued_at\": %lld,\n      \"expires_at\": %lld,\n      \"tainted\": false,\n"
+             "      \"tainted_at\": 0,\n      \"signed_until\": 0\n    }\n  ]\n}",
+             a, (long long)NOW, (long long)(NOW + 3600), (long long)NOW, (long long)(NOW + 1000), b,
+             (long long)NOW, (long long)(NOW + 3600), a, (long long)NOW, (long long)(NOW + 3600));
+    snprintf(path, sizeof path, "%s/jwt-slots.json", dir);
+    f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fputs(text, f);
+    fclose(f);
+
+    au = new_default(3600, dir);
+    ASSERT_OK(sg_jwt_authority_list(au, &v, &n, &err));
+    ASSERT_EQ(n, 2);
+    ASSERT_STREQ(v[0].kid, a);
+    ASSERT_EQ(v[0].state, SG_JWT_KEY_OLD);
+    ASSERT(v[0].tainted);
+    ASSERT_EQ(v[0].signed_until, NOW + 1000);
+    ASSERT_STREQ(v[1].kid, b);
+    ASSERT_EQ(v[1].state, SG_JWT_KEY_ACTIVE);
+    ASSERT_EQ(v[1].expires_at, NOW + 3600);
+    sg_jwt_authority_infos_free(v, n);
+    ASSERT_EQ(sg_jwt_authority_generation(au), 12);
+    ASSERT_EQ(sg_jwt_authority_revoke(au, a, NOW + 301, NULL, &err), SG_EINVAL);
+    ASSERT(strstr(err.msg, "may still have live JWT-SVIDs") != NULL);
+    ASSERT_OK(sg_jwt_authority_revoke(au, a, NOW + 1000, NULL, &err));
+    sg_jwt_authority_free(au);
+}
