@@ -207,7 +207,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "agent mints the token through the server's node API (MintJWTSVID over mTLS) before it"
     echo "answers. ValidateJWTSVID: one ES256 token, fetched before the run, validated by the agent"
     echo "against its own bundle on every call. Server CPU per call covers the whole server process"
-    echo "(near zero unless the call reaches it)."
+    echo "(near zero unless the call reaches it). Each cold token is a node API call of its own"
+    echo "(the X.509 mints above come 500 to a call), so the server's CPU per cold token is mostly"
+    echo "per-call cost (mTLS, authenticating the agent, the call itself) rather than the ES256"
+    echo "signature (sg_jwt_sign_es256 above). The runs come before the propagation runs below, so"
+    echo "the load generator's uid has exactly one identity; with more, one FetchJWTSVID without a"
+    echo "spiffe_id answers (and on a cold cache mints) a token for each."
     echo
     echo "| ratio (same run) | value |"
     echo "|---|---|"
