@@ -84,7 +84,6 @@ typedef struct ca_snapshot {
     /* Its slot's details; root_id changes only under rot_mu. */
     char upstream_id[SG_CA_AUTHORITY_ID_MAX + 1]; /* AKID of an intermediate; "" for a root */
     char root_id[SG_CA_AUTHORITY_ID_MAX + 1];     /* upstream root it chains to; "" unknown/none */
-    int64_t not_before;
     X509 *cert;
     EVP_PKEY *key;
     int64_t not_after;
@@ -951,7 +950,6 @@ static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_slot_sta
                      STACK_OF(X509) * extra, sg_err *err)
 {
     const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(cert);
-    int64_t not_before = asn1_time_s(X509_get0_notBefore(cert));
     ca_snapshot *s = NULL;
     int rc;
 
@@ -968,9 +966,9 @@ static int slot_init(sg_ca *ca, slot *sl, X509 *cert, EVP_PKEY *key, sg_slot_sta
         return rc;
     if (ca->have_upstream && akid != NULL)
         hex_of(akid, s->upstream_id, sizeof s->upstream_id);
-    s->not_before = not_before;
     sl->obj = s;
     sl->mark = &s->mark;
+    sl->not_before = asn1_time_s(X509_get0_notBefore(cert));
     sl->not_after = s->not_after;
     slot_root(ca, sl);
     return 0;
@@ -985,7 +983,7 @@ static int slot_info(const slot *sl, void *out, sg_err *err)
     memcpy(a->id, sl->id, sizeof a->id);
     memcpy(a->upstream_id, SNAP(sl)->upstream_id, sizeof a->upstream_id);
     a->state = (sg_ca_state)sl->state;
-    a->not_before = SNAP(sl)->not_before;
+    a->not_before = sl->not_before;
     a->not_after = sl->not_after;
     a->tainted = sl->tainted;
     a->tainted_at = sl->tainted_at;
@@ -1725,9 +1723,9 @@ static int commit(sg_ca *ca, bool *changed, sg_err *err)
     return rc;
 }
 
-static int commit_state(void *owner, sg_err *err)
+static int commit_state(sg_slots *t, sg_err *err)
 {
-    return commit(owner, NULL, err);
+    return commit(t->owner, NULL, err);
 }
 
 /* The next authority, signed with the upstream files as they are now. rot_mu held. */

@@ -151,7 +151,11 @@ static bool kid_ok(const char *kid)
 /* A slot holding k (taken). */
 static slot slot_of(jkey *k, sg_slot_state st)
 {
-    slot sl = {.state = st, .not_after = k->expires_at, .mark = &k->mark, .obj = k};
+    slot sl = {.state = st,
+               .not_before = k->issued_at,
+               .not_after = k->expires_at,
+               .mark = &k->mark,
+               .obj = k};
 
     memcpy(sl.id, k->kid, sizeof k->kid);
     return sl;
@@ -225,30 +229,11 @@ static int write_files(void *owner, const sg_slot *sl, sg_err *err)
     return rc;
 }
 
-static void decorate(void *owner, const sg_slot *sl, json_t *o)
-{
-    (void)owner;
-    if (sl == NULL)
-        return;
-    json_object_set_new(o, "issued_at", json_integer(KEY(sl)->issued_at));
-    json_object_set_new(o, "expires_at", json_integer(KEY(sl)->expires_at));
-}
-
-/* Writes new key files and the state file. rot_mu held. */
-static int save_state(void *ctx, sg_err *err)
-{
-    sg_jwt_authority *a = ctx;
-
-    return sg_slots_save(&a->slots, err);
-}
-
 /* Loads one key of the state file into sl; unusable keys are dropped with a warning. */
 static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int64_t mark,
                       int64_t now, sg_err *err)
 {
     sg_jwt_authority *a = owner;
-    json_t *ia = json_object_get(o, "issued_at");
-    int64_t ea = (int64_t)json_integer_value(json_object_get(o, "expires_at"));
     slot want = *sl;
     const char *kid = want.id;
     char *kp;
@@ -259,7 +244,7 @@ static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int
     int rc;
 
     (void)path;
-    if (ea <= now) {
+    if (want.not_after <= now) {
         sg_log_info("JWT authority kid=%s expired: dropping it", kid);
         return 0;
     }
@@ -290,7 +275,8 @@ static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int
     } else if (want.state != SG_SLOT_OLD) {
         alg = a->alg;
     }
-    rc = jkey_new(key, alg, ia ? (int64_t)json_integer_value(ia) : now, ea, &k, err);
+    rc = jkey_new(key, alg, json_object_get(o, "issued_at") ? want.not_before : now, want.not_after,
+                  &k, err);
     if (rc < 0)
         return rc;
     if (strcmp(k->kid, kid) != 0) {
@@ -350,7 +336,7 @@ int sg_jwt_authority_new(sg_jwt_authority **out, const sg_jwt_authority_options 
     if (created && loaded)
         a->gen++;
     if (rc == 0)
-        rc = save_state(a, err);
+        rc = sg_slots_save(&a->slots, err);
     if (rc < 0)
         goto fail;
     *out = a;
@@ -567,7 +553,7 @@ int sg_jwt_authority_rotate(sg_jwt_authority *a, int64_t now, bool *changed, sg_
     if (rc == 0 && changed != NULL)
         *changed = dirty;
     if (rc == 0 && dirty)
-        rc = save_state(a, err);
+        rc = sg_slots_save(&a->slots, err);
     pthread_mutex_unlock(&a->rot_mu);
     return rc;
 }
@@ -622,11 +608,10 @@ static const sg_slots_kind JWT_SLOTS = {
     .id_ok = kid_ok,
     .release = jkey_unref,
     .remove_files = remove_key_file,
-    .commit = save_state,
+    .commit = sg_slots_save,
     .report = slot_info,
     .make = make_next,
     .write_files = write_files,
-    .decorate = decorate,
     .load = load_entry,
     .gen_on_change = true,
     .file = "jwt-slots.json",

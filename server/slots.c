@@ -22,15 +22,9 @@
 
 const char *sg_slot_state_name(sg_slot_state s)
 {
-    switch (s) {
-    case SG_SLOT_PREPARED:
-        return "prepared";
-    case SG_SLOT_ACTIVE:
-        return "active";
-    case SG_SLOT_OLD:
-        return "old";
-    }
-    return "unknown";
+    static const char *const names[] = {"prepared", "active", "old"};
+
+    return (unsigned)s <= SG_SLOT_OLD ? names[s] : "unknown";
 }
 
 static int state_parse(const char *s, sg_slot_state *out)
@@ -246,25 +240,6 @@ int sg_slots_ensure_active(sg_slots *t, int64_t now, bool *created, sg_err *err)
     return 0;
 }
 
-int sg_slots_open(sg_slots *t, int64_t now, bool *found, sg_err *err)
-{
-    char *path;
-    int rc = t->dir ? sg_fs_mkdir_p(t->dir, 0700, err) : 0;
-
-    *found = false;
-    if (rc < 0 || t->dir == NULL)
-        return rc;
-    path = sg_fs_join(t->dir, t->kind->file);
-    if (path == NULL)
-        return sg_err_set(err, SG_ENOMEM, "out of memory");
-    if (access(path, F_OK) == 0) {
-        *found = true;
-        rc = sg_slots_load(t, path, now, err);
-    }
-    free(path);
-    return rc;
-}
-
 bool sg_slot_key_is_type(EVP_PKEY *key, sg_key_type type)
 {
     char group[64];
@@ -312,7 +287,7 @@ int sg_slots_prepare(sg_slots *t, sg_slot *sl, void *out, sg_err *err)
     int rc = add_prepared(t, sl, err);
 
     if (rc == 0)
-        rc = t->kind->commit(t->owner, err);
+        rc = t->kind->commit(t, err);
     if (rc == 0)
         rc = report(t, sg_slots_find_state(t, SG_SLOT_PREPARED), out, err);
     return rc;
@@ -399,7 +374,7 @@ int sg_slots_act(sg_slots *t, sg_slots_op op, const char *id, int64_t now, void 
         sg_log_warn("%s%s revoked: removed from the bundle", t->kind->log_noun, id);
     }
     if (rc == 0)
-        rc = t->kind->commit(t->owner, err);
+        rc = t->kind->commit(t, err);
     if (rc == 0 && op != SG_SLOTS_REVOKE)
         rc = report(t, sl, out, err);
     pthread_mutex_unlock(t->rot_mu);
@@ -470,12 +445,11 @@ static int entry(sg_slots *t, const char *path, size_t i, json_t *o, sg_slot *sl
     const char *id = json_string_value(json_object_get(o, k->id_key));
     const char *st = json_string_value(json_object_get(o, "state"));
     json_t *ta = json_object_get(o, "tainted_at"), *su = json_object_get(o, "signed_until");
-    json_t *ea = json_object_get(o, "expires_at");
+    json_t *ea = json_object_get(o, "expires_at"), *ia = json_object_get(o, "issued_at");
 
     memset(sl, 0, sizeof *sl);
     if (id == NULL || !k->id_ok(id) || state_parse(st, &sl->state) < 0 || !int_or_absent(ta) ||
-        !int_or_absent(su) || !int_or_absent(json_object_get(o, "issued_at")) ||
-        (k->has_expiry && !json_is_integer(ea)))
+        !int_or_absent(su) || !int_or_absent(ia) || (k->has_expiry && !json_is_integer(ea)))
         return sg_err_set(err, SG_ECONFIG,
                           "%s %.150s: %s %zu has a bad %s \"%.*s\", state \"%.20s\"%s",
                           k->file_noun, path, k->item, i, k->id_key, k->id_quote_file,
@@ -485,13 +459,15 @@ static int entry(sg_slots *t, const char *path, size_t i, json_t *o, sg_slot *sl
         return 1;
     }
     snprintf(sl->id, sizeof sl->id, "%s", id);
+    sl->not_before = ia ? (int64_t)json_integer_value(ia) : 0;
+    sl->not_after = (int64_t)json_integer_value(ea);
     sl->tainted = json_is_true(json_object_get(o, "tainted"));
     sl->tainted_at = ta ? (int64_t)json_integer_value(ta) : 0;
     *mark = su ? (int64_t)json_integer_value(su) : -1;
     return 0;
 }
 
-int sg_slots_load(sg_slots *t, const char *path, int64_t now, sg_err *err)
+static int load(sg_slots *t, const char *path, int64_t now, sg_err *err)
 {
     const sg_slots_kind *k = t->kind;
     uint8_t *data = NULL;
@@ -554,10 +530,14 @@ static int write_state(sg_slots *t, sg_err *err)
         json_t *o;
         if (!sl->on_disk)
             continue;
-        o = json_pack("{s:s,s:s,s:b,s:I,s:I}", k->id_key, sl->id, "state",
-                      sg_slot_state_name(sl->state), "tainted", sl->tainted, "tainted_at",
-                      (json_int_t)sl->tainted_at, "signed_until",
-                      (json_int_t)mark_persisted(sl->mark));
+        const char *st = sg_slot_state_name(sl->state);
+        json_int_t ta = sl->tainted_at, su = mark_persisted(sl->mark);
+        o = k->has_expiry ? json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:I}", k->id_key, sl->id, "state",
+                                      st, "issued_at", (json_int_t)sl->not_before, "expires_at",
+                                      (json_int_t)sl->not_after, "tainted", sl->tainted,
+                                      "tainted_at", ta, "signed_until", su)
+                          : json_pack("{s:s,s:s,s:b,s:I,s:I}", k->id_key, sl->id, "state", st,
+                                      "tainted", sl->tainted, "tainted_at", ta, "signed_until", su);
         if (o != NULL && k->decorate != NULL)
             k->decorate(t->owner, sl, o);
         json_array_append_new(arr, o);
@@ -622,5 +602,24 @@ int sg_slots_save(sg_slots *t, sg_err *err)
     rc = write_state(t, err);
     if (t->state_mu != NULL)
         pthread_mutex_unlock(t->state_mu);
+    return rc;
+}
+
+int sg_slots_open(sg_slots *t, int64_t now, bool *found, sg_err *err)
+{
+    char *path;
+    int rc = t->dir ? sg_fs_mkdir_p(t->dir, 0700, err) : 0;
+
+    *found = false;
+    if (rc < 0 || t->dir == NULL)
+        return rc;
+    path = sg_fs_join(t->dir, t->kind->file);
+    if (path == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory");
+    if (access(path, F_OK) == 0) {
+        *found = true;
+        rc = load(t, path, now, err);
+    }
+    free(path);
     return rc;
 }

@@ -49,12 +49,14 @@ typedef struct sg_slot {
     char id[SG_SLOT_ID_MAX + 1]; /* authority ID (CA: hex SKID; JWT: kid) */
     sg_slot_state state;
     bool tainted;
-    int64_t tainted_at; /* unix seconds, 0 unless tainted */
-    bool on_disk;       /* its files are written */
-    int64_t not_after;  /* when it expires */
-    sg_slot_mark *mark; /* inside obj */
-    void *obj;          /* owned: kind->release */
+    int64_t tainted_at;            /* unix seconds, 0 unless tainted */
+    bool on_disk;                  /* its files are written */
+    int64_t not_before, not_after; /* its validity (JWT keys: issued_at, expires_at) */
+    sg_slot_mark *mark;            /* inside obj */
+    void *obj;                     /* owned: kind->release */
 } sg_slot;
+
+typedef struct sg_slots sg_slots;
 
 /* How one kind of authority is named, and the owner's hooks (owner: sg_slots.owner). */
 typedef struct sg_slots_kind {
@@ -71,7 +73,7 @@ typedef struct sg_slots_kind {
     void (*release)(void *obj);
     void (*remove_files)(void *owner, const char *id);
     void (*activated)(void *owner);          /* a slot became active; may be NULL */
-    int (*commit)(void *owner, sg_err *err); /* saves the state after a change */
+    int (*commit)(sg_slots *t, sg_err *err); /* saves the state after a change */
     int (*report)(const sg_slot *sl, void *out, sg_err *err); /* fills the owner's struct */
     /* The next slot at now: 1, or 0 (dropped) when it would not expire after must_outlive;
      * *changed: something else (the bundle) changed on the way. */
@@ -96,10 +98,10 @@ typedef struct sg_slots_kind {
     const char *id_key;      /* "id" / "kid" */
     int id_quote_file;       /* how much of a bad ID a state file error quotes */
     const char *bad_tail;    /* after the state in that error: ", tainted_at or signed_until" */
-    bool has_expiry;         /* entries need an integer "expires_at" */
+    bool has_expiry;         /* entries hold "issued_at" and (required) "expires_at" */
 } sg_slots_kind;
 
-typedef struct sg_slots {
+struct sg_slots {
     const sg_slots_kind *kind;
     void *owner;
     pthread_mutex_t *mu;       /* the owner's lock readers take */
@@ -110,7 +112,7 @@ typedef struct sg_slots {
     const char *dir;           /* keys_dir of KeyManager "disk"; NULL: memory only */
     sg_slot v[SG_SLOTS_MAX];
     size_t n;
-} sg_slots;
+};
 
 /* Releases every slot's object; no file is touched. */
 void sg_slots_cleanup(sg_slots *t);
@@ -119,7 +121,12 @@ void sg_slot_clear(const sg_slots *t, sg_slot *sl);
 sg_slot *sg_slots_find_state(sg_slots *t, sg_slot_state st);
 /* Removes slot i (under mu), then its files, then releases it. rot_mu held. */
 void sg_slots_drop(sg_slots *t, size_t i);
-/* With a dir: creates it (0700) and loads its state file when there is one (*found). */
+/*
+ * With a dir: creates it (0700) and reads its state file when there is one
+ * (*found): *gen, every entry (SG_ECONFIG naming one with a bad ID, state or
+ * time; a repeated one is skipped) through kind->load, then kind->load_doc.
+ * At most one active and one prepared slot remain: the newest wins.
+ */
 int sg_slots_open(sg_slots *t, int64_t now, bool *found, sg_err *err);
 /*
  * At start: makes the prepared slot active when none is, or a new one
@@ -164,13 +171,6 @@ int sg_slots_list(sg_slots *t, size_t size, void **out, size_t *n, sg_err *err);
 int sg_slots_tainted_ids(sg_slots *t, char ***ids, size_t *n, sg_err *err);
 void sg_slots_ids_free(char **ids, size_t n);
 
-/*
- * Reads the state file path: *gen, every entry (SG_ECONFIG naming one with
- * a bad ID, state or time; a repeated one is skipped) through kind->load,
- * then kind->load_doc. At most one active and one prepared slot remain:
- * the newest wins, the others become old.
- */
-int sg_slots_load(sg_slots *t, const char *path, int64_t now, sg_err *err);
 /* Writes the files of new slots (kind->write_files), then the state file. rot_mu held. */
 int sg_slots_save(sg_slots *t, sg_err *err);
 /*

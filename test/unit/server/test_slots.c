@@ -63,12 +63,10 @@ static void f_activated(void *owner)
     ((fake *)owner)->activated++;
 }
 
-static int f_commit(void *owner, sg_err *err)
+static int f_commit(sg_slots *t, sg_err *err)
 {
-    fake *f = owner;
-
-    f->commits++;
-    return sg_slots_save(&f->t, err);
+    ((fake *)t->owner)->commits++;
+    return sg_slots_save(t, err);
 }
 
 static int f_report(const sg_slot *sl, void *out, sg_err *err)
@@ -120,23 +118,17 @@ static int f_write_files(void *owner, const sg_slot *sl, sg_err *err)
     return 0;
 }
 
-static void f_decorate(void *owner, const sg_slot *sl, json_t *o)
-{
-    (void)owner;
-    if (sl != NULL)
-        json_object_set_new(o, "expires_at", json_integer(sl->not_after));
-}
-
 static int f_load(void *owner, const char *path, json_t *o, sg_slot *sl, int64_t mark, int64_t now,
                   sg_err *err)
 {
     sg_slot want = *sl;
 
     (void)path;
+    (void)o;
     (void)err;
-    if (json_integer_value(json_object_get(o, "expires_at")) <= now)
+    if (want.not_after <= now)
         return 0;
-    fill(owner, sl, want.id, json_integer_value(json_object_get(o, "expires_at")));
+    fill(owner, sl, want.id, want.not_after);
     sl->state = want.state;
     sl->tainted = want.tainted;
     sl->tainted_at = want.tainted_at;
@@ -162,7 +154,6 @@ static const sg_slots_kind FAKE = {
     .report = f_report,
     .make = f_make,
     .write_files = f_write_files,
-    .decorate = f_decorate,
     .load = f_load,
     .file = "test-slots.json",
     .file_noun = "test state file",
