@@ -1020,14 +1020,6 @@ static int new_authority(sg_ca *ca, int64_t now, sg_slot_state st, slot *out, sg
 
 /* ---- files in keys_dir: ca-<id>.key (0600), ca-<id>.crt, ca-slots.json; ca.key/ca.crt = active */
 
-static char *slot_path(const sg_ca *ca, const char *id, const char *ext)
-{
-    char name[SG_CA_AUTHORITY_ID_MAX + 16];
-
-    snprintf(name, sizeof name, "ca-%s.%s", id, ext);
-    return sg_fs_join(ca->o.keys_dir, name);
-}
-
 /* Writes the key and the certificate (with chain: then the upstream intermediates above it). */
 static int persist(const char *key_path, const char *cert_path, const ca_snapshot *s, bool chain,
                    sg_err *err)
@@ -1059,23 +1051,6 @@ static int persist_pair(const sg_ca *ca, const char *kname, const char *cname, c
     return rc;
 }
 
-static void remove_slot_files(void *owner, const char *id)
-{
-    const sg_ca *ca = owner;
-    char *kp, *cp;
-
-    if (ca->o.keys_dir == NULL)
-        return;
-    kp = slot_path(ca, id, "key");
-    cp = slot_path(ca, id, "crt");
-    if (kp != NULL)
-        unlink(kp);
-    if (cp != NULL)
-        unlink(cp);
-    free(kp);
-    free(cp);
-}
-
 /* How the CA's authorities are named and kept: at the end of this file, after its hooks. */
 static const sg_slots_kind CA_SLOTS;
 
@@ -1093,13 +1068,13 @@ static void decorate(void *owner, const sg_slot *sl, json_t *o)
         json_object_set_new(o, "upstream_authorities", ups);
 }
 
-static int write_files(void *owner, const sg_slot *sl, sg_err *err)
+static int write_files(sg_slots *t, const sg_slot *sl, sg_err *err)
 {
     char kn[SG_CA_AUTHORITY_ID_MAX + 16], cn[SG_CA_AUTHORITY_ID_MAX + 16];
 
     snprintf(kn, sizeof kn, "ca-%s.key", sl->id);
     snprintf(cn, sizeof cn, "ca-%s.crt", sl->id);
-    return persist_pair(owner, kn, cn, sl, true, err);
+    return persist_pair(t->owner, kn, cn, sl, true, err);
 }
 
 /* Writes new slot files, the state file and the legacy copy of the active authority. */
@@ -1271,7 +1246,8 @@ static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int
 {
     sg_ca *ca = owner;
     slot want = *sl;
-    char *kp = slot_path(ca, want.id, "key"), *cp = slot_path(ca, want.id, "crt");
+    char *kp = sg_slots_path(&ca->slots, want.id, "key");
+    char *cp = sg_slots_path(&ca->slots, want.id, "crt");
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
     STACK_OF(X509) *chain = NULL;
@@ -1704,7 +1680,7 @@ int64_t sg_ca_not_after(sg_ca *ca)
 int sg_ca_authorities(sg_ca *ca, sg_ca_authority **out, size_t *n, sg_err *err)
 {
     void *v = NULL;
-    int rc = sg_slots_list(&ca->slots, sizeof **out, &v, n, err);
+    int rc = sg_slots_list(&ca->slots, sizeof **out, NULL, &v, n, err);
 
     *out = v;
     return rc;
@@ -2001,7 +1977,6 @@ static const sg_slots_kind CA_SLOTS = {
     .id_quote = 90,
     .id_ok = id_ok,
     .release = snap_release,
-    .remove_files = remove_slot_files,
     .activated = install_active,
     .commit = commit_state,
     .report = slot_info,
@@ -2011,6 +1986,8 @@ static const sg_slots_kind CA_SLOTS = {
     .load = load_entry,
     .load_doc = load_uproots,
     .file = "ca-slots.json",
+    .file_prefix = "ca-",
+    .has_cert = true,
     .file_noun = "CA state file",
     .file_remedy = "fix it or remove it to fall back to ca.key/ca.crt",
     .array_key = "authorities",

@@ -197,31 +197,12 @@ void sg_jwt_authority_infos_free(sg_jwt_authority_info *v, size_t n)
 
 /* ------------------------------------------------------------ files */
 
-static char *key_path(const sg_jwt_authority *a, const char *kid)
-{
-    char name[SG_SLOT_ID_MAX + 16];
-
-    snprintf(name, sizeof name, "jwt-%s.key", kid);
-    return sg_fs_join(a->keys_dir, name);
-}
-
-static void remove_key_file(void *owner, const char *kid)
-{
-    const sg_jwt_authority *a = owner;
-    char *kp;
-
-    if (a->keys_dir != NULL && (kp = key_path(a, kid)) != NULL) {
-        unlink(kp);
-        free(kp);
-    }
-}
-
 /* How the JWT keys are named and kept: at the end of this file, after its hooks. */
 static const sg_slots_kind JWT_SLOTS;
 
-static int write_files(void *owner, const sg_slot *sl, sg_err *err)
+static int write_files(sg_slots *t, const sg_slot *sl, sg_err *err)
 {
-    char *kp = key_path(owner, sl->id);
+    char *kp = sg_slots_path(t, sl->id, "key");
     int rc =
         kp ? sg_key_write_file(kp, KEY(sl)->key, err) : sg_err_set(err, SG_ENOMEM, "out of memory");
 
@@ -248,7 +229,7 @@ static int load_entry(void *owner, const char *path, json_t *o, sg_slot *sl, int
         sg_log_info("JWT authority kid=%s expired: dropping it", kid);
         return 0;
     }
-    kp = key_path(a, kid);
+    kp = sg_slots_path(&a->slots, kid, "key");
     if (kp == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory");
     if (access(kp, F_OK) != 0) {
@@ -458,7 +439,7 @@ int sg_jwt_authority_sign(sg_jwt_authority *a, const char *spiffe_id, const char
 int sg_jwt_authority_list(sg_jwt_authority *a, sg_jwt_authority_info **out, size_t *n, sg_err *err)
 {
     void *v = NULL;
-    int rc = sg_slots_list(&a->slots, sizeof **out, &v, n, err);
+    int rc = sg_slots_list(&a->slots, sizeof **out, NULL, &v, n, err);
 
     if (rc < 0)
         sg_jwt_authority_infos_free(v, *n);
@@ -476,35 +457,32 @@ void sg_jwt_authority_keys_free(sg_jwt_key *keys, size_t n)
     free(keys);
 }
 
+/* A published key: kid, SPKI and expiry. mu held. */
+static int key_report(const sg_slot *sl, void *out, sg_err *err)
+{
+    const jkey *k = KEY(sl);
+    sg_jwt_key *v = out;
+
+    v->kid = strdup(k->kid);
+    v->spki.data = malloc(k->spki.len ? k->spki.len : 1);
+    v->expires_at = k->expires_at;
+    if (v->kid == NULL || v->spki.data == NULL)
+        return sg_err_set(err, SG_ENOMEM, "out of memory listing JWT keys");
+    memcpy(v->spki.data, k->spki.data, k->spki.len);
+    v->spki.len = k->spki.len;
+    return 0;
+}
+
 int sg_jwt_authority_keys(sg_jwt_authority *a, sg_jwt_key **keys, size_t *n, sg_err *err)
 {
-    sg_jwt_key *v;
-    size_t i;
-    bool oom = false;
+    void *v = NULL;
+    int rc = sg_slots_list(&a->slots, sizeof **keys, key_report, &v, n, err);
 
-    pthread_mutex_lock(&a->mu);
-    v = calloc(a->slots.n ? a->slots.n : 1, sizeof *v);
-    for (i = 0; v != NULL && i < a->slots.n; i++) {
-        const jkey *k = KEY(&a->slots.v[i]);
-        v[i].kid = strdup(k->kid);
-        v[i].spki.data = malloc(k->spki.len ? k->spki.len : 1);
-        v[i].expires_at = k->expires_at;
-        if (v[i].kid == NULL || v[i].spki.data == NULL) {
-            oom = true;
-            i++;
-            break;
-        }
-        memcpy(v[i].spki.data, k->spki.data, k->spki.len);
-        v[i].spki.len = k->spki.len;
-    }
-    pthread_mutex_unlock(&a->mu);
-    if (v == NULL || oom) {
-        sg_jwt_authority_keys_free(v, i);
-        return sg_err_set(err, SG_ENOMEM, "out of memory listing JWT keys");
-    }
-    *keys = v;
-    *n = i;
-    return 0;
+    if (rc < 0)
+        sg_jwt_authority_keys_free(v, *n);
+    else
+        *keys = v;
+    return rc;
 }
 
 void sg_jwt_authority_kids_free(char **kids, size_t n)
@@ -607,7 +585,6 @@ static const sg_slots_kind JWT_SLOTS = {
     .id_quote = 64,
     .id_ok = kid_ok,
     .release = jkey_unref,
-    .remove_files = remove_key_file,
     .commit = sg_slots_save,
     .report = slot_info,
     .make = make_next,
@@ -615,6 +592,7 @@ static const sg_slots_kind JWT_SLOTS = {
     .load = load_entry,
     .gen_on_change = true,
     .file = "jwt-slots.json",
+    .file_prefix = "jwt-",
     .file_noun = "JWT authority state file",
     .file_remedy = "fix it or remove it to start with a new key",
     .array_key = "keys",

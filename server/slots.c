@@ -116,6 +116,14 @@ static int append(sg_slots *t, sg_slot *sl, sg_err *err)
     return 0;
 }
 
+char *sg_slots_path(const sg_slots *t, const char *id, const char *ext)
+{
+    char name[SG_SLOT_ID_MAX + 32];
+
+    snprintf(name, sizeof name, "%s%s.%s", t->kind->file_prefix, id, ext);
+    return t->dir != NULL ? sg_fs_join(t->dir, name) : NULL;
+}
+
 void sg_slots_drop(sg_slots *t, size_t i)
 {
     sg_slot gone;
@@ -127,7 +135,12 @@ void sg_slots_drop(sg_slots *t, size_t i)
     memset(&t->v[t->n], 0, sizeof t->v[0]);
     bump(t);
     pthread_mutex_unlock(t->mu);
-    t->kind->remove_files(t->owner, gone.id);
+    for (int f = 0; t->dir != NULL && f < (t->kind->has_cert ? 2 : 1); f++) {
+        char *p = sg_slots_path(t, gone.id, f == 0 ? "key" : "crt");
+        if (p != NULL)
+            unlink(p);
+        free(p);
+    }
     sg_slot_clear(t, &gone);
 }
 
@@ -381,7 +394,8 @@ int sg_slots_act(sg_slots *t, sg_slots_op op, const char *id, int64_t now, void 
     return rc;
 }
 
-int sg_slots_list(sg_slots *t, size_t size, void **out, size_t *n, sg_err *err)
+int sg_slots_list(sg_slots *t, size_t size, int (*fill)(const sg_slot *, void *, sg_err *),
+                  void **out, size_t *n, sg_err *err)
 {
     char *v;
     size_t i;
@@ -390,7 +404,7 @@ int sg_slots_list(sg_slots *t, size_t size, void **out, size_t *n, sg_err *err)
     pthread_mutex_lock(t->mu);
     v = calloc(t->n ? t->n : 1, size);
     for (i = 0; v != NULL && i < t->n && rc == 0; i++)
-        rc = t->kind->report(&t->v[i], v + i * size, err);
+        rc = (fill ? fill : t->kind->report)(&t->v[i], v + i * size, err);
     pthread_mutex_unlock(t->mu);
     *out = v;
     *n = i;
@@ -590,7 +604,7 @@ int sg_slots_save(sg_slots *t, sg_err *err)
     for (size_t i = 0; i < t->n; i++) {
         if (t->v[i].on_disk)
             continue;
-        rc = t->kind->write_files(t->owner, &t->v[i], err);
+        rc = t->kind->write_files(t, &t->v[i], err);
         if (rc < 0)
             return rc;
         pthread_mutex_lock(t->mu);

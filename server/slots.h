@@ -71,7 +71,6 @@ typedef struct sg_slots_kind {
     bool gen_on_change;   /* bump *gen on every change, not only on a taint */
     bool (*id_ok)(const char *id);
     void (*release)(void *obj);
-    void (*remove_files)(void *owner, const char *id);
     void (*activated)(void *owner);          /* a slot became active; may be NULL */
     int (*commit)(sg_slots *t, sg_err *err); /* saves the state after a change */
     int (*report)(const sg_slot *sl, void *out, sg_err *err); /* fills the owner's struct */
@@ -79,7 +78,7 @@ typedef struct sg_slots_kind {
      * *changed: something else (the bundle) changed on the way. */
     int (*make)(void *owner, int64_t now, int64_t must_outlive, sg_slot *out, bool *changed,
                 sg_err *err);
-    int (*write_files)(void *owner, const sg_slot *sl, sg_err *err); /* of a new slot */
+    int (*write_files)(sg_slots *t, const sg_slot *sl, sg_err *err); /* of a new slot */
     /* Adds the owner's fields to a state file entry (sl NULL: to the document). May be NULL. */
     void (*decorate)(void *owner, const sg_slot *sl, json_t *o);
     /* Loads entry o into sl (id, state and taint set; mark: -1 when absent): 1, 0 when
@@ -89,6 +88,8 @@ typedef struct sg_slots_kind {
     int (*load_doc)(void *owner, const char *path, json_t *root, sg_err *err); /* may be NULL */
     /* The state file: {"version":1, gen_key: *gen, array_key: [entries]}. */
     const char *file;        /* its name in keys_dir */
+    const char *file_prefix; /* of each slot's files: <prefix><id>.key (and .crt) */
+    bool has_cert;           /* each slot has a .crt file too */
     const char *file_noun;   /* "CA state file" / "JWT authority state file" */
     const char *file_remedy; /* after "is not valid JSON (...); " */
     const char *array_key;   /* "authorities" / "keys" */
@@ -119,6 +120,8 @@ void sg_slots_cleanup(sg_slots *t);
 /* Releases the object of sl (not in the table) and zeroes it. */
 void sg_slot_clear(const sg_slots *t, sg_slot *sl);
 sg_slot *sg_slots_find_state(sg_slots *t, sg_slot_state st);
+/* dir/<file_prefix><id>.<ext> (malloc'd), or NULL without a dir (or memory). */
+char *sg_slots_path(const sg_slots *t, const char *id, const char *ext);
 /* Removes slot i (under mu), then its files, then releases it. rot_mu held. */
 void sg_slots_drop(sg_slots *t, size_t i);
 /*
@@ -163,10 +166,12 @@ int64_t sg_slot_live_until(const sg_slot *sl, int64_t max_ttl);
 /* "YYYY-MM-DDTHH:MM:SSZ" (the number when it cannot be formatted). */
 void sg_slots_fmt_utc(int64_t t, char *out, size_t len);
 /*
- * Every slot, reported into a malloc'd array of *n elements of size bytes
- * (under mu). On an error *out and *n still say what to free.
+ * Every slot, reported (by fill, or kind->report when NULL) into a
+ * malloc'd array of *n elements of size bytes, under mu. On an error *out
+ * and *n still say what to free.
  */
-int sg_slots_list(sg_slots *t, size_t size, void **out, size_t *n, sg_err *err);
+int sg_slots_list(sg_slots *t, size_t size, int (*fill)(const sg_slot *, void *, sg_err *),
+                  void **out, size_t *n, sg_err *err);
 /* IDs of the tainted slots (under mu). Free with sg_slots_ids_free. */
 int sg_slots_tainted_ids(sg_slots *t, char ***ids, size_t *n, sg_err *err);
 void sg_slots_ids_free(char **ids, size_t n);

@@ -24,7 +24,7 @@ typedef struct fake {
     sg_slots t;
     pthread_mutex_t mu, rot_mu;
     uint64_t gen;
-    int next_id, released, removed, activated, commits;
+    int next_id, released, activated, commits;
     int64_t life; /* lifetime of what make creates */
 } fake;
 
@@ -50,12 +50,6 @@ static void f_release(void *obj)
 
     (*o->released)++;
     free(o);
-}
-
-static void f_remove(void *owner, const char *id)
-{
-    (void)id;
-    ((fake *)owner)->removed++;
 }
 
 static void f_activated(void *owner)
@@ -110,12 +104,13 @@ static int f_make(void *owner, int64_t now, int64_t must_outlive, sg_slot *out, 
     return 0;
 }
 
-static int f_write_files(void *owner, const sg_slot *sl, sg_err *err)
+static int f_write_files(sg_slots *t, const sg_slot *sl, sg_err *err)
 {
-    (void)owner;
-    (void)sl;
-    (void)err;
-    return 0;
+    char *p = sg_slots_path(t, sl->id, "key");
+    int rc = sg_fs_write_atomic(p, "k", 1, 0600, err);
+
+    free(p);
+    return rc;
 }
 
 static int f_load(void *owner, const char *path, json_t *o, sg_slot *sl, int64_t mark, int64_t now,
@@ -148,7 +143,6 @@ static const sg_slots_kind FAKE = {
     .gen_on_change = true,
     .id_ok = f_id_ok,
     .release = f_release,
-    .remove_files = f_remove,
     .activated = f_activated,
     .commit = f_commit,
     .report = f_report,
@@ -156,6 +150,7 @@ static const sg_slots_kind FAKE = {
     .write_files = f_write_files,
     .load = f_load,
     .file = "test-slots.json",
+    .file_prefix = "t-",
     .file_noun = "test state file",
     .file_remedy = "remove it",
     .array_key = "slots",
@@ -260,7 +255,6 @@ TEST(slots_rotation_follows_the_schedule)
     ASSERT_OK(rotate(f, NOW + 6000, &dirty));
     ASSERT(dirty);
     ASSERT_STREQ(state_of(f, "k0"), "none");
-    ASSERT_EQ(f->removed, 1);
     ASSERT_EQ(f->released, 1);
     fake_free(f);
 }
@@ -314,7 +308,6 @@ TEST(slots_operator_actions_check_state)
     ASSERT_OK(sg_slots_act(&f->t, SG_SLOTS_REVOKE, "k0", NOW + 310, &info, &err));
     ASSERT_STREQ(info.id, "k0");
     ASSERT_STREQ(state_of(f, "k0"), "none");
-    ASSERT_EQ(f->removed, 1);
     ASSERT(f->commits >= 4);
     fake_free(f);
 }
@@ -541,7 +534,7 @@ TEST(slots_list_and_tainted_ids)
     sg_err err;
 
     f->t.v[0].tainted = true;
-    ASSERT_OK(sg_slots_list(&f->t, sizeof(finfo), &v, &n, &err));
+    ASSERT_OK(sg_slots_list(&f->t, sizeof(finfo), NULL, &v, &n, &err));
     ASSERT_EQ(n, (size_t)1);
     ASSERT_STREQ(((finfo *)v)[0].id, "k0");
     free(v);
@@ -566,4 +559,25 @@ TEST(slots_key_is_type)
     ASSERT(!sg_slot_key_is_type(rsa, SG_KEY_RSA_4096));
     EVP_PKEY_free(ec);
     EVP_PKEY_free(rsa);
+}
+
+TEST(slots_files_follow_their_slot)
+{
+    const char *dir = sg_test_tmpdir();
+    fake *f = fake_started(dir);
+    char *p = sg_slots_path(&f->t, "k0", "key");
+    struct stat st;
+    sg_err err;
+
+    ASSERT(p != NULL);
+    ASSERT(strstr(p, "/t-k0.key") != NULL);
+    ASSERT_OK(stat(p, &st)); /* written when the slot was saved */
+    ASSERT(f->t.v[0].on_disk);
+    f->t.v[0].state = SG_SLOT_OLD;
+    f->t.v[0].tainted = true;
+    f->t.v[0].tainted_at = NOW;
+    ASSERT_OK(sg_slots_act(&f->t, SG_SLOTS_REVOKE, "k0", NOW + TTL, NULL, &err));
+    ASSERT(stat(p, &st) != 0);
+    free(p);
+    fake_free(f);
 }
