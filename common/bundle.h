@@ -29,8 +29,8 @@ typedef struct sg_bundle {
     size_t nx509;
     sg_jwt_key *jwt;
     size_t njwt;
-    uint64_t sequence;     /* spiffe_sequence, 0 = absent */
-    int64_t refresh_hint;  /* seconds, 0 = absent */
+    uint64_t sequence;    /* spiffe_sequence, 0 = absent */
+    int64_t refresh_hint; /* seconds, 0 = absent */
 } sg_bundle;
 
 void sg_bundle_cleanup(sg_bundle *b);

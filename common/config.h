@@ -44,8 +44,8 @@ typedef struct sg_server_config {
     sg_key_type jwt_key_type;                   /* jwt_key_type; default: ca_key_type's */
     sg_jwt_alg jwt_alg;                         /* the alg jwt_key_type signs with */
     bool jwt_key_type_set;
-    int64_t default_jwt_svid_ttl_s;             /* default 5m */
-    char *jwt_issuer;                           /* iss claim of JWT-SVIDs; may be NULL */
+    int64_t default_jwt_svid_ttl_s; /* default 5m */
+    char *jwt_issuer;               /* iss claim of JWT-SVIDs; may be NULL */
     /* plugins { DataStore "sql" } */
     char *db_type;              /* "sqlite3" */
     char *db_connection_string; /* path of the SQLite file */

@@ -53,7 +53,7 @@ int sg_jwt_kid(EVP_PKEY *key, char out[33], sg_err *err);
 typedef struct sg_jwt_claims {
     const char *sub; /* the SPIFFE ID */
     const char *const *aud;
-    size_t naud;     /* >= 1; one audience is written as a string, more as an array */
+    size_t naud; /* >= 1; one audience is written as a string, more as an array */
     int64_t iat;
     int64_t exp;
     const char *iss; /* may be NULL */
@@ -71,7 +71,7 @@ typedef const sg_bundle *(*sg_jwt_bundle_lookup)(void *ctx, const char *trust_do
 
 /* A validated token. Heap-owned (sg_jwt_validated_cleanup). */
 typedef struct sg_jwt_validated {
-    char *spiffe_id;  /* sub */
+    char *spiffe_id;   /* sub */
     char *claims_json; /* the whole payload, as JSON text */
     int64_t exp;
 } sg_jwt_validated;

@@ -351,8 +351,8 @@ TEST(cache_unsubscribe_from_head_middle_and_tail)
     workload(&w, (const char *const[]){"unix:uid:1", NULL});
     counter k[3] = {0};
     for (int i = 0; i < 3; i++)
-        ASSERT_OK(sg_cache_subscribe(c, SG_CACHE_WATCH_SVIDS, &w, count_cb, &k[i], NOW,
-                                     &k[i].sub, NULL));
+        ASSERT_OK(
+            sg_cache_subscribe(c, SG_CACHE_WATCH_SVIDS, &w, count_cb, &k[i], NOW, &k[i].sub, NULL));
     sg_cache_unsubscribe(c, k[1].sub); /* middle */
     put_svid(c, "e1", 1, "01", NOW + 3600);
     sg_cache_flush(c, NOW);
