@@ -354,7 +354,7 @@ int main(int argc, char **argv)
     client *clients;
     tag *tags;
     grpc_completion_queue *cq;
-    int active;
+    int active, rc = 0, bad_response = 0;
 
     if (argc != 4 && argc != 5) {
         fprintf(stderr,
@@ -412,7 +412,8 @@ int main(int argc, char **argv)
     }
     if (b.method == BM_VALIDATE && prepare_validate(&b, clients[0].ch) != 0) {
         printf("fetch_method validate\nfetch_clients %d\nfetch_failures 1\n", nclients);
-        return 1;
+        rc = 1;
+        goto out;
     }
     t0 = now_s();
     cpu0 = cpu_s();
@@ -454,12 +455,12 @@ int main(int argc, char **argv)
                 if (check_response(&b, c->resp, NULL) != 0) {
                     fprintf(stderr, "bench_fetch: the first response does not decode as %s's\n",
                             b.path);
-                    return 1;
+                    bad_response = 1;
                 }
                 b.checked = 1;
             }
             end_call(c);
-            if (now_s() < t_end && failures < 1000)
+            if (now_s() < t_end && failures < 1000 && !bad_response)
                 start_call(c, cq, tags);
             else
                 active--;
@@ -470,9 +471,10 @@ int main(int argc, char **argv)
         double cpu = cpu_s() - cpu0;
         qsort(lat, nlat, sizeof *lat, cmp_double);
         printf("fetch_method %s\n", argc == 5 ? argv[4] : "x509");
-        if (nlat == 0) {
+        if (nlat == 0 || bad_response) {
             printf("fetch_clients %d\nfetch_failures %zu\n", nclients, failures);
-            return 1;
+            rc = 1;
+            goto out;
         }
         printf("fetch_clients %d\n", nclients);
         printf("fetch_total %zu\n", nlat);
@@ -486,6 +488,7 @@ int main(int argc, char **argv)
             printf("fetch_audiences %lu\n", b.seq);
         printf("fetch_spiffe_id %s\n", b.spiffe_id[0] != '\0' ? b.spiffe_id : "-");
     }
+out:
     for (int i = 0; i < nclients; i++)
         grpc_channel_destroy(clients[i].ch);
     grpc_completion_queue_shutdown(cq);
@@ -498,5 +501,5 @@ int main(int argc, char **argv)
     free(tags);
     free(lat);
     grpc_shutdown_blocking();
-    return failures > 0 && nlat == 0;
+    return rc;
 }
