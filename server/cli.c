@@ -1998,8 +1998,9 @@ static void list_commands(const char *group)
         if (group != NULL && strcmp(d->group, group) != 0)
             continue;
         snprintf(name, sizeof name, "%s%s%s", d->group, d->name ? " " : "", d->name ? d->name : "");
-        fprintf(stderr, "    %-18s %s\n", name, d->summary);
+        fprintf(stderr, "    %-28s %s\n", name, d->summary);
     }
+    sg_server_cli_federation_list(stderr, group);
 }
 
 static int run_cmd(const cmd_def *cmd, const char *cmdname, int argc, char **argv)

@@ -790,6 +790,17 @@ static const fcmd *find(int argc, char **argv)
     return NULL;
 }
 
+void sg_server_cli_federation_list(FILE *f, const char *group)
+{
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char name[64];
+        if (group != NULL && strcmp(cmds[i].group, group) != 0)
+            continue;
+        snprintf(name, sizeof name, "%s %s", cmds[i].group, cmds[i].sub);
+        fprintf(f, "    %-28s %s\n", name, cmds[i].summary);
+    }
+}
+
 bool sg_server_cli_federation_handles(int argc, char **argv)
 {
     /* "federation" with no or an unknown subcommand is answered here too. */
@@ -809,9 +820,7 @@ int sg_server_cli_federation_main(int argc, char **argv)
         else
             fprintf(stderr, "%s: a subcommand is required\n", argc >= 2 ? argv[1] : "federation");
         fprintf(stderr, "Available commands for federation:\n");
-        for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-            if (strcmp(cmds[i].group, "federation") == 0)
-                fprintf(stderr, "    federation %-9s %s\n", cmds[i].sub, cmds[i].summary);
+        sg_server_cli_federation_list(stderr, "federation");
         return 1;
     }
     memset(&c, 0, sizeof c);

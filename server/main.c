@@ -38,8 +38,15 @@ static void usage(FILE *f)
             "  entry      create | show | update | delete | count\n"
             "  token      generate\n"
             "  agent      list | show | evict | ban | count\n"
-            "  bundle     show\n"
-            "  healthcheck\n",
+            "  bundle     show | set | list | delete\n"
+            "  federation create | update | list | show | delete | refresh\n"
+            "  localauthority x509|jwt show | prepare | activate | taint | revoke\n"
+            "  upstreamauthority taint | revoke\n"
+            "  x509       mint\n"
+            "  jwt        mint\n"
+            "  healthcheck\n"
+            "Run \"sigil-server <command>\" to list its subcommands and \"-h\" after one for its "
+            "flags.\n",
             DEFAULT_CONFIG);
 }
 

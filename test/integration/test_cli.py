@@ -334,3 +334,23 @@ def test_cli_run_flags_override_config(cluster):
     finally:
         ok, _, _ = srv.stop()
     assert ok, "override server did not stop within 5 s"
+
+
+@pytest.mark.parametrize("group,expected", [
+    ("bundle", ["bundle show", "bundle set", "bundle list", "bundle delete"]),
+    ("federation", ["federation create", "federation refresh"]),
+    ("localauthority", ["localauthority x509 taint", "localauthority jwt revoke"]),
+])
+def test_cli_group_lists_every_subcommand(group, expected):
+    r = subprocess.run([sigil.SERVER_BIN, group], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "a subcommand is required" in r.stderr
+    for name in expected:
+        assert name in r.stderr, (name, r.stderr)
+
+
+def test_cli_usage_names_every_command_group():
+    r = subprocess.run([sigil.SERVER_BIN], capture_output=True, text=True, timeout=10)
+    for group in ["entry", "token", "agent", "bundle", "federation", "localauthority",
+                  "upstreamauthority", "x509", "jwt", "healthcheck"]:
+        assert re.search(r"^\s+" + group + r"\b", r.stdout + r.stderr, re.M), group
