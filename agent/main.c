@@ -44,7 +44,7 @@ static void usage(FILE *f)
                "             -trustDomain TD -logLevel LEVEL -expandEnv -socketPath P\n"
                "             -serverAddress A -serverPort N -dataDir D\n"
                "  validate   Validates a configuration file: -config FILE [-expandEnv]\n"
-               "  api        Workload API client (api fetch x509 ...)\n"
+               "  api        Workload API client: api fetch x509|jwt, api validate jwt, api watch\n"
                "  healthcheck  Checks that the agent is up and ready\n");
 }
 
