@@ -130,20 +130,100 @@ static void svid_msg(Sigil__Node__V1__X509SVID *m, ProtobufCBinaryData *bins, co
 /* ------------------------------------------------------------ authentication */
 
 /*
- * Identifies the calling agent from its TLS certificate (the chain was
- * verified by the handshake) and checks it against the agent records.
- * On success agent_id holds the ID and *view (may be NULL) its entries.
+ * Agent certificates already read: decoding a certificate (its public key
+ * above all) costs far more than the rest of a call, and an agent presents
+ * the same one on every call until it renews. A slot maps the exact PEM
+ * text to the agent ID and serial read from it; only certificates that
+ * passed every check below are kept. Whether the agent may still call
+ * (evicted, banned, serial superseded) is decided on every call by
+ * sg_authz_agent_auth, never from here.
  */
-static int authenticate(sg_rpc_call *call, sg_server *s, char *agent_id, size_t idlen, char *serial,
-                        size_t seriallen, sg_authz_view **view, sg_err *err)
+#define PEER_CACHE_SLOTS 256
+
+typedef struct peer_slot {
+    uint64_t hash;
+    char *pem; /* NULL when empty */
+    size_t pem_len;
+    char id[SG_SPIFFEID_MAX + 1];
+    char serial[64];
+} peer_slot;
+
+typedef struct peer_cache {
+    pthread_mutex_t mu;
+    peer_slot slots[PEER_CACHE_SLOTS];
+} peer_cache;
+
+static uint64_t pem_hash(const char *pem, size_t len)
 {
-    const char *pem = sg_rpc_call_peer_cert_pem(call);
-    if (!pem)
-        return sg_err_set(err, SG_EUNAUTH, "an agent client certificate is required");
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)pem[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void peer_cache_init(peer_cache *pc)
+{
+    pthread_mutex_init(&pc->mu, NULL);
+}
+
+static void peer_cache_cleanup(peer_cache *pc)
+{
+    for (size_t i = 0; i < PEER_CACHE_SLOTS; i++)
+        free(pc->slots[i].pem);
+    pthread_mutex_destroy(&pc->mu);
+}
+
+/* True when pem was read before; then id and serial are filled in. */
+static bool peer_cache_get(peer_cache *pc, uint64_t h, const char *pem, size_t len, char *id,
+                           size_t idlen, char *serial, size_t seriallen)
+{
+    bool hit = false;
+    pthread_mutex_lock(&pc->mu);
+    const peer_slot *sl = &pc->slots[h % PEER_CACHE_SLOTS];
+    if (sl->pem != NULL && sl->hash == h && sl->pem_len == len && memcmp(sl->pem, pem, len) == 0) {
+        snprintf(id, idlen, "%s", sl->id);
+        snprintf(serial, seriallen, "%s", sl->serial);
+        hit = true;
+    }
+    pthread_mutex_unlock(&pc->mu);
+    return hit;
+}
+
+static void peer_cache_put(peer_cache *pc, uint64_t h, const char *pem, size_t len, const char *id,
+                           const char *serial)
+{
+    char *copy = malloc(len);
+    if (!copy)
+        return; /* the next call reads the certificate again */
+    memcpy(copy, pem, len);
+    pthread_mutex_lock(&pc->mu);
+    peer_slot *sl = &pc->slots[h % PEER_CACHE_SLOTS];
+    char *old = sl->pem;
+    sl->hash = h;
+    sl->pem = copy;
+    sl->pem_len = len;
+    snprintf(sl->id, sizeof(sl->id), "%s", id);
+    snprintf(sl->serial, sizeof(sl->serial), "%s", serial);
+    pthread_mutex_unlock(&pc->mu);
+    free(old);
+}
+
+/* The server's cache of agent certificates (kept with its Sync hub), or NULL. */
+static peer_cache *peer_cache_of(sg_server *s);
+
+/*
+ * Reads the agent ID and serial from the peer's leaf certificate and
+ * checks that it names an agent of this trust domain.
+ */
+static int read_peer_cert(sg_server *s, const char *pem, size_t pem_len, char *agent_id,
+                          size_t idlen, char *serial, size_t seriallen, sg_err *err)
+{
     STACK_OF(X509) *certs = NULL;
     sg_err e;
     sg_err_clear(&e);
-    if (sg_x509_parse_pem_chain(pem, strlen(pem), &certs, &e) < 0)
+    if (sg_x509_parse_pem_chain(pem, pem_len, &certs, &e) < 0)
         return sg_err_set(err, SG_EUNAUTH, "client certificate unreadable: %s", e.msg);
     X509 *leaf = sk_X509_value(certs, 0);
     sg_spiffeid id;
@@ -160,7 +240,31 @@ static int authenticate(sg_rpc_call *call, sg_server *s, char *agent_id, size_t 
         return sg_err_set(err, SG_EPERM, "caller %s is not an agent of trust domain %s", id.str,
                           td);
     snprintf(agent_id, idlen, "%s", id.str);
-    return sg_authz_agent_auth(sg_server_authz(s), sg_server_datastore(s), id.str, serial, view,
+    return 0;
+}
+
+/*
+ * Identifies the calling agent from its TLS certificate (the chain was
+ * verified by the handshake) and checks it against the agent records.
+ * On success agent_id holds the ID and *view (may be NULL) its entries.
+ */
+static int authenticate(sg_rpc_call *call, sg_server *s, char *agent_id, size_t idlen, char *serial,
+                        size_t seriallen, sg_authz_view **view, sg_err *err)
+{
+    const char *pem = sg_rpc_call_peer_cert_pem(call);
+    if (!pem)
+        return sg_err_set(err, SG_EUNAUTH, "an agent client certificate is required");
+    size_t pem_len = strlen(pem);
+    peer_cache *pc = peer_cache_of(s);
+    uint64_t h = pem_hash(pem, pem_len);
+    if (!pc || !peer_cache_get(pc, h, pem, pem_len, agent_id, idlen, serial, seriallen)) {
+        int rc = read_peer_cert(s, pem, pem_len, agent_id, idlen, serial, seriallen, err);
+        if (rc < 0)
+            return rc;
+        if (pc)
+            peer_cache_put(pc, h, pem, pem_len, agent_id, serial);
+    }
+    return sg_authz_agent_auth(sg_server_authz(s), sg_server_datastore(s), agent_id, serial, view,
                                err);
 }
 
@@ -735,6 +839,7 @@ typedef struct sync_ctx {
     sg_server *s;
     uint64_t seq;     /* notifier thread only */
     uint64_t tainted; /* notifier thread only */
+    peer_cache peers; /* any thread */
 } sync_ctx;
 
 /* One open Sync stream; owned by its call, freed in its done callback. */
@@ -954,6 +1059,13 @@ static void sync_done(sg_rpc_call *call, bool cancelled, void *user)
     free(st);
 }
 
+static void sync_ctx_free(void *ctx)
+{
+    sync_ctx *c = ctx;
+    peer_cache_cleanup(&c->peers);
+    free(c);
+}
+
 int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
 {
     sync_ctx *c = calloc(1, sizeof(*c));
@@ -962,11 +1074,21 @@ int sg_node_sync_hub_new(sg_sync_hub **out, sg_server *s, sg_err *err)
     c->s = s;
     c->seq = sg_server_bundle_sequence(s);
     c->tainted = tainted_fp(sg_server_ca(s));
-    sg_sync_hub_ops ops = {.push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = free};
+    peer_cache_init(&c->peers);
+    sg_sync_hub_ops ops = {
+        .push = sync_push, .end = sync_end, .poll = sync_poll, .ctx_free = sync_ctx_free};
     int rc = sg_sync_hub_new(out, &ops, c, NULL, err);
     if (rc < 0)
-        free(c);
+        sync_ctx_free(c);
     return rc;
+}
+
+static peer_cache *peer_cache_of(sg_server *s)
+{
+    sg_sync_hub *hub = sg_server_sync_hub(s);
+    if (!hub || hub->ops.push != sync_push)
+        return NULL;
+    return &((sync_ctx *)hub->ctx)->peers;
 }
 
 static void h_sync(sg_rpc_call *call, const ProtobufCMessage *reqm, void *user)
