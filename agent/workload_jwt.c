@@ -3,7 +3,8 @@
  * round trips on a miss without blocking the loop), FetchJWTBundles (own
  * and federated JWKS, a new message on every change), ValidateJWTSVID
  * (claims returned as a google.protobuf.Struct), and the foreign X.509
- * bundles the X.509 messages carry. Loop thread only.
+ * bundles the X.509 messages carry. Loop thread only, except the
+ * signature checks of ValidateJWTSVID (thread pool, on a copied bundle).
  */
 #include "agent/workload_api_int.h"
 
@@ -389,11 +390,6 @@ void sg__wl_send_jwt_bundles(sg__wl_call *w)
 
 /* ------------------------------------------------------------ ValidateJWTSVID */
 
-static const sg_bundle *lookup_bundle(void *ctx, const char *trust_domain)
-{
-    return sg_cache_jwt_bundle(ctx, trust_domain);
-}
-
 static Google__Protobuf__Struct *json_to_struct(json_t *obj, int depth);
 
 /* A JSON value as a google.protobuf.Value (malloc'd tree), or NULL. */
@@ -494,36 +490,147 @@ fail:
     return NULL;
 }
 
-void sg__wl_validate(sg__wl_call *w)
-{
-    sg_cache *c = w->api->d.cache;
+/*
+ * One ValidateJWTSVID on the thread pool. The signature check and the
+ * claims conversion are most of the call's cost, so they run off the loop
+ * thread against a copy of the one bundle the token needs; the reply is
+ * sent back on the loop thread.
+ */
+typedef struct validate_job {
+    sg__wl_call *w;
+    uv_work_t work;
+    char td[SG_SPIFFEID_MAX + 1]; /* the trust domain of the token's sub */
+    sg_bundle bundle;             /* a copy of its JWT bundle */
+    bool copied;
+    int rc;
+    sg_err err;
     sg_jwt_validated v;
-    memset(&v, 0, sizeof(v));
+    Google__Protobuf__Struct *st; /* the claims, once valid */
+} validate_job;
+
+/*
+ * Probe lookup, on the loop thread: copies the bundle the token names and
+ * then stops the validation (the worker does it in full). A trust domain
+ * without a bundle is final: the probe's error is the answer.
+ */
+static const sg_bundle *probe_bundle(void *ctx, const char *trust_domain)
+{
+    validate_job *j = ctx;
+    const sg_bundle *b = sg_cache_jwt_bundle(j->w->api->d.cache, trust_domain);
+    if (b == NULL || strlen(trust_domain) >= sizeof(j->td))
+        return b;
     sg_err e;
     sg_err_clear(&e);
-    int rc = sg_jwt_validate(w->token, w->aud[0], now_s(), lookup_bundle, c, &v, &e);
-    if (rc != 0) {
-        /* Every reason a token fails is the caller's input: InvalidArgument. */
-        sg_log_debug("workload api: ValidateJWTSVID from pid %d: %s", (int)w->peer.pid, e.msg);
-        sg__wl_finish(w->call, SG_EINVAL, e.msg[0] != '\0' ? e.msg : "invalid JWT-SVID");
-        return;
-    }
+    if (sg_bundle_copy(&j->bundle, b, &e) != 0)
+        return b; /* validate on the loop thread then */
+    snprintf(j->td, sizeof(j->td), "%s", trust_domain);
+    j->copied = true;
+    return NULL;
+}
+
+/* Worker lookup: only the copied bundle. */
+static const sg_bundle *copied_bundle(void *ctx, const char *trust_domain)
+{
+    validate_job *j = ctx;
+    return strcmp(trust_domain, j->td) == 0 ? &j->bundle : NULL;
+}
+
+/* Thread pool: the claims of a valid token as a Struct. */
+static void validate_claims(validate_job *j)
+{
     json_error_t jerr;
-    json_t *claims = v.claims_json != NULL ? json_loads(v.claims_json, 0, &jerr) : NULL;
-    Google__Protobuf__Struct *st = json_is_object(claims) ? json_to_struct(claims, 0) : NULL;
+    json_t *claims = j->v.claims_json != NULL ? json_loads(j->v.claims_json, 0, &jerr) : NULL;
+    j->st = json_is_object(claims) ? json_to_struct(claims, 0) : NULL;
     json_decref(claims);
-    if (st == NULL) {
-        sg_jwt_validated_cleanup(&v);
-        sg__wl_finish(w->call, SG_EINVAL, "the token's claims cannot be represented");
-        return;
+    if (j->st == NULL)
+        j->rc = sg_err_set(&j->err, SG_EINVAL, "the token's claims cannot be represented");
+}
+
+static void validate_work(uv_work_t *req)
+{
+    validate_job *j = req->data;
+    sg__wl_call *w = j->w;
+    j->rc = sg_jwt_validate(w->token, w->aud[0], now_s(), copied_bundle, j, &j->v, &j->err);
+    if (j->rc == 0)
+        validate_claims(j);
+}
+
+static void validate_job_free(validate_job *j)
+{
+    if (j->st != NULL)
+        protobuf_c_message_free_unpacked(&j->st->base, NULL);
+    sg_jwt_validated_cleanup(&j->v);
+    if (j->copied)
+        sg_bundle_cleanup(&j->bundle);
+    free(j);
+}
+
+/* Loop thread: answers the call from a finished job and frees it. */
+static void validate_reply(validate_job *j)
+{
+    sg__wl_call *w = j->w;
+    if (w->call == NULL || sg_rpc_call_is_over(w->call))
+        goto out;
+    if (j->rc != 0) {
+        /* Every reason a token fails is the caller's input: InvalidArgument. */
+        sg_log_debug("workload api: ValidateJWTSVID from pid %d: %s", (int)w->peer.pid, j->err.msg);
+        sg__wl_finish(w->call, SG_EINVAL, j->err.msg[0] != '\0' ? j->err.msg : "invalid JWT-SVID");
+        goto out;
     }
     ValidateJWTSVIDResponse resp = VALIDATE_JWTSVIDRESPONSE__INIT;
-    resp.spiffe_id = v.spiffe_id;
-    resp.claims = st;
+    resp.spiffe_id = j->v.spiffe_id;
+    resp.claims = j->st;
     if (sg_rpc_call_send(w->call, &resp.base) == 0)
         sg_rpc_call_finish(w->call, GRPC_STATUS_OK, "");
-    protobuf_c_message_free_unpacked(&st->base, NULL);
-    sg_jwt_validated_cleanup(&v);
+out:
+    validate_job_free(j);
+}
+
+static void validate_done(uv_work_t *req, int status)
+{
+    validate_job *j = req->data;
+    sg__wl_call *w = j->w;
+    w->api->pending--;
+    if (status != 0) {
+        j->rc = sg_err_set(&j->err, SG_EUNAVAIL, "token validation was cancelled");
+        if (w->call != NULL && !sg_rpc_call_is_over(w->call))
+            sg__wl_finish(w->call, SG_EUNAVAIL, j->err.msg);
+        validate_job_free(j);
+    } else {
+        validate_reply(j);
+    }
+    sg__wl_unref(w);
+}
+
+void sg__wl_validate(sg__wl_call *w)
+{
+    validate_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        sg__wl_finish(w->call, SG_ENOMEM, "out of memory");
+        return;
+    }
+    j->w = w;
+    j->work.data = j;
+    /* The probe reads the token up to its bundle lookup: a token refused
+     * before that is answered here, one whose bundle was copied goes to
+     * the thread pool. */
+    j->rc = sg_jwt_validate(w->token, w->aud[0], now_s(), probe_bundle, j, &j->v, &j->err);
+    if (j->copied) {
+        sg_jwt_validated_cleanup(&j->v);
+        sg_err_clear(&j->err);
+        j->rc = 0;
+        w->refs++; /* validate_done drops it */
+        w->api->pending++;
+        if (uv_queue_work(w->api->d.loop, &j->work, validate_work, validate_done) == 0)
+            return;
+        w->api->pending--;
+        w->refs--;
+        /* No thread pool: validate here. */
+        validate_work(&j->work);
+    } else if (j->rc == 0) {
+        validate_claims(j);
+    }
+    validate_reply(j);
 }
 
 /* ------------------------------------------------------------ federated X.509 */
