@@ -509,7 +509,7 @@ TEST(slots_table_is_bounded)
 
     for (int i = 1; i < SG_SLOTS_MAX; i++) {
         sg_slot sl;
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "k%d", 100 + i);
         fill(f, &sl, id, NOW + TTL);
         sl.state = SG_SLOT_OLD;
