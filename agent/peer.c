@@ -24,6 +24,7 @@
 #endif
 
 #define PEER_TABLE_MAX_FD (1 << 22)
+#define PEER_GROUPS_FIRST 64 /* groups asked for before the kernel says how many */
 
 typedef struct peer_slot {
     bool used;
@@ -103,6 +104,40 @@ static int socket_identity(int fd, ino_t *ino, uint64_t *cookie)
     return 0;
 }
 
+/*
+ * The peer's supplementary groups as the kernel recorded them at connect.
+ * 0 with *n = -1 when the kernel has no SO_PEERGROUPS (before 4.13).
+ */
+static int peer_groups(int fd, gid_t **out, int *n, sg_err *err)
+{
+    socklen_t len = PEER_GROUPS_FIRST * sizeof(gid_t);
+    gid_t *g = NULL;
+    *out = NULL;
+    *n = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        gid_t *ng = realloc(g, len > 0 ? len : sizeof(gid_t));
+        if (ng == NULL) {
+            free(g);
+            return sg_err_set(err, SG_ENOMEM, "out of memory reading the groups of fd %d", fd);
+        }
+        g = ng;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0) {
+            *out = g;
+            *n = (int)(len / sizeof(gid_t));
+            return 0;
+        }
+        if (errno != ERANGE)
+            break;
+        /* len now holds the size the kernel needs. */
+    }
+    int e = errno;
+    free(g);
+    if (e == ENOPROTOOPT)
+        return 0;
+    errno = e;
+    return sg_err_sys(err, "SO_PEERGROUPS on fd %d", fd);
+}
+
 int sg_peer_capture(int fd, sg_peer *out, sg_err *err)
 {
     struct ucred cred;
@@ -115,6 +150,9 @@ int sg_peer_capture(int fd, sg_peer *out, sg_err *err)
     sg_peer p = {.pid = cred.pid, .uid = cred.uid, .gid = cred.gid, .pidfd = -1};
     if (socket_identity(fd, &p.ino, &p.cookie) != 0)
         return sg_err_sys(err, "fd %d is not a socket", fd);
+    int rc = peer_groups(fd, &p.groups, &p.ngroups, err);
+    if (rc != 0)
+        return rc;
 
     /* SO_PEERPIDFD pins the process that connected, with no race at all. */
     int pidfd = -1;
@@ -123,15 +161,19 @@ int sg_peer_capture(int fd, sg_peer *out, sg_err *err)
         pidfd = pidfd_open_compat(cred.pid);
         if (pidfd < 0) {
             if (errno == ESRCH)
-                return sg_err_set(err, SG_EPERM, "peer pid %d has exited", (int)cred.pid);
-            if (errno != ENOSYS)
-                return sg_err_sys(err, "pidfd_open(%d)", (int)cred.pid);
+                rc = sg_err_set(err, SG_EPERM, "peer pid %d has exited", (int)cred.pid);
+            else if (errno != ENOSYS)
+                rc = sg_err_sys(err, "pidfd_open(%d)", (int)cred.pid);
+            if (rc != 0) {
+                sg_peer_cleanup(&p);
+                return rc;
+            }
         }
     }
     if (pidfd >= 0)
         (void)fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     p.pidfd = pidfd;
-    int rc = sg_peer_proc_starttime(cred.pid, &p.starttime, err);
+    rc = sg_peer_proc_starttime(cred.pid, &p.starttime, err);
     if (rc == 0)
         rc = sg_peer_check(&p, err);
     if (rc != 0) {
@@ -174,15 +216,27 @@ void sg_peer_cleanup(sg_peer *p)
     if (p->pidfd >= 0)
         close(p->pidfd);
     p->pidfd = -1;
+    free(p->groups);
+    p->groups = NULL;
+    p->ngroups = -1;
 }
 
 int sg_peer_copy(const sg_peer *src, sg_peer *dst, sg_err *err)
 {
     sg_peer c = *src;
+    c.groups = NULL;
+    if (src->ngroups > 0) {
+        c.groups = malloc((size_t)src->ngroups * sizeof(gid_t));
+        if (c.groups == NULL)
+            return sg_err_set(err, SG_ENOMEM, "out of memory copying caller pid %d", (int)src->pid);
+        memcpy(c.groups, src->groups, (size_t)src->ngroups * sizeof(gid_t));
+    }
     if (src->pidfd >= 0) {
         c.pidfd = fcntl(src->pidfd, F_DUPFD_CLOEXEC, 0);
-        if (c.pidfd < 0)
+        if (c.pidfd < 0) {
+            free(c.groups);
             return sg_err_sys(err, "dup pidfd of pid %d", (int)src->pid);
+        }
     }
     *dst = c;
     return 0;

@@ -14,11 +14,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* One caller. pidfd is owned by whoever owns the struct (sg_peer_cleanup). */
+/*
+ * One caller. pidfd and groups are owned by whoever owns the struct
+ * (sg_peer_cleanup).
+ */
 typedef struct sg_peer {
     pid_t pid;
     uid_t uid;
     gid_t gid;
+    gid_t *groups;      /* supplementary groups at connect (SO_PEERGROUPS) */
+    int ngroups;        /* -1: the kernel did not report them */
     int pidfd;          /* -1 when none */
     uint64_t starttime; /* clock ticks after boot, field 22 of /proc/<pid>/stat */
     ino_t ino;          /* inode of the connection socket at accept */
@@ -26,7 +31,8 @@ typedef struct sg_peer {
 } sg_peer;
 
 /*
- * Reads the credentials of the connected Unix socket fd and pins the
+ * Reads the credentials of the connected Unix socket fd (SO_PEERCRED and
+ * SO_PEERGROUPS: one snapshot the kernel took at connect) and pins the
  * process: SO_PEERPIDFD where the kernel has it (>= 6.5), else pidfd_open.
  * On success *out owns a new pidfd. Fails when the peer has already exited.
  */
@@ -42,10 +48,10 @@ int sg_peer_check(const sg_peer *p, sg_err *err);
 /* Reads the start time of pid from /proc/<pid>/stat. */
 int sg_peer_proc_starttime(pid_t pid, uint64_t *out, sg_err *err);
 
-/* Closes p's pidfd and marks it empty. NULL-safe. */
+/* Closes p's pidfd, frees its groups and marks it empty. NULL-safe. */
 void sg_peer_cleanup(sg_peer *p);
 
-/* Deep copy (dups the pidfd). */
+/* Deep copy (dups the pidfd, copies the groups). */
 int sg_peer_copy(const sg_peer *src, sg_peer *dst, sg_err *err);
 
 /* ------------------------------------------------------------ fd table */

@@ -237,11 +237,21 @@ static void on_cache_change(sg_cache *c, sg_cache_sub *sub, void *user)
 
 /* ------------------------------------------------------------ attestation */
 
+static sg_workload_peer workload_peer(const sg_peer *p)
+{
+    return (sg_workload_peer){.pid = p->pid,
+                              .uid = p->uid,
+                              .gid = p->gid,
+                              .has_groups = p->ngroups >= 0,
+                              .groups = p->groups,
+                              .ngroups = p->ngroups > 0 ? (size_t)p->ngroups : 0};
+}
+
 static void attest_work(uv_work_t *req)
 {
     wl_call *w = req->data;
     const sg_workload_api_deps *d = &w->api->d;
-    sg_workload_peer wp = {.pid = w->peer.pid, .uid = w->peer.uid, .gid = w->peer.gid};
+    sg_workload_peer wp = workload_peer(&w->peer);
     for (size_t i = 0; i < d->nattestors; i++) {
         int rc = d->attestors[i]->attest(d->states[i], &wp, &w->sels, &w->attest_err);
         if (rc != 0) {
@@ -262,7 +272,7 @@ static void attest_work(uv_work_t *req)
 static bool attest_inline(wl_call *w)
 {
     const sg_workload_api_deps *d = &w->api->d;
-    sg_workload_peer wp = {.pid = w->peer.pid, .uid = w->peer.uid, .gid = w->peer.gid};
+    sg_workload_peer wp = workload_peer(&w->peer);
     for (size_t i = 0; i < d->nattestors; i++) {
         int rc = d->attestors[i]->attest_cached != NULL
                      ? d->attestors[i]->attest_cached(d->states[i], &wp, &w->sels, &w->attest_err)

@@ -22,11 +22,14 @@
 
 /* ------------------------------------------------------------ workload */
 
-/* What the agent knows about a Workload API caller (from SO_PEERCRED). */
+/* What the agent knows about a Workload API caller (SO_PEERCRED, SO_PEERGROUPS). */
 typedef struct sg_workload_peer {
     pid_t pid;
     uid_t uid;
     gid_t gid;
+    bool has_groups;     /* false: read the supplementary groups from /proc */
+    const gid_t *groups; /* supplementary groups at connect, when has_groups */
+    size_t ngroups;
 } sg_workload_peer;
 
 typedef struct sg_workload_attestor {

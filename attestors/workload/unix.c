@@ -277,27 +277,46 @@ static int parse_groups(const char *status, unsigned long *gids, size_t max, siz
     return 0;
 }
 
-static int add_supplementary(unix_state *st, bool cached_only, sg_selector_set *out, pid_t pid,
-                             sg_err *err)
+static int add_group_list(unix_state *st, bool cached_only, sg_selector_set *out,
+                          const unsigned long *gids, size_t n, sg_err *err)
 {
-    char *status = NULL;
-    int rc = read_proc_file(pid, "status", &status, err);
-    if (rc < 0)
-        return rc;
-    unsigned long *gids = malloc(UNIX_MAX_GROUPS * sizeof(*gids));
-    if (gids == NULL) {
-        free(status);
-        return sg_err_set(err, SG_ENOMEM, "unix: out of memory");
-    }
-    size_t n = 0;
-    rc = parse_groups(status, gids, UNIX_MAX_GROUPS, &n, err);
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = add_id_selector(out, "supplementary_gid", gids[i], err);
         if (rc == 0)
             rc = add_named(st, cached_only, out, false, "supplementary_group", gids[i], err);
     }
+    return rc;
+}
+
+/*
+ * Supplementary groups: those the kernel recorded at connect along with
+ * uid and gid, or, where it could not report them, /proc/<pid>/status.
+ */
+static int add_supplementary(unix_state *st, bool cached_only, sg_selector_set *out,
+                             const sg_workload_peer *peer, sg_err *err)
+{
+    if (peer->has_groups && peer->ngroups > UNIX_MAX_GROUPS)
+        return sg_err_set(err, SG_ETOOBIG, "unix: more than %d supplementary groups",
+                          UNIX_MAX_GROUPS);
+    unsigned long *gids = malloc(UNIX_MAX_GROUPS * sizeof(*gids));
+    if (gids == NULL)
+        return sg_err_set(err, SG_ENOMEM, "unix: out of memory");
+    size_t n = 0;
+    int rc = 0;
+    if (peer->has_groups) {
+        for (n = 0; n < peer->ngroups; n++)
+            gids[n] = peer->groups[n];
+    } else {
+        char *status = NULL;
+        rc = read_proc_file(peer->pid, "status", &status, err);
+        if (rc == 0)
+            rc = parse_groups(status, gids, UNIX_MAX_GROUPS, &n, err);
+        free(status);
+    }
+    if (rc == 0)
+        rc = add_group_list(st, cached_only, out, gids, n, err);
     free(gids);
-    free(status);
     return rc;
 }
 
@@ -449,7 +468,7 @@ static int attest_impl(unix_state *st, bool cached_only, const sg_workload_peer 
     if (rc == 0)
         rc = add_named(st, cached_only, &tmp, false, "group", (unsigned long)peer->gid, err);
     if (rc == 0)
-        rc = add_supplementary(st, cached_only, &tmp, peer->pid, err);
+        rc = add_supplementary(st, cached_only, &tmp, peer, err);
     if (rc == 0 && st->discover_workload_path)
         rc = add_path_and_hash(st, cached_only, &tmp, peer->pid, err);
     for (size_t i = 0; rc == 0 && i < tmp.n; i++) {

@@ -5,6 +5,7 @@
 #include "agent/peer.h"
 #include "test/runner.h"
 
+#include <grp.h>
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -29,6 +30,69 @@ TEST(peer_capture_reads_socketpair_credentials)
     ASSERT_OK(sg_peer_check(&p, &err));
     sg_peer_cleanup(&p);
     ASSERT_EQ(p.pidfd, -1);
+}
+
+/* Supplementary groups are the ones the caller had when it connected, like
+ * uid and gid: dropping them afterwards changes nothing. */
+TEST(peer_capture_groups_are_those_at_connect)
+{
+    if (geteuid() != 0) {
+        printf("  (skipped: setgroups needs root)\n");
+        return;
+    }
+    int sv[2], go[2];
+    ASSERT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+    ASSERT_OK(pipe(go));
+    close(sv[0]);
+    close(sv[1]);
+    const char *dir = sg_test_tmpdir();
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/g.sock", dir);
+    unlink(sa.sun_path);
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    ASSERT(l >= 0);
+    ASSERT_OK(bind(l, (struct sockaddr *)&sa, sizeof(sa)));
+    ASSERT_OK(listen(l, 1));
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        gid_t g[2] = {4242, 4343};
+        char b;
+        close(go[1]);
+        int c = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (setgroups(2, g) != 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+            _exit(1);
+        if (setgroups(0, NULL) != 0)
+            _exit(1);
+        (void)write(c, "x", 1);
+        (void)read(go[0], &b, 1);
+        _exit(0);
+    }
+    int fd = accept(l, NULL, NULL);
+    ASSERT(fd >= 0);
+    char b;
+    ASSERT_EQ(read(fd, &b, 1), 1); /* the child has dropped its groups by now */
+    sg_peer p;
+    sg_err err = {0};
+    ASSERT_OK(sg_peer_capture(fd, &p, &err));
+    ASSERT_EQ(p.ngroups, 2);
+    ASSERT_EQ(p.groups[0], 4242);
+    ASSERT_EQ(p.groups[1], 4343);
+    sg_peer c;
+    ASSERT_OK(sg_peer_copy(&p, &c, &err));
+    ASSERT_EQ(c.ngroups, 2);
+    ASSERT(c.groups != p.groups);
+    ASSERT_EQ(c.groups[1], 4343);
+    sg_peer_cleanup(&c);
+    sg_peer_cleanup(&p);
+    ASSERT(p.groups == NULL);
+    close(go[1]);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(go[0]);
+    close(fd);
+    close(l);
 }
 
 TEST(peer_capture_rejects_non_socket)

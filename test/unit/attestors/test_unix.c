@@ -146,6 +146,34 @@ TEST(unix_selectors_for_current_process)
     sg_unix_workload_attestor.destroy(st);
 }
 
+TEST(unix_supplementary_groups_come_from_the_connection)
+{
+    void *st = configure(false, 0);
+    /* Groups the kernel reported for the connection win over /proc. */
+    const gid_t groups[2] = {3999991, 3999992};
+    sg_workload_peer peer = {.pid = getpid(),
+                             .uid = getuid(),
+                             .gid = getgid(),
+                             .has_groups = true,
+                             .groups = groups,
+                             .ngroups = 2};
+    sg_selector_set set = {0};
+    sg_err err;
+    sg_err_clear(&err);
+    ASSERT_OK(sg_unix_workload_attestor.attest(st, &peer, &set, &err));
+    ASSERT(has(&set, "supplementary_gid:3999991"));
+    ASSERT(has(&set, "supplementary_gid:3999992"));
+    ASSERT_EQ(count_prefix(&set, "supplementary_gid:"), 2);
+    sg_selector_set_cleanup(&set);
+
+    /* An empty list is no supplementary groups, not "ask /proc". */
+    peer.ngroups = 0;
+    ASSERT_OK(sg_unix_workload_attestor.attest(st, &peer, &set, &err));
+    ASSERT_EQ(count_prefix(&set, "supplementary_gid:"), 0);
+    sg_selector_set_cleanup(&set);
+    sg_unix_workload_attestor.destroy(st);
+}
+
 TEST(unix_ids_come_from_peer_credentials_not_proc)
 {
     void *st = configure(false, 0);
