@@ -1063,6 +1063,9 @@ static int setup(sg_agent *a, sg_err *err)
         .cq_threads = 1,
         .dispatch = dispatch,
         .dispatch_ctx = a,
+        /* The node client's threads must not take the poller role from the
+         * Workload API's CQ thread on every call. */
+        .drive_client_io = true,
     };
     rc = sg_rpc_server_new(&a->rpc, &opts, err);
     if (rc == 0)

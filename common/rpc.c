@@ -18,6 +18,7 @@
 #include "common/rpc.h"
 
 #include "common/log.h"
+#include "common/rpc_wait.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -307,6 +308,8 @@ static void *cq_thread(void *arg)
         else if (ev->run != call_send_run || !call_send_settle(ev, ev->ok))
             srv->opts.dispatch(ev, srv->opts.dispatch_ctx);
     }
+    if (srv->opts.drive_client_io)
+        sg_rpc_wait_drivers_add(-1); /* counted when the thread was started */
     pthread_mutex_lock(&srv->mu);
     srv->exited++;
     pthread_cond_broadcast(&srv->cv);
@@ -887,6 +890,8 @@ int sg_rpc_server_start(sg_rpc_server *srv, sg_err *err)
             break;
         }
         srv->nthreads++;
+        if (srv->opts.drive_client_io)
+            sg_rpc_wait_drivers_add(1);
     }
     return 0;
 }
@@ -1222,18 +1227,10 @@ static void set_ok_status(sg_rpc_status *status)
     }
 }
 
-/* Destroys a CQ that has nothing outstanding (pluck: a pluck queue). */
-static void cq_destroy(grpc_completion_queue *cq, bool pluck)
+/* The monotonic ms wait_ms from now, or -1 (no limit) for wait_ms <= 0. */
+static int64_t until_after(int64_t wait_ms)
 {
-    grpc_completion_queue_shutdown(cq);
-    if (pluck) {
-        grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    } else {
-        while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-               GRPC_QUEUE_SHUTDOWN)
-            ;
-    }
-    grpc_completion_queue_destroy(cq);
+    return wait_ms <= 0 ? -1 : sg_rpc_wait_now_ms() + wait_ms;
 }
 
 int sg_rpc_unary(grpc_channel *ch, const char *path, const ProtobufCMessage *req,
@@ -1243,14 +1240,15 @@ int sg_rpc_unary(grpc_channel *ch, const char *path, const ProtobufCMessage *req
     grpc_metadata *gmd = make_md(md, nmd);
     if (nmd > 0 && gmd == NULL)
         return sg_err_set(err, SG_ENOMEM, "out of memory calling %s", path);
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    sg_rpc_wait wait;
+    sg_rpc_wait_init(&wait);
     grpc_slice method = grpc_slice_from_copied_string(path);
-    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method, NULL,
-                                               deadline_after(timeout_ms), NULL);
+    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, wait.cq, method,
+                                               NULL, deadline_after(timeout_ms), NULL);
     grpc_slice_unref(method);
     if (call == NULL) {
         free_md(gmd, nmd);
-        cq_destroy(cq, true);
+        sg_rpc_wait_destroy(&wait);
         return sg_err_set(err, SG_EINVAL, "cannot create a call to %s", path);
     }
 
@@ -1282,11 +1280,13 @@ int sg_rpc_unary(grpc_channel *ch, const char *path, const ProtobufCMessage *req
     ops[5].data.recv_status_on_client.error_string = &error_string;
 
     int rc = 0;
-    int tag = 0;
-    if (grpc_call_start_batch(call, ops, 6, &tag, NULL) != GRPC_CALL_OK) {
+    if (grpc_call_start_batch(call, ops, 6, sg_rpc_wait_tag_of(&wait, 0), NULL) != GRPC_CALL_OK) {
         rc = sg_err_set(err, SG_EIO, "cannot start the call to %s", path);
     } else {
-        grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        int idx;
+        bool ok;
+        /* The call's deadline ends it, so this wait ends too. */
+        (void)sg_rpc_wait_next(&wait, -1, &idx, &ok);
         if (code != GRPC_STATUS_OK) {
             rc = status_error(code, details, status, err);
         } else if (recv_bb == NULL) {
@@ -1311,7 +1311,7 @@ int sg_rpc_unary(grpc_channel *ch, const char *path, const ProtobufCMessage *req
         grpc_byte_buffer_destroy(recv_bb);
     grpc_call_unref(call);
     free_md(gmd, nmd);
-    cq_destroy(cq, true);
+    sg_rpc_wait_destroy(&wait);
     return rc;
 }
 
@@ -1319,9 +1319,8 @@ int sg_rpc_unary(grpc_channel *ch, const char *path, const ProtobufCMessage *req
 enum { ST_START, ST_SEND, ST_CLOSE, ST_RECV, ST_STATUS, ST_NTAGS };
 
 struct sg_rpc_stream {
-    grpc_completion_queue *cq;
+    sg_rpc_wait wait; /* each op's tag is its index */
     grpc_call *call;
-    char tags[ST_NTAGS]; /* addresses used as tags */
     bool busy[ST_NTAGS]; /* started, not yet completed */
     bool okv[ST_NTAGS];  /* success of the last completion */
     grpc_metadata *gmd;
@@ -1341,18 +1340,16 @@ struct sg_rpc_stream {
  * Processes completions until op `which` is no longer busy, or the wait
  * deadline passes (returns false then).
  */
-static bool stream_wait(sg_rpc_stream *s, int which, gpr_timespec until)
+static bool stream_wait(sg_rpc_stream *s, int which, int64_t until_ms)
 {
     while (s->busy[which]) {
-        grpc_event e = grpc_completion_queue_next(s->cq, until, NULL);
-        if (e.type == GRPC_QUEUE_TIMEOUT)
+        int idx;
+        bool ok;
+        if (!sg_rpc_wait_next(&s->wait, until_ms, &idx, &ok))
             return false;
-        if (e.type != GRPC_OP_COMPLETE)
-            return false;
-        int idx = (int)((char *)e.tag - s->tags);
         if (idx >= 0 && idx < ST_NTAGS) {
             s->busy[idx] = false;
-            s->okv[idx] = e.success != 0;
+            s->okv[idx] = ok;
         }
     }
     return true;
@@ -1361,7 +1358,8 @@ static bool stream_wait(sg_rpc_stream *s, int which, gpr_timespec until)
 static int stream_start(sg_rpc_stream *s, int which, grpc_op *ops, size_t n)
 {
     s->busy[which] = true;
-    if (grpc_call_start_batch(s->call, ops, n, &s->tags[which], NULL) != GRPC_CALL_OK) {
+    if (grpc_call_start_batch(s->call, ops, n, sg_rpc_wait_tag_of(&s->wait, which), NULL) !=
+        GRPC_CALL_OK) {
         s->busy[which] = false;
         return -1;
     }
@@ -1383,9 +1381,9 @@ int sg_rpc_stream_open(grpc_channel *ch, const char *path, const ProtobufCMessag
         free(s);
         return sg_err_set(err, SG_ENOMEM, "out of memory opening %s", path);
     }
-    s->cq = grpc_completion_queue_create_for_next(NULL);
+    sg_rpc_wait_init(&s->wait);
     grpc_slice method = grpc_slice_from_copied_string(path);
-    s->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, method, NULL,
+    s->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->wait.cq, method, NULL,
                                        deadline_after(timeout_ms), NULL);
     grpc_slice_unref(method);
     grpc_metadata_array_init(&s->init_md);
@@ -1447,7 +1445,7 @@ int sg_rpc_stream_send(sg_rpc_stream *s, const ProtobufCMessage *msg, sg_err *er
     op.data.send_message.send_message = s->send_bb;
     int rc = stream_start(s, ST_SEND, &op, 1);
     if (rc == 0)
-        stream_wait(s, ST_SEND, gpr_inf_future(GPR_CLOCK_REALTIME));
+        stream_wait(s, ST_SEND, -1);
     grpc_byte_buffer_destroy(s->send_bb);
     s->send_bb = NULL;
     if (rc != 0 || !s->okv[ST_SEND])
@@ -1487,8 +1485,7 @@ int sg_rpc_stream_next(sg_rpc_stream *s, const ProtobufCMessageDescriptor *desc,
         if (stream_start(s, ST_RECV, &op, 1) != 0)
             return sg_err_set(err, SG_EIO, "cannot read from the stream");
     }
-    gpr_timespec until = deadline_after(wait_ms);
-    if (!stream_wait(s, ST_RECV, until))
+    if (!stream_wait(s, ST_RECV, until_after(wait_ms)))
         return sg_err_set(err, SG_ETIMEDOUT, "no stream message within %lld ms",
                           (long long)wait_ms);
     if (s->recv_bb != NULL) {
@@ -1504,7 +1501,7 @@ int sg_rpc_stream_next(sg_rpc_stream *s, const ProtobufCMessageDescriptor *desc,
         return 1;
     }
     /* No message: the stream is over; its status tells how. */
-    stream_wait(s, ST_STATUS, gpr_inf_future(GPR_CLOCK_REALTIME));
+    stream_wait(s, ST_STATUS, -1);
     s->ended = true;
     if (s->code == GRPC_STATUS_OK) {
         set_ok_status(status);
@@ -1527,7 +1524,7 @@ void sg_rpc_stream_free(sg_rpc_stream *s)
         if (s->busy[ST_STATUS])
             grpc_call_cancel(s->call, NULL);
         for (int i = 0; i < ST_NTAGS; i++)
-            stream_wait(s, i, gpr_inf_future(GPR_CLOCK_REALTIME));
+            stream_wait(s, i, -1);
         grpc_call_unref(s->call);
     }
     if (s->first_bb != NULL)
@@ -1539,7 +1536,7 @@ void sg_rpc_stream_free(sg_rpc_stream *s)
     grpc_metadata_array_destroy(&s->init_md);
     grpc_metadata_array_destroy(&s->trail_md);
     free_md(s->gmd, s->nmd);
-    cq_destroy(s->cq, false);
+    sg_rpc_wait_destroy(&s->wait);
     free(s);
 }
 

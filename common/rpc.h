@@ -68,6 +68,9 @@ typedef struct sg_rpc_server_options {
     void *dispatch_ctx;
     int max_message_bytes;         /* receive limit; default SG_RPC_DEFAULT_MAX_MESSAGE */
     int64_t max_connection_age_ms; /* 0: unlimited (forces re-handshakes for TLS rotation) */
+    /* While its CQ threads run, blocking client calls in the process leave
+     * the polling to them and sleep (see common/rpc_wait.h). */
+    bool drive_client_io;
 } sg_rpc_server_options;
 
 /* Creates a server (not yet started). opts may be NULL for defaults. */

@@ -430,6 +430,50 @@ TEST(rpc_stream_next_timeout_keeps_stream_usable)
     fixture_stop(&f);
 }
 
+/* With a server that drives client I/O, blocking client calls sleep instead
+ * of polling; unary calls, streams and stream timeouts behave the same. */
+TEST(rpc_client_calls_while_server_thread_drives_io)
+{
+    fixture f;
+    sg_err err;
+    sg_rpc_status status;
+    sg_rpc_stream *s;
+    ValidateJWTSVIDResponse *resp = NULL;
+    X509SVIDRequest req = X509_SVIDREQUEST__INIT;
+    sg_rpc_md md[1] = {{"x-mode", "hold"}};
+    sg_rpc_server_options opts = {.cq_threads = 1, .drive_client_io = true};
+    fixture_start(&f, &opts);
+    for (int i = 0; i < 20; i++) {
+        ASSERT_OK(call_unary(f.ch, "aud", "spiffe://example.org/w", &resp, &status, &err));
+        ASSERT_STREQ(resp->spiffe_id, "spiffe://example.org/w");
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    ASSERT_OK(sg_rpc_stream_open(f.ch, STREAM_PATH, &req.base, false, md, 1, 0, &s, &err));
+    ProtobufCMessage *m = NULL;
+    ASSERT_EQ(sg_rpc_stream_next(s, &x509_svidresponse__descriptor, 0, &m, &status, &err), 1);
+    protobuf_c_message_free_unpacked(m, NULL);
+    int64_t t0 = now_ms();
+    ASSERT_EQ(sg_rpc_stream_next(s, &x509_svidresponse__descriptor, 150, &m, &status, &err),
+              SG_ETIMEDOUT);
+    ASSERT(now_ms() - t0 >= 140);
+    sg_rpc_call *held = wait_held();
+    ASSERT(held != NULL);
+    send_svid(held, "spiffe://example.org/later");
+    sg_rpc_call_finish(held, GRPC_STATUS_OK, NULL);
+    ASSERT_EQ(sg_rpc_stream_next(s, &x509_svidresponse__descriptor, 2000, &m, &status, &err), 1);
+    ASSERT_STREQ(((X509SVIDResponse *)m)->svids[0]->spiffe_id, "spiffe://example.org/later");
+    protobuf_c_message_free_unpacked(m, NULL);
+    ASSERT_EQ(sg_rpc_stream_next(s, &x509_svidresponse__descriptor, 2000, &m, &status, &err), 0);
+    ASSERT_EQ(status.code, GRPC_STATUS_OK);
+    sg_rpc_stream_free(s);
+    fixture_stop(&f);
+    /* Once that server is gone, calls poll for themselves again. */
+    fixture_start(&f, NULL);
+    ASSERT_OK(call_unary(f.ch, "aud", "spiffe://example.org/w", &resp, &status, &err));
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    fixture_stop(&f);
+}
+
 TEST(rpc_metadata_lookup)
 {
     fixture f;
