@@ -1,7 +1,7 @@
 /*
  * sigil-agent lifecycle on one libuv loop: Workload API socket (accepted
  * here so each connection's SO_PEERCRED is known), the rpc server's events
- * forwarded to the loop, node attestation and sync with backoff, batch
+ * run under the loop's state lock, node attestation and sync with backoff, batch
  * minting of workload SVIDs, rotation at half-life, and a bounded stop.
  */
 #include "agent/agent.h"
@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,7 @@ typedef struct jwt_req {
     size_t naud;
     sg_jwt_mint_cb cb;
     void *user;
-    jwt_waiter *waiters; /* loop thread only, also while the job runs */
+    jwt_waiter *waiters; /* state lock, also while the job runs */
     int rc;
     sg_err err;
     sg_node_jwt_svid svid;
@@ -89,13 +90,9 @@ struct sg_agent {
     uv_poll_t lpoll;
     uv_timer_t accept_pause;
 
-    /* rpc events from the completion-queue thread; drained whole per wake-up */
-    uv_async_t async;
-    pthread_mutex_t qlock;
-    sg_rpc_event **q;
-    size_t qn, qcap;
-    sg_rpc_event **spare; /* the other buffer, owned by the loop thread */
-    size_t spare_cap;
+    /* Agent state has one owner at a time: the loop thread while its
+     * callbacks run, or the Workload API's CQ thread while an rpc event runs. */
+    pthread_mutex_t state_mu;
 
     uv_signal_t sigterm, sigint;
     uv_timer_t node_timer, sweep_timer, stop_timer;
@@ -152,55 +149,41 @@ static const char *token_in_use(const sg_agent *a)
 
 /* ------------------------------------------------------------ rpc dispatch */
 
+/*
+ * Runs an rpc event on the CQ thread that delivered it, under the state
+ * lock: a Workload API call is answered without waking the loop thread,
+ * a hand-off and a context switch less per call, while agent state still
+ * has one owner at a time. Events arrive in order from the one CQ thread.
+ */
 static void dispatch(sg_rpc_event *ev, void *ctx)
 {
     sg_agent *a = ctx;
-    pthread_mutex_lock(&a->qlock);
-    if (a->qn == a->qcap) {
-        size_t ncap = a->qcap ? a->qcap * 2 : 64;
-        sg_rpc_event **nq = realloc(a->q, ncap * sizeof(*nq));
-        if (nq == NULL) {
-            /* An event that cannot be queued would leave a call hanging forever. */
-            pthread_mutex_unlock(&a->qlock);
-            sg_log_error("out of memory queueing an rpc event");
-            abort();
-        }
-        a->q = nq;
-        a->qcap = ncap;
-    }
-    a->q[a->qn++] = ev;
-    /* Only the first event of a batch wakes the loop: the drain swaps the
-     * whole queue out under the lock, so later ones ride along. */
-    bool wake = a->qn == 1;
-    pthread_mutex_unlock(&a->qlock);
-    if (wake)
-        uv_async_send(&a->async);
+    pthread_mutex_lock(&a->state_mu);
+    sg_rpc_event_run(ev);
+    pthread_mutex_unlock(&a->state_mu);
 }
 
-static void drain_events(sg_agent *a)
+/*
+ * Runs the libuv loop holding the state lock only while its callbacks run
+ * (libuv's backend-fd pattern: poll the fd, then uv_run once without
+ * waiting). rpc events only queue thread-pool work, whose completion wakes
+ * the poll through libuv's own async handle; they start no timers, so the
+ * timeout computed under the lock still holds while polling.
+ */
+static void run_loop(sg_agent *a)
 {
-    /* Swap the queue with the spare buffer and run it outside the lock;
-     * repeat until empty since sends coalesce. Both buffers are kept. */
+    int fd = uv_backend_fd(&a->loop);
     for (;;) {
-        pthread_mutex_lock(&a->qlock);
-        sg_rpc_event **batch = a->q;
-        size_t n = a->qn, cap = a->qcap;
-        a->q = a->spare;
-        a->qcap = a->spare_cap;
-        a->qn = 0;
-        pthread_mutex_unlock(&a->qlock);
-        for (size_t i = 0; i < n; i++)
-            sg_rpc_event_run(batch[i]);
-        a->spare = batch;
-        a->spare_cap = cap;
-        if (n == 0)
+        pthread_mutex_lock(&a->state_mu);
+        int alive = uv_run(&a->loop, UV_RUN_NOWAIT);
+        int timeout = uv_backend_timeout(&a->loop);
+        bool forced = a->forced;
+        pthread_mutex_unlock(&a->state_mu);
+        if (!alive || forced)
             return;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        (void)poll(&p, 1, timeout);
     }
-}
-
-static void on_async(uv_async_t *h)
-{
-    drain_events(h->data);
 }
 
 /* ------------------------------------------------------------ node work */
@@ -244,7 +227,7 @@ static void jwt_req_free(jwt_req *r)
     free(r);
 }
 
-/* Answers and frees a list of JWT-SVID requests (loop thread). */
+/* Answers and frees a list of JWT-SVID requests (state lock held). */
 static void jwt_reqs_answer(jwt_req *r)
 {
     while (r != NULL) {
@@ -909,7 +892,6 @@ static void close_handles(sg_agent *a)
     if (a->handles_closed)
         return;
     a->handles_closed = true;
-    uv_close((uv_handle_t *)&a->async, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->node_timer, NULL);
@@ -920,11 +902,9 @@ static void close_handles(sg_agent *a)
 static void on_stop_tick(uv_timer_t *t)
 {
     sg_agent *a = t->data;
-    drain_events(a);
     bool rpc_done = a->rpc == NULL || sg_rpc_server_shutdown_done(a->rpc);
     if (rpc_done && a->rpc != NULL) {
-        /* The CQ threads are gone: run what they queued last, then free the server. */
-        drain_events(a);
+        /* The CQ thread has run its last event and exited. */
         sg_rpc_server_free(a->rpc);
         a->rpc = NULL;
     }
@@ -1011,7 +991,7 @@ int sg_agent_new(sg_agent **out, const sg_agent_config *cfg, const char *join_to
     a->join_token = join_token;
     a->lfd = -1;
     a->backoff_ms = BACKOFF_START_MS;
-    pthread_mutex_init(&a->qlock, NULL);
+    pthread_mutex_init(&a->state_mu, NULL);
     int rc = configure_attestors(a, err);
     if (rc == 0)
         rc = sg_cache_new(&a->cache, cfg->trust_domain, err);
@@ -1035,14 +1015,13 @@ static int setup(sg_agent *a, sg_err *err)
     if (rc != 0)
         return sg_err_set(err, SG_ESYS, "uv_loop_init: %s", uv_strerror(rc));
     a->loop_ready = true;
-    uv_async_init(&a->loop, &a->async, on_async);
     uv_signal_init(&a->loop, &a->sigterm);
     uv_signal_init(&a->loop, &a->sigint);
     uv_timer_init(&a->loop, &a->node_timer);
     uv_timer_init(&a->loop, &a->sweep_timer);
     uv_timer_init(&a->loop, &a->stop_timer);
     uv_timer_init(&a->loop, &a->accept_pause);
-    a->async.data = a->sigterm.data = a->sigint.data = a;
+    a->sigterm.data = a->sigint.data = a;
     a->node_timer.data = a->sweep_timer.data = a->stop_timer.data = a->accept_pause.data = a;
 
     sg_workload_api_deps deps = {
@@ -1096,7 +1075,10 @@ static int setup(sg_agent *a, sg_err *err)
 
 int sg_agent_run(sg_agent *a, sg_err *err)
 {
+    /* Calls may arrive as soon as the rpc server starts, before setup ends. */
+    pthread_mutex_lock(&a->state_mu);
     int rc = setup(a, err);
+    pthread_mutex_unlock(&a->state_mu);
     if (rc != 0) {
         if (a->loop_ready) {
             if (a->lfd >= 0) {
@@ -1108,11 +1090,8 @@ int sg_agent_run(sg_agent *a, sg_err *err)
             }
             if (a->rpc != NULL) {
                 sg_rpc_server_shutdown(a->rpc);
-                while (!sg_rpc_server_shutdown_done(a->rpc)) {
-                    drain_events(a);
+                while (!sg_rpc_server_shutdown_done(a->rpc))
                     usleep(1000);
-                }
-                drain_events(a);
                 sg_rpc_server_free(a->rpc);
                 a->rpc = NULL;
             }
@@ -1122,7 +1101,7 @@ int sg_agent_run(sg_agent *a, sg_err *err)
         }
         return rc;
     }
-    uv_run(&a->loop, UV_RUN_DEFAULT);
+    run_loop(a);
     if (a->fatal) {
         if (err != NULL)
             *err = a->fatal_err;
@@ -1151,8 +1130,6 @@ void sg_agent_free(sg_agent *a)
     sg_cache_free(a->cache);
     sg_jwt_cache_free(a->jwt_cache);
     sg_peer_table_free(a->peers);
-    free(a->q);
-    free(a->spare);
-    pthread_mutex_destroy(&a->qlock);
+    pthread_mutex_destroy(&a->state_mu);
     free(a);
 }

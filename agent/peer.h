@@ -3,7 +3,8 @@
  * (SO_PEERCRED), the process pinned against pid reuse (pidfd plus the start
  * time from /proc/<pid>/stat), and a table from connection fd to those
  * credentials so a call whose peer is "fd:N" maps back to its caller.
- * The table is loop-thread-only; sg_peer_check may run on any thread.
+ * The table belongs to the agent's state (its lock); sg_peer_check may run
+ * on any thread.
  */
 #ifndef SG_AGENT_PEER_H
 #define SG_AGENT_PEER_H

@@ -1,5 +1,5 @@
 /*
- * Health/Check and AgentStatus/Get on the agent's loop thread: both read
+ * Health/Check and AgentStatus/Get under the agent's state lock: both read
  * the status the agent keeps and the cache, and answer at once.
  */
 #include "agent/status_api.h"

@@ -5,9 +5,8 @@
  * neither attests the caller: the socket is open to every local user, so
  * the answers carry no secret (no join token, no agent ID).
  *
- * sg_agent_status is owned and updated by the agent's loop thread; the
- * handlers also run there (the rpc server dispatches to the loop), so no
- * locking is needed.
+ * sg_agent_status is agent state: updated on the loop thread and read by
+ * the handlers, both under the agent's state lock.
  */
 #ifndef SG_AGENT_STATUS_API_H
 #define SG_AGENT_STATUS_API_H

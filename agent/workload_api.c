@@ -1,5 +1,6 @@
 /*
- * SpiffeWorkloadAPI on the agent's loop thread. Each call: security header
+ * SpiffeWorkloadAPI under the agent's state lock (the CQ thread runs the
+ * calls; thread-pool results come back on the loop). Each call: security header
  * (Workload Endpoint 3), readiness, caller from the peer table, workload
  * attestation on the thread pool (then the pinned process is re-checked),
  * entry matching in the cache, and for the X.509 streams a cache
@@ -264,7 +265,7 @@ static void attest_work(uv_work_t *req)
 }
 
 /*
- * Runs every attestor's non-blocking fast path on the loop thread. True
+ * Runs every attestor's non-blocking fast path right away. True
  * when that settled the call (selectors or a failure are in w); false when
  * some attestor would block, and then w is as before and the thread pool
  * must run the full attestation.

@@ -1,8 +1,9 @@
 /*
  * The SPIFFE Workload API served by the agent: all seven RPCs of
  * spiffe/workload.proto (JWT parts in workload_jwt.c), the security header check, caller
- * attestation on the thread pool and the X.509 streams fed from the cache. Everything here runs on
- * the agent's loop thread (the rpc server dispatches to it).
+ * attestation on the thread pool and the X.509 streams fed from the cache. Everything here runs
+ * under the agent's state lock: on the rpc server's CQ thread, or on the loop thread for
+ * thread-pool results and cache changes.
  */
 #ifndef SG_AGENT_WORKLOAD_API_H
 #define SG_AGENT_WORKLOAD_API_H
@@ -21,15 +22,15 @@
 typedef struct sg_workload_api sg_workload_api;
 
 /*
- * The answer to one JWT-SVID mint, on the loop thread: rc 0 with svid
+ * The answer to one JWT-SVID mint, under the state lock: rc 0 with svid
  * (borrowed for the call), or a negative SG_E* with err.
  */
 typedef void (*sg_jwt_mint_cb)(void *user, int rc, const sg_err *err, const sg_node_jwt_svid *svid);
 
 /*
  * Asks the server for a JWT-SVID for entry_id and aud[0..naud) (borrowed,
- * copied) without blocking the loop. cb runs exactly once on the loop
- * thread, unless this returns an error (then never).
+ * copied) without blocking. cb runs exactly once under the state lock,
+ * unless this returns an error (then never).
  */
 typedef int (*sg_jwt_mint_fn)(void *ctx, const char *entry_id, const char *const *aud, size_t naud,
                               sg_jwt_mint_cb cb, void *user, sg_err *err);

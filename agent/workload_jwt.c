@@ -492,9 +492,9 @@ fail:
 
 /*
  * One ValidateJWTSVID on the thread pool. The signature check and the
- * claims conversion are most of the call's cost, so they run off the loop
- * thread against a copy of the one bundle the token needs; the reply is
- * sent back on the loop thread.
+ * claims conversion are most of the call's cost, so they run outside the
+ * state lock against a copy of the one bundle the token needs; the reply
+ * is sent back from the loop thread.
  */
 typedef struct validate_job {
     sg__wl_call *w;
@@ -509,7 +509,7 @@ typedef struct validate_job {
 } validate_job;
 
 /*
- * Probe lookup, on the loop thread: copies the bundle the token names and
+ * Probe lookup, under the state lock: copies the bundle the token names and
  * then stops the validation (the worker does it in full). A trust domain
  * without a bundle is final: the probe's error is the answer.
  */
@@ -522,7 +522,7 @@ static const sg_bundle *probe_bundle(void *ctx, const char *trust_domain)
     sg_err e;
     sg_err_clear(&e);
     if (sg_bundle_copy(&j->bundle, b, &e) != 0)
-        return b; /* validate on the loop thread then */
+        return b; /* validate right here then */
     snprintf(j->td, sizeof(j->td), "%s", trust_domain);
     j->copied = true;
     return NULL;

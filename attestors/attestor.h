@@ -44,7 +44,8 @@ typedef struct sg_workload_attestor {
     int (*attest)(void *state, const sg_workload_peer *peer, sg_selector_set *out, sg_err *err);
     void (*destroy)(void *state);
     /*
-     * Optional fast path, run on the agent's loop thread: the same result as
+     * Optional fast path, run under the agent's state lock (in the call's
+     * path, so it may run beside attest on the pool): the same result as
      * attest, but it must never block. It returns SG_EUNAVAIL, adding
      * nothing, when it would have to (a name lookup or a binary hash that is
      * not cached yet); the agent then runs attest on the thread pool. NULL:
