@@ -481,7 +481,10 @@ int main(int argc, char **argv)
         printf("fetch_failures %zu\n", failures);
         printf("fetch_per_s %.0f\n", (double)nlat / elapsed);
         printf("fetch_p50_us %.0f\n", lat[nlat / 2] * 1e6);
+        printf("fetch_p90_us %.0f\n", lat[(size_t)((double)nlat * 0.90)] * 1e6);
         printf("fetch_p99_us %.0f\n", lat[(size_t)((double)nlat * 0.99)] * 1e6);
+        printf("fetch_p999_us %.0f\n", lat[(size_t)((double)nlat * 0.999)] * 1e6);
+        printf("fetch_max_us %.0f\n", lat[nlat - 1] * 1e6);
         printf("fetch_seconds %.3f\n", elapsed);
         printf("fetch_client_cpu_us %.1f\n", cpu * 1e6 / (double)nlat);
         if (b.method == BM_JWT_COLD)

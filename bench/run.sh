@@ -176,11 +176,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "## Workload API FetchX509SVID (first message, new call each time)"
     echo
-    echo "| concurrent clients | fetches/s | p50 | p99 | failures | agent CPU per fetch | load generator CPU per fetch |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| concurrent clients | fetches/s | p50 | p99 | p99.9 | failures | agent CPU per fetch | load generator CPU per fetch |"
+    echo "|---|---|---|---|---|---|---|---|"
     for n in 1 100 1000; do
         f=$WORK/fetch_$n.txt
-        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_failures "$f") | $(val fetch_agent_cpu_us "$f") µs | $(val fetch_client_cpu_us "$f") µs |"
+        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_p999_us "$f") µs | $(val fetch_failures "$f") | $(val fetch_agent_cpu_us "$f") µs | $(val fetch_client_cpu_us "$f") µs |"
     done
     echo
     echo "Closed loop: each client starts its next call when the first message of the last one"

@@ -11,8 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#define WAIT_SLICE_MS 100 /* how often a sleeping waiter checks a driver is left */
-#define WAIT_POLL_MS  10  /* one poll of a waiter that has to drive I/O itself */
+#define WAIT_SLICE_MS 1000 /* how often a sleeping waiter checks a driver is left */
+#define WAIT_POLL_MS  10   /* one poll of a waiter that has to drive I/O itself */
 
 static atomic_int g_drivers;
 
