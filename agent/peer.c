@@ -316,7 +316,7 @@ static bool slot_current(int fd, const sg_peer *p)
     return ino == p->ino && cookie == p->cookie;
 }
 
-int sg_peer_table_lookup(sg_peer_table *t, const char *peer, sg_peer *out, sg_err *err)
+int sg_peer_table_find(sg_peer_table *t, const char *peer, const sg_peer **out, sg_err *err)
 {
     int fd;
     if (parse_fd_peer(peer, &fd) != 0)
@@ -331,7 +331,8 @@ int sg_peer_table_lookup(sg_peer_table *t, const char *peer, sg_peer *out, sg_er
         t->n--;
         return sg_err_set(err, SG_ENOENT, "connection of caller \"%s\" is gone", peer);
     }
-    return sg_peer_copy(&s->peer, out, err);
+    *out = &s->peer;
+    return 0;
 }
 
 size_t sg_peer_table_sweep(sg_peer_table *t)

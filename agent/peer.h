@@ -65,19 +65,21 @@ int sg_peer_table_new(sg_peer_table **out);
 void sg_peer_table_free(sg_peer_table *t);
 
 /*
- * Records p (taken: the table now owns its pidfd) for connection fd,
+ * Records p (taken: the table now owns its pidfd and groups) for connection fd,
  * replacing and releasing whatever an earlier connection with the same fd
  * number left behind. On error p is left to the caller.
  */
 int sg_peer_table_put(sg_peer_table *t, int fd, sg_peer *p, sg_err *err);
 
 /*
- * Resolves a gRPC peer string "fd:N" to a copy of its caller (*out owns a
- * dup'd pidfd). The connection must still be the one recorded (inode and
- * SO_COOKIE re-checked), so a stale record is never used. SG_ENOENT when
- * the string is not an fd peer or no connection is known for it.
+ * Resolves a gRPC peer string "fd:N" to the table's record of its caller.
+ * The connection must still be the one recorded (inode and SO_COOKIE
+ * re-checked), so a stale record is never used. *out is borrowed: valid
+ * only until the table next changes, so only while its owner's lock is
+ * held; sg_peer_copy it to keep it longer. SG_ENOENT when the string is
+ * not an fd peer or no connection is known for it.
  */
-int sg_peer_table_lookup(sg_peer_table *t, const char *peer, sg_peer *out, sg_err *err);
+int sg_peer_table_find(sg_peer_table *t, const char *peer, const sg_peer **out, sg_err *err);
 
 /* Drops records whose connection is gone (fd closed or reused). Returns the number dropped. */
 size_t sg_peer_table_sweep(sg_peer_table *t);

@@ -270,10 +270,10 @@ static void attest_work(uv_work_t *req)
  * some attestor would block, and then w is as before and the thread pool
  * must run the full attestation.
  */
-static bool attest_inline(wl_call *w)
+static bool attest_inline(wl_call *w, const sg_peer *caller)
 {
     const sg_workload_api_deps *d = &w->api->d;
-    sg_workload_peer wp = workload_peer(&w->peer);
+    sg_workload_peer wp = workload_peer(caller);
     for (size_t i = 0; i < d->nattestors; i++) {
         int rc = d->attestors[i]->attest_cached != NULL
                      ? d->attestors[i]->attest_cached(d->states[i], &wp, &w->sels, &w->attest_err)
@@ -289,7 +289,7 @@ static bool attest_inline(wl_call *w)
             return true;
         }
     }
-    w->attest_rc = sg_peer_check(&w->peer, &w->attest_err);
+    w->attest_rc = sg_peer_check(caller, &w->attest_err);
     return true;
 }
 
@@ -425,8 +425,11 @@ static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessag
         wl_unref(w);
         return;
     }
-    /* Resolve at arrival: fd numbers are reused once gRPC closes a connection. */
-    if (sg_peer_table_lookup(api->d.peers, sg_rpc_call_peer(call), &w->peer, &e) != 0) {
+    /* Resolve at arrival: fd numbers are reused once gRPC closes a connection.
+     * The table's record is borrowed while the state lock is held; the pool
+     * gets a copy of its own. */
+    const sg_peer *caller = NULL;
+    if (sg_peer_table_find(api->d.peers, sg_rpc_call_peer(call), &caller, &e) != 0) {
         sg_log_warn("workload api: cannot identify caller: %s", e.msg);
         char msg[SG_ERR_MSG_LEN];
         snprintf(msg, sizeof(msg), "workload attestation failed: %.200s", e.msg);
@@ -434,12 +437,20 @@ static void start(sg_workload_api *api, sg_rpc_call *call, const ProtobufCMessag
         wl_unref(w);
         return;
     }
+    w->peer.pid = caller->pid; /* for logs */
+    w->peer.uid = caller->uid;
+    w->peer.gid = caller->gid;
     w->refs = 2;
     sg_rpc_call_on_done(call, on_call_done, w);
     w->work.data = w;
-    if (attest_inline(w)) {
+    if (attest_inline(w, caller)) {
         api->pending++; /* attest_done balances it */
         attest_done(&w->work, 0);
+        return;
+    }
+    if (sg_peer_copy(caller, &w->peer, &e) != 0) {
+        sg_rpc_call_finish_err(call, &e);
+        wl_unref(w);
         return;
     }
     if (uv_queue_work(api->d.loop, &w->work, attest_work, attest_done) != 0) {

@@ -192,14 +192,19 @@ TEST(peer_table_resolves_fd_peer_string)
     ASSERT_EQ(sg_peer_table_size(t), 1);
     char name[32];
     snprintf(name, sizeof(name), "fd:%d", sv[0]);
+    const sg_peer *rec = NULL;
+    ASSERT_OK(sg_peer_table_find(t, name, &rec, &err));
+    ASSERT_EQ(rec->pid, getpid());
+    ASSERT(rec->pidfd >= 0);
     sg_peer out;
-    ASSERT_OK(sg_peer_table_lookup(t, name, &out, &err));
-    ASSERT_EQ(out.pid, getpid());
-    ASSERT(out.pidfd >= 0);
+    ASSERT_OK(sg_peer_copy(rec, &out, &err));
+    ASSERT(out.pidfd >= 0 && out.pidfd != rec->pidfd);
     sg_peer_cleanup(&out);
-    /* A second lookup still works: the table kept its own pidfd. */
-    ASSERT_OK(sg_peer_table_lookup(t, name, &out, &err));
-    sg_peer_cleanup(&out);
+    /* A second lookup finds the same record: the copy had its own pidfd. */
+    const sg_peer *again = NULL;
+    ASSERT_OK(sg_peer_table_find(t, name, &again, &err));
+    ASSERT(again == rec);
+    ASSERT_OK(sg_peer_check(again, &err));
     sg_peer_table_free(t);
 }
 
@@ -210,14 +215,14 @@ TEST(peer_table_rejects_malformed_peer_strings)
     static const char *const bad[] = {"unix:", "ipv4:127.0.0.1:4000", "fd:", "fd:12x",
                                       "fd:-1", "fd:99999999999",      "",    "FD:3"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        sg_peer out;
+        const sg_peer *out;
         sg_err err = {0};
-        ASSERT_EQ(sg_peer_table_lookup(t, bad[i], &out, &err), SG_ENOENT);
+        ASSERT_EQ(sg_peer_table_find(t, bad[i], &out, &err), SG_ENOENT);
         ASSERT(err.msg[0] != '\0');
     }
-    sg_peer out;
-    ASSERT_EQ(sg_peer_table_lookup(t, NULL, &out, NULL), SG_ENOENT);
-    ASSERT_EQ(sg_peer_table_lookup(t, "fd:5", &out, NULL), SG_ENOENT);
+    const sg_peer *out;
+    ASSERT_EQ(sg_peer_table_find(t, NULL, &out, NULL), SG_ENOENT);
+    ASSERT_EQ(sg_peer_table_find(t, "fd:5", &out, NULL), SG_ENOENT);
     sg_peer_table_free(t);
 }
 
@@ -237,8 +242,8 @@ TEST(peer_table_detects_reused_fd_number)
     ASSERT_EQ(dup2(b[0], num), num); /* a new connection now sits on the old number */
     char name[32];
     snprintf(name, sizeof(name), "fd:%d", num);
-    sg_peer out;
-    ASSERT_EQ(sg_peer_table_lookup(t, name, &out, &err), SG_ENOENT);
+    const sg_peer *out;
+    ASSERT_EQ(sg_peer_table_find(t, name, &out, &err), SG_ENOENT);
     ASSERT_EQ(sg_peer_table_size(t), 0);
     sg_peer_table_free(t);
 }
