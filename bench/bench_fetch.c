@@ -5,7 +5,7 @@
  * percentiles, calls/s, failures and the load generator's own CPU time per
  * call (user + system, all threads).
  *
- *   bench_fetch SOCKET CLIENTS SECONDS [METHOD]
+ *   bench_fetch SOCKET CLIENTS SECONDS [METHOD [SAVE_FILE]]
  *
  * METHOD:
  *   x509      FetchX509SVID: time the first message, cancel, call again
@@ -16,7 +16,8 @@
  *             is a cache miss and a MintJWTSVID round trip to the server
  *   validate  ValidateJWTSVID of one token fetched before the run
  *
- * Unary calls count when the status is OK and the response arrived; the
+ * SAVE_FILE receives the first response as received (bench_floor serves
+ * it back). Unary calls count when the status is OK and the response arrived; the
  * latency is until both did. Output lines are `name value`; the figures
  * keep the fetch_ prefix for every method.
  */
@@ -235,6 +236,21 @@ static int check_response(bench *b, grpc_byte_buffer *bb, char **token)
     return rc;
 }
 
+/* Writes the response bytes of bb to path; 0 on success. */
+static int save_response(grpc_byte_buffer *bb, const char *path)
+{
+    size_t len = 0;
+    uint8_t *raw = flatten(bb, &len);
+    FILE *f = raw != NULL ? fopen(path, "wb") : NULL;
+    int rc = f != NULL && fwrite(raw, 1, len, f) == len ? 0 : -1;
+    if (f != NULL && fclose(f) != 0)
+        rc = -1;
+    free(raw);
+    if (rc != 0)
+        fprintf(stderr, "bench_fetch: cannot save the response to %s\n", path);
+    return rc;
+}
+
 /*
  * ValidateJWTSVID needs a token: one FetchJWTSVID for VALIDATE_AUDIENCE on
  * ch, then the request every call sends. 0 on success.
@@ -356,9 +372,9 @@ int main(int argc, char **argv)
     grpc_completion_queue *cq;
     int active, rc = 0, bad_response = 0;
 
-    if (argc != 4 && argc != 5) {
-        fprintf(stderr,
-                "usage: bench_fetch SOCKET CLIENTS SECONDS [x509|jwt-warm|jwt-cold|validate]\n");
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: bench_fetch SOCKET CLIENTS SECONDS "
+                        "[x509|jwt-warm|jwt-cold|validate [SAVE_FILE]]\n");
         return 2;
     }
     nclients = (int)strtol(argv[2], NULL, 10);
@@ -367,7 +383,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_fetch: CLIENTS and SECONDS must be positive numbers\n");
         return 2;
     }
-    if (parse_method(argc == 5 ? argv[4] : "x509", &b) != 0)
+    if (parse_method(argc >= 5 ? argv[4] : "x509", &b) != 0)
         return 2;
     unary = b.method != BM_X509;
     b.pid = (int)getpid();
@@ -456,6 +472,8 @@ int main(int argc, char **argv)
                     fprintf(stderr, "bench_fetch: the first response does not decode as %s's\n",
                             b.path);
                     bad_response = 1;
+                } else if (argc == 6 && save_response(c->resp, argv[5]) != 0) {
+                    bad_response = 1;
                 }
                 b.checked = 1;
             }
@@ -470,7 +488,7 @@ int main(int argc, char **argv)
         double elapsed = now_s() - t0;
         double cpu = cpu_s() - cpu0;
         qsort(lat, nlat, sizeof *lat, cmp_double);
-        printf("fetch_method %s\n", argc == 5 ? argv[4] : "x509");
+        printf("fetch_method %s\n", argc >= 5 ? argv[4] : "x509");
         if (nlat == 0 || bad_response) {
             printf("fetch_clients %d\nfetch_failures %zu\n", nclients, failures);
             rc = 1;

@@ -78,14 +78,14 @@ done
 sleep 1
 AGENT_RSS_IDLE=$(rss_kib $AGENT)
 AGENT_RSS_PEAK=$AGENT_RSS_IDLE
-# One Workload API load run: wl_run OUT METHOD CLIENTS. Samples the agent's
-# peak RSS, and appends the agent's and the server's CPU time per call over
-# the same run (clock ticks, so coarse).
+# One Workload API load run: wl_run OUT METHOD CLIENTS [SAVE_FILE]. Samples
+# the agent's peak RSS, and appends the agent's and the server's CPU time per
+# call over the same run (clock ticks, so coarse).
 wl_run() {
     local out=$1 method=$2 n=$3 a0 a1 s0 s1 bp r
     a0=$(cpu_ticks $AGENT)
     s0=$(cpu_ticks $SERVER)
-    "$BIN/bench_fetch" "$WL" "$n" "$SECS" "$method" >"$out" &
+    "$BIN/bench_fetch" "$WL" "$n" "$SECS" "$method" ${4:+"$4"} >"$out" &
     bp=$!
     while kill -0 $bp 2>/dev/null; do
         r=$(rss_kib $AGENT)
@@ -102,8 +102,25 @@ wl_run() {
 }
 for n in 1 100 1000; do
     echo "bench: Workload API FetchX509SVID, $n concurrent clients, ${SECS}s"
-    wl_run "$WORK/fetch_$n.txt" x509 "$n"
+    wl_run "$WORK/fetch_$n.txt" x509 "$n" "$WORK/x509_response.bin"
 done
+# The floor: a bare server on the same gRPC layer answering with the bytes
+# the agent sent, so the difference is sigil's own work per fetch.
+FLOOR_SOCK=$WORK/floor.sock
+"$BIN/bench_floor" "$FLOOR_SOCK" "$WORK/x509_response.bin" 2>"$WORK/floor.log" &
+FLOOR=$!
+pids+=($FLOOR)
+for _ in $(seq 1 100); do [ -S "$FLOOR_SOCK" ] && break; sleep 0.05; done
+for n in 1 100; do
+    echo "bench: bare gRPC floor for FetchX509SVID, $n concurrent clients, ${SECS}s"
+    f0=$(cpu_ticks $FLOOR)
+    "$BIN/bench_fetch" "$FLOOR_SOCK" "$n" "$SECS" x509 >"$WORK/floor_$n.txt"
+    f1=$(cpu_ticks $FLOOR)
+    awk -v t=$((f1 - f0)) -v hz="$HZ" '$1 == "fetch_total" && $2 > 0 {
+        printf "fetch_server_cpu_us %.1f\n", t / hz * 1e6 / $2 }' "$WORK/floor_$n.txt" >>"$WORK/floor_$n.txt"
+    cat "$WORK/floor_$n.txt"
+done
+kill -TERM $FLOOR 2>/dev/null || true
 # JWT-SVIDs for the same workload identity: warm = one audience, answered
 # from the agent's cache; cold = a new audience per call, so each one is a
 # MintJWTSVID round trip to the server; validate = one token checked again
@@ -187,6 +204,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "arrived, so at C clients the mean latency is about C / (fetches/s), and the fetch rate is"
     echo "bounded by the CPU the agent and the load generator spend per fetch together (the two"
     echo "columns on the right) on the shared cores."
+    echo
+    echo "The same load against a bare server on the same gRPC core layer (\`bench_floor\`: one"
+    echo "CQ thread answering every FetchX509SVID at once with the bytes the agent sent, with no"
+    echo "caller identification, attestation or cache), in the same run:"
+    echo
+    echo "| concurrent clients | fetches/s | p50 | p99 | p99.9 | server CPU per fetch | sigil-agent ÷ floor, fetches/s | sigil-agent ÷ floor, CPU per fetch |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for n in 1 100; do
+        f=$WORK/floor_$n.txt
+        a=$WORK/fetch_$n.txt
+        echo "| $n | $(val fetch_per_s "$f") | $(val fetch_p50_us "$f") µs | $(val fetch_p99_us "$f") µs | $(val fetch_p999_us "$f") µs | $(val fetch_server_cpu_us "$f") µs | $(ratio "$(val fetch_per_s "$a")" "$(val fetch_per_s "$f")") | $(ratio "$(val fetch_agent_cpu_us "$a")" "$(val fetch_server_cpu_us "$f")") |"
+    done
     echo
     echo "## Workload API JWT-SVIDs (unary calls, new call each time)"
     echo
