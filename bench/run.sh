@@ -264,6 +264,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "| storm: re-minted after (min / max) | $(val storm_remint_after_s_min "$WORK/storm.txt") / $(val storm_remint_after_s_max "$WORK/storm.txt") s |"
     echo "| storm: peak agent RSS | $((STORM_RSS_PEAK / 1024)) MiB |"
     echo
+    echo "The agent re-mints at half an SVID's remaining lifetime +-5 %, counted in whole seconds"
+    echo "(X.509 validity has one-second resolution), so with 20 s SVIDs a re-mint lands 8-11 s after"
+    echo "the first; with hour-scale TTLs that second is noise. Jitter spreads the storm's re-mints."
+    echo
     echo "## Memory (RSS)"
     echo
     echo "| process | idle | under load |"
