@@ -4,6 +4,7 @@
  * for bytes the client API would never send.
  */
 #include "common/rpc.h"
+#include "common/rpc_wait.h"
 
 #include "sigil/node/v1/node.pb-c.h"
 #include "spiffe/workload.pb-c.h"
@@ -14,8 +15,12 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -465,6 +470,78 @@ TEST(rpc_client_calls_while_server_thread_drives_io)
     ASSERT_OK(call_unary(f.ch, "aud", "spiffe://example.org/w", &resp, &status, &err));
     protobuf_c_message_free_unpacked(&resp->base, NULL);
     fixture_stop(&f);
+}
+
+typedef struct unary_job {
+    grpc_channel *ch;
+    int rc;
+    grpc_status_code code;
+} unary_job;
+
+static void *unary_thread(void *arg)
+{
+    unary_job *j = arg;
+    sg_err err;
+    sg_rpc_status status = {0};
+    ValidateJWTSVIDResponse *resp = NULL;
+    j->rc = call_unary(j->ch, "aud", "spiffe://example.org/w", &resp, &status, &err);
+    j->code = status.code;
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return NULL;
+}
+
+/*
+ * A call waiting on a callback queue while the CQ thread that drove its I/O
+ * goes away must poll for itself. The server runs in a child process so no
+ * thread of this one polls; gRPC's backup poller is off, so without the
+ * fallback the call could only end at its deadline.
+ */
+TEST(rpc_client_wait_polls_once_no_driver_is_left)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/child.sock", sg_test_tmpdir());
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        sg_err err;
+        sg_rpc_server *srv = NULL;
+        char addr[320];
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a test that failed */
+        snprintf(addr, sizeof addr, "unix:%s", path);
+        grpc_init();
+        if (sg_rpc_server_new(&srv, NULL, &err) != 0)
+            _exit(1);
+        add_methods(srv);
+        if (sg_rpc_server_add_port(srv, addr, NULL, &err) != 0 ||
+            sg_rpc_server_start(srv, &err) != 0)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    struct stat sb;
+    for (int i = 0; i < 500 && stat(path, &sb) != 0; i++)
+        usleep(10000);
+    ASSERT_OK(stat(path, &sb));
+    setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "0", 1);
+    grpc_init();
+    char addr[320];
+    snprintf(addr, sizeof addr, "unix:%s", path);
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    unary_job j = {.ch = grpc_channel_create(addr, creds, NULL), .rc = -1};
+    grpc_channel_credentials_release(creds);
+    sg_rpc_wait_drivers_add(1); /* as if a CQ thread were driving I/O */
+    pthread_t t;
+    ASSERT_OK(pthread_create(&t, NULL, unary_thread, &j));
+    usleep(200000);
+    sg_rpc_wait_drivers_add(-1); /* ... and it exited */
+    pthread_join(t, NULL);
+    ASSERT_OK(j.rc);
+    ASSERT_EQ(j.code, GRPC_STATUS_OK);
+    grpc_channel_destroy(j.ch);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    grpc_shutdown_blocking();
 }
 
 TEST(rpc_metadata_lookup)
