@@ -277,15 +277,33 @@ static int parse_groups(const char *status, unsigned long *gids, size_t max, siz
     return 0;
 }
 
-static int add_group_list(unix_state *st, bool cached_only, sg_selector_set *out,
-                          const unsigned long *gids, size_t n, sg_err *err)
+static int add_group(unix_state *st, bool cached_only, sg_selector_set *out, unsigned long gid,
+                     sg_err *err)
 {
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = add_id_selector(out, "supplementary_gid", gids[i], err);
-        if (rc == 0)
-            rc = add_named(st, cached_only, out, false, "supplementary_group", gids[i], err);
-    }
+    int rc = add_id_selector(out, "supplementary_gid", gid, err);
+    if (rc == 0)
+        rc = add_named(st, cached_only, out, false, "supplementary_group", gid, err);
+    return rc;
+}
+
+/* The /proc/<pid>/status fallback, for kernels without SO_PEERGROUPS. */
+static int add_proc_groups(unix_state *st, bool cached_only, sg_selector_set *out, pid_t pid,
+                           sg_err *err)
+{
+    char *status = NULL;
+    int rc = read_proc_file(pid, "status", &status, err);
+    if (rc < 0)
+        return rc;
+    unsigned long *gids = malloc(UNIX_MAX_GROUPS * sizeof(*gids));
+    size_t n = 0;
+    if (gids == NULL)
+        rc = sg_err_set(err, SG_ENOMEM, "unix: out of memory");
+    else
+        rc = parse_groups(status, gids, UNIX_MAX_GROUPS, &n, err);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = add_group(st, cached_only, out, gids[i], err);
+    free(gids);
+    free(status);
     return rc;
 }
 
@@ -296,27 +314,14 @@ static int add_group_list(unix_state *st, bool cached_only, sg_selector_set *out
 static int add_supplementary(unix_state *st, bool cached_only, sg_selector_set *out,
                              const sg_workload_peer *peer, sg_err *err)
 {
-    if (peer->has_groups && peer->ngroups > UNIX_MAX_GROUPS)
+    if (!peer->has_groups)
+        return add_proc_groups(st, cached_only, out, peer->pid, err);
+    if (peer->ngroups > UNIX_MAX_GROUPS)
         return sg_err_set(err, SG_ETOOBIG, "unix: more than %d supplementary groups",
                           UNIX_MAX_GROUPS);
-    unsigned long *gids = malloc(UNIX_MAX_GROUPS * sizeof(*gids));
-    if (gids == NULL)
-        return sg_err_set(err, SG_ENOMEM, "unix: out of memory");
-    size_t n = 0;
     int rc = 0;
-    if (peer->has_groups) {
-        for (n = 0; n < peer->ngroups; n++)
-            gids[n] = peer->groups[n];
-    } else {
-        char *status = NULL;
-        rc = read_proc_file(peer->pid, "status", &status, err);
-        if (rc == 0)
-            rc = parse_groups(status, gids, UNIX_MAX_GROUPS, &n, err);
-        free(status);
-    }
-    if (rc == 0)
-        rc = add_group_list(st, cached_only, out, gids, n, err);
-    free(gids);
+    for (size_t i = 0; rc == 0 && i < peer->ngroups; i++)
+        rc = add_group(st, cached_only, out, peer->groups[i], err);
     return rc;
 }
 
