@@ -108,3 +108,30 @@ def test_workload_entitled_caller_still_served(entitled, env):
         resp = w.x509()
     assert ENTITLED in [s.spiffe_id for s in resp.svids]
     assert entitled.daemon.alive()
+
+
+SUPP_GID = 4242
+SUPP_ID = sigil.TD_ID + "/errors/supplementary"
+
+
+def _fetch_as_nobody(sock, extra_groups):
+    """`sigil-agent api fetch x509` run as nobody with the given supplementary groups."""
+    return subprocess.run([sigil.AGENT_BIN, "api", "fetch", "x509", "-socketPath", sock, "-timeout", "5s"],
+                          user=NOBODY_UID, group=NOBODY_UID, extra_groups=extra_groups, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=30)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a workload with other groups")
+def test_workload_supplementary_group_selector(cluster, agent, env, entitled):
+    """An entry that needs unix:supplementary_gid serves only callers that had the group at connect."""
+    cluster.create_entry(SUPP_ID, agent.spiffe_id, ["unix:uid:%d" % NOBODY_UID, "unix:supplementary_gid:%d" % SUPP_GID])
+
+    def served():
+        p = _fetch_as_nobody(agent.sock, [SUPP_GID])
+        return p if p.returncode == 0 and SUPP_ID in p.stdout.decode() else None
+
+    p = sigil.wait_until(served, 30, interval=0.5, what="an SVID for a caller in group %d" % SUPP_GID)
+    assert SUPP_ID in p.stdout.decode()
+    p = _fetch_as_nobody(agent.sock, [])
+    assert p.returncode != 0, p.stdout.decode()
+    assert SUPP_ID not in p.stdout.decode()
